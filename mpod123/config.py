@@ -1,0 +1,223 @@
+"""Typed configuration with the paper's defaults.
+
+Every knob a stage reads lives here as a dataclass field with a docstring-style
+comment, so a run is fully described by one object that can be written to
+``run.json`` and read back (``to_dict`` / ``from_dict``). Loss weights are fields,
+never keys assembled from strings.
+
+The defaults follow the MPOD123 paper (CVPR 2024) and, where the paper is
+silent, Magic123 / stable-dreamfusion, which the paper builds on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Backend = Literal["auto", "torch", "tcnn", "nerfacc"]
+BackgroundKind = Literal["white", "black", "random"]
+
+
+@dataclass
+class CameraConfig:
+    """Where the cameras sit. Angles are in degrees, the radius in world units."""
+
+    radius: float = 2.5
+    """Distance of every orbit camera from the origin (paper: 2.5)."""
+    fov_deg: float = 40.0
+    """Vertical field of view (paper: 40 degrees)."""
+    reference_polar_deg: float = 90.0
+    """Polar angle of the reference view, measured from +Y (90 = on the equator)."""
+    reference_azimuth_deg: float = 0.0
+    """Azimuth of the reference view (0 = on +Z, looking at the object's front)."""
+
+
+@dataclass
+class ViewSamplingConfig:
+    """How novel views are drawn for the guidance (uniform in each range)."""
+
+    polar_range_deg: tuple[float, float] = (45.0, 105.0)
+    """Polar range from +Y: 45..105 is elevation -15..45 (Magic123's theta range)."""
+    azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
+    """Azimuth range; the full circle by default."""
+    radius_range: tuple[float, float] = (2.5, 2.5)
+    """Camera distance range (paper: fixed 2.5)."""
+    fov_range_deg: tuple[float, float] = (40.0, 40.0)
+    """Vertical field-of-view range (paper: fixed 40)."""
+    batch_size: int = 1
+    """Novel views rendered per step."""
+
+
+@dataclass
+class HashGridConfig:
+    """Multi-resolution hash encoding (Instant-NGP), in tiny-cuda-nn's conventions."""
+
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.4472692374403782
+    """Growth factor between levels; the default reaches 2048 at level 16."""
+    backend: Backend = "auto"
+    """"torch" (reference, any device), "tcnn" (tinycudann, CUDA) or "auto"."""
+
+
+@dataclass
+class NeRFFieldConfig:
+    """Density and colour networks on a shared hash grid."""
+
+    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
+    hidden_dim: int = 64
+    """Width of the density and colour MLPs."""
+    n_hidden_layers: int = 1
+    """Hidden layers in each MLP."""
+    geo_feat_dim: int = 15
+    """Features passed from the density MLP to the colour MLP."""
+    bound: float = 1.0
+    """The field lives in the cube [-bound, bound]^3; the object in the unit sphere."""
+    blob_density: float = 10.0
+    """Magic3D density blob: scale of the bias added to the raw density at the centre."""
+    blob_radius: float = 0.5
+    """Magic3D density blob: radius at which the bias crosses zero."""
+
+
+@dataclass
+class OccupancyGridConfig:
+    """Empty-space skipping grid, with nerfacc OccGridEstimator's update rule."""
+
+    resolution: int = 64
+    update_every: int = 16
+    """Update the grid every N steps."""
+    warmup_steps: int = 256
+    """Before this step every cell is re-evaluated at each update; after it, a quarter
+    of all cells at random plus a quarter as many occupied cells."""
+    ema_decay: float = 0.95
+    threshold: float = 0.01
+    """A cell is occupied when density * step size exceeds min(mean, threshold)."""
+    backend: Backend = "auto"
+    """"torch" (reference, any device), "nerfacc" (CUDA) or "auto"."""
+
+
+@dataclass
+class RenderConfig:
+    """Volume rendering of the NeRF."""
+
+    resolution: int = 128
+    """Training render size in pixels (paper: 128 in stage 1)."""
+    samples_per_ray: int = 512
+    """Marching step is the AABB diagonal divided by this."""
+    early_stop_eps: float = 1e-4
+    """Stop marching a ray once its transmittance falls below this."""
+    alpha_threshold: float = 0.0
+    """Drop samples whose alpha is below this (0 keeps the rendering unbiased)."""
+    use_occupancy_grid: bool = True
+    """Skip empty space with the occupancy grid (False: dense marching, for checks)."""
+    background: BackgroundKind = "white"
+    """Background composited behind the reference and the novel views."""
+    chunk_rays: int = 16384
+    """Rays rendered per chunk; bounds memory at high resolution."""
+
+    def step_size(self, bound: float) -> float:
+        """Marching step in world units for a field in [-bound, bound]^3."""
+        return 2.0 * math.sqrt(3.0) * bound / self.samples_per_ray
+
+
+@dataclass
+class MultiViewGuidanceConfig:
+    """Multi-view supervision: photometric and mask losses against known views."""
+
+    rgb_weight: float = 1000.0
+    mask_weight: float = 500.0
+    batch_size: int = 1
+    """Views supervised per step."""
+
+
+@dataclass
+class OutlineStageConfig:
+    """Stage 1: the NeRF outline stage."""
+
+    steps: int = 5000
+    """Adam steps (paper: 5000)."""
+    lr: float = 1e-3
+    """Adam learning rate for every parameter (paper: 1e-3)."""
+    encoding_lr_scale: float = 1.0
+    """Multiplier on the learning rate of the hash-grid tables."""
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    reference_view_prob: float = 0.25
+    """Fraction of steps that render the reference view (paper: 25%); drawn on a
+    fixed schedule so that exactly this share of steps uses it."""
+    ref_rgb_weight: float = 1000.0
+    """Weight of the reference-view photometric loss (Eq. 2), inside the input's mask."""
+    ref_mask_weight: float = 500.0
+    """Weight of the reference-view mask loss against the input's alpha."""
+    preview_every: int = 500
+    """Emit a preview turntable every N steps (and at the end); 0 disables."""
+    preview_views: int = 4
+    preview_resolution: int = 128
+    checkpoint_every: int = 1000
+    """Write a checkpoint every N steps (and at the end) when a path is given; 0 disables."""
+    seed: int = 0
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    views: ViewSamplingConfig = field(default_factory=ViewSamplingConfig)
+    nerf: NeRFFieldConfig = field(default_factory=NeRFFieldConfig)
+    occupancy: OccupancyGridConfig = field(default_factory=OccupancyGridConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
+def outline_preset(name: str) -> OutlineStageConfig:
+    """Named stage-1 budgets.
+
+    ``paper``: the paper's settings. ``fast``: a budget a user can wait for on one
+    GPU. ``draft``: small enough to run on a CPU as a smoke test.
+    """
+    if name == "paper":
+        return OutlineStageConfig()
+    if name == "fast":
+        cfg = OutlineStageConfig(steps=1500, encoding_lr_scale=10.0)
+        cfg.render.samples_per_ray = 256
+        return cfg
+    if name == "draft":
+        cfg = OutlineStageConfig(steps=200, lr=1e-2, preview_every=50, checkpoint_every=100)
+        cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
+        cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)
+        cfg.nerf = NeRFFieldConfig(
+            hash_grid=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=8),
+            hidden_dim=32,
+        )
+        cfg.preview_resolution = 64
+        return cfg
+    raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
+
+
+PRESETS = ("paper", "fast", "draft")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from ``to_dict`` output.
+
+    Unknown keys raise, so a typo in a saved config is caught rather than ignored.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            kwargs[key] = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
