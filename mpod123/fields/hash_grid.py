@@ -79,8 +79,10 @@ def hash_grid_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor
         w = torch.ones_like(frac[..., 0])
         for d in range(3):
             w = w * (frac[..., d] if bits[d] else 1.0 - frac[..., d])
-        out = out + w[..., None] * table[idx]
-    return out.permute(1, 0, 2).reshape(x.shape[0], -1)
+        # index_select rather than table[idx]: its backward (index_add) is deterministic
+        # on the CPU, which makes resumed runs bit-identical, and it is faster.
+        out = out + w[..., None] * table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+    return out.permute(1, 0, 2).reshape(x.shape[0], len(scales) * table.shape[1])
 
 
 class HashEncoding(nn.Module):

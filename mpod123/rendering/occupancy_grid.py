@@ -26,7 +26,9 @@ class OccupancyGrid(nn.Module):
         self.bound = bound
         r = cfg.resolution
         self.register_buffer("occs", torch.zeros(r**3, device=device))
-        self.register_buffer("binary", torch.zeros(r, r, r, dtype=torch.bool, device=device))
+        # Every cell starts occupied, so a grid that was never updated marches densely
+        # (correct, only slower) instead of rendering nothing.
+        self.register_buffer("binary", torch.ones(r, r, r, dtype=torch.bool, device=device))
         coords = torch.stack(torch.meshgrid(*(torch.arange(r, device=device),) * 3, indexing="ij"), dim=-1)
         self.register_buffer("cell_coords", coords.reshape(-1, 3), persistent=False)
 

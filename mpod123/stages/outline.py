@@ -78,7 +78,9 @@ class OutlineStage:
         self.guidance = guidance
         self.callback = callback
         self.cancel = cancel or CancelToken()
-        self.field = NeRFField(cfg.nerf, device=self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)  # the initial weights follow the seed too
+            self.field = NeRFField(cfg.nerf, device=self.device)
         self.grid = OccupancyGrid(cfg.occupancy, cfg.nerf.bound, device=self.device)
         self.renderer = VolumeRenderer(self.field, self.grid, cfg.render, backend=cfg.occupancy.backend)
         encoding = list(self.field.encoding.parameters())

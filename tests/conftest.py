@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny configurations that run in milliseconds on the CPU."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_fallback_warnings():
+    from mpod123._optional import AcceleratorFallbackWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AcceleratorFallbackWarning)
+        yield
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The draft preset shrunk further: 24 px renders, a small grid and MLPs."""
+    from mpod123.config import outline_preset
+
+    cfg = outline_preset("draft")
+    cfg.render.resolution = 24
+    cfg.preview_every = 0
+    cfg.checkpoint_every = 0
+    return cfg
+
+
+def requires_cuda(reason: str = "needs a CUDA device"):
+    return pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)
