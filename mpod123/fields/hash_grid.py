@@ -54,35 +54,52 @@ def hash_grid_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor
     """The encoding of points ``x`` (N, 3) in [0, 1] with a table (n_entries, F).
 
     Differentiable in both the table and ``x`` (trilinear weights), in any dtype.
-    The levels are processed together and the eight corners one at a time, which
-    keeps peak memory at one (levels, N, F) gather.
+    All levels and all eight cell corners go through one ``index_select``: its
+    backward is a single deterministic ``index_add`` into the table (rather than
+    one table-sized gradient per corner), which makes resumed runs bit-identical
+    on the CPU. The per-axis terms of the index and the weight are formed once
+    for the two corner offsets and combined per corner, since both the dense
+    index (a sum) and the spatial hash (an XOR) separate by axis.
     """
     scales, resolutions, sizes, offsets = level_layout(cfg)
     dev = x.device
+    n_levels, n_feat = len(scales), table.shape[1]
     scale = torch.tensor(scales, dtype=x.dtype, device=dev)[:, None, None]
     res = torch.tensor(resolutions, dtype=torch.int64, device=dev)[:, None]
     size = torch.tensor(sizes, dtype=torch.int64, device=dev)[:, None]
     offset = torch.tensor(offsets, dtype=torch.int64, device=dev)[:, None]
-    use_hash = (res**3 > size)  # (L, 1)
+    use_hash = res**3 > size  # (L, 1)
 
     pos = x[None] * scale + 0.5  # (L, N, 3)
     cell = torch.floor(pos.detach())
     frac = pos - cell
     cell = cell.to(torch.int64)
-    out = x.new_zeros(len(scales), x.shape[0], table.shape[1])
+    # term[d][b]: axis d's contribution for corner offset b (0 or 1), per level and point
+    terms, weights = [], []
+    dense_stride = [torch.ones_like(res), res, res * res]
+    for d in range(3):
+        c0 = cell[..., d]
+        per_b = []
+        for b in (0, 1):
+            c = c0 + b
+            hashed = (c * PRIMES[d]) & _U32
+            per_b.append(torch.where(use_hash, hashed, c * dense_stride[d]))
+        terms.append(per_b)
+        weights.append((1.0 - frac[..., d], frac[..., d]))
+    n = x.shape[0]
+    idx_all = torch.empty(8, n_levels, n, dtype=torch.int64, device=dev)
+    w_list = []
     for corner in range(8):
-        bits = [(corner >> d) & 1 for d in range(3)]
-        c = [cell[..., d] + bits[d] for d in range(3)]
-        dense_idx = c[0] + c[1] * res + c[2] * res * res
-        hash_idx = ((c[0] * PRIMES[0]) ^ (c[1] * PRIMES[1]) ^ (c[2] * PRIMES[2])) & _U32
-        idx = torch.where(use_hash, hash_idx, dense_idx & _U32) % size + offset  # (L, N)
-        w = torch.ones_like(frac[..., 0])
-        for d in range(3):
-            w = w * (frac[..., d] if bits[d] else 1.0 - frac[..., d])
-        # index_select rather than table[idx]: its backward (index_add) is deterministic
-        # on the CPU, which makes resumed runs bit-identical, and it is faster.
-        out = out + w[..., None] * table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
-    return out.permute(1, 0, 2).reshape(x.shape[0], len(scales) * table.shape[1])
+        b = [(corner >> d) & 1 for d in range(3)]
+        h = terms[0][b[0]] ^ terms[1][b[1]] ^ terms[2][b[2]]
+        s = terms[0][b[0]] + terms[1][b[1]] + terms[2][b[2]]
+        torch.remainder(torch.where(use_hash, h, s & _U32), size, out=idx_all[corner])
+        w_list.append(weights[0][b[0]] * weights[1][b[1]] * weights[2][b[2]])
+    idx_all += offset
+    w_all = torch.stack(w_list)  # (8, L, N)
+    feats = table.index_select(0, idx_all.reshape(-1)).view(8, n_levels, n, n_feat)
+    out = (w_all[..., None] * feats).sum(dim=0)  # (L, N, F)
+    return out.permute(1, 0, 2).reshape(n, n_levels * n_feat)
 
 
 class HashEncoding(nn.Module):
