@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--samples-per-ray", type=int, default=512)
     p.add_argument("--grid", choices=["paper", "draft"], default="draft", help="hash-grid size")
     p.add_argument("--marcher", default="auto", help="auto, torch or nerfacc")
+    p.add_argument("--dense-repeats", type=int, default=1, help="repeats for dense marching (slow on a CPU)")
     args = p.parse_args()
     quiet()
     torch.manual_seed(0)
@@ -49,8 +50,9 @@ def main() -> None:
             out = r.render(cams, bg, stratified=True)
             (out.rgb.mean() + out.opacity.mean()).backward()
 
-        t_f = median_seconds(forward, args.device, args.repeats)
-        t_t = median_seconds(train, args.device, args.repeats)
+        repeats = args.repeats if renderer is skip else args.dense_repeats
+        t_f = median_seconds(forward, args.device, repeats, warmup=0)
+        t_t = median_seconds(train, args.device, repeats, warmup=0)
         rows.append(
             {
                 "marching": name,

@@ -47,6 +47,12 @@ ACCELERATORS: dict[str, Accelerator] = {
         "(needs CUDA and a matching compiler)",
     ),
     "nerfacc": Accelerator("nerfacc", "nerfacc", "pip install nerfacc (its ops need CUDA)"),
+    "kaolin": Accelerator(
+        "kaolin", "kaolin", "pip install kaolin -f <the NVIDIA wheel index for your torch and CUDA versions>"
+    ),
+    "nvdiffrast": Accelerator(
+        "nvdiffrast", "nvdiffrast.torch", "pip install git+https://github.com/NVlabs/nvdiffrast (needs CUDA)"
+    ),
 }
 
 _probed: dict[str, ModuleType | Exception] = {}

@@ -106,15 +106,39 @@ def _visible(
     density_fn: DensityFn,
     early_stop_eps: float,
     alpha_threshold: float,
+    block: int = 32,
 ) -> Tensor:
-    ray_idx, step_idx = torch.nonzero(keep, as_tuple=True)
-    delta = (t_ends - t_starts)[ray_idx, step_idx]
-    mids = rays_o[ray_idx] + (0.5 * (t_starts + t_ends))[ray_idx, step_idx, None] * rays_d[ray_idx]
-    sigma_delta = torch.zeros_like(t_starts)
-    sigma_delta[ray_idx, step_idx] = density_fn(mids).reshape(-1).to(sigma_delta.dtype) * delta
-    visible = transmittance_before(sigma_delta) >= early_stop_eps
-    if alpha_threshold > 0.0:
-        visible &= (1.0 - torch.exp(-sigma_delta)) >= alpha_threshold
+    """Which kept steps are visible: transmittance in front >= eps, alpha >= threshold.
+
+    Marches ``block`` steps at a time and stops evaluating a ray once its
+    transmittance has fallen below ``early_stop_eps``, so the density is not
+    evaluated behind opaque surfaces. The result equals evaluating every kept
+    step at once (nerfacc's rule), at a fraction of the cost.
+    """
+    n_rays, n_steps = keep.shape
+    visible = torch.zeros_like(keep)
+    optical_depth = torch.zeros(n_rays, dtype=t_starts.dtype, device=keep.device)
+    active = torch.arange(n_rays, device=keep.device)
+    for s0 in range(0, n_steps, block):
+        sl = slice(s0, s0 + block)
+        k = keep[active, sl]
+        rows, cols = torch.nonzero(k, as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        rays = active[rows]
+        ts, te = t_starts[rays, s0 + cols], t_ends[rays, s0 + cols]
+        mids = rays_o[rays] + (0.5 * (ts + te))[:, None] * rays_d[rays]
+        sigma_delta = torch.zeros(k.shape, dtype=t_starts.dtype, device=keep.device)
+        sigma_delta[rows, cols] = density_fn(mids).reshape(-1).to(sigma_delta.dtype) * (te - ts)
+        before = optical_depth[active][:, None] + torch.cumsum(sigma_delta, dim=1) - sigma_delta
+        vis = k & (torch.exp(-before) >= early_stop_eps)
+        if alpha_threshold > 0.0:
+            vis &= (1.0 - torch.exp(-sigma_delta)) >= alpha_threshold
+        visible[active, sl] = vis
+        optical_depth[active] += sigma_delta.sum(dim=1)
+        active = active[torch.exp(-optical_depth[active]) >= early_stop_eps]
+        if active.numel() == 0:
+            break
     return visible
 
 

@@ -1,0 +1,16 @@
+"""Geometry for the detail stage: tet grids, marching tets, meshes and regularisers."""
+
+from .marching_tets import marching_tets, marching_tets_reference
+from .mesh import Mesh, chamfer_distance, laplacian_loss, normal_consistency_loss
+from .tet_grid import TetGrid, tet_grid
+
+__all__ = [
+    "Mesh",
+    "TetGrid",
+    "chamfer_distance",
+    "laplacian_loss",
+    "marching_tets",
+    "marching_tets_reference",
+    "normal_consistency_loss",
+    "tet_grid",
+]

@@ -1,0 +1,122 @@
+"""Triangle meshes and the measures and regularisers the detail stage needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class Mesh:
+    """Vertices (V, 3) and counter-clockwise (outward) faces (F, 3) int64."""
+
+    vertices: Tensor
+    faces: Tensor
+
+    @property
+    def n_vertices(self) -> int:
+        return self.vertices.shape[0]
+
+    @property
+    def n_faces(self) -> int:
+        return self.faces.shape[0]
+
+    def to(self, device: torch.device | str) -> Mesh:
+        return Mesh(self.vertices.to(device), self.faces.to(device))
+
+    def detach(self) -> Mesh:
+        return Mesh(self.vertices.detach(), self.faces)
+
+    def face_normals(self, normalize: bool = True) -> Tensor:
+        v = self.vertices[self.faces]
+        n = torch.linalg.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+        return F.normalize(n, dim=-1, eps=1e-12) if normalize else n
+
+    def vertex_normals(self) -> Tensor:
+        """Area-weighted vertex normals (V, 3)."""
+        n = self.face_normals(normalize=False)
+        out = torch.zeros_like(self.vertices)
+        for k in range(3):
+            out = out.index_add(0, self.faces[:, k], n)
+        return F.normalize(out, dim=-1, eps=1e-12)
+
+    def edges(self) -> tuple[Tensor, Tensor]:
+        """Unique undirected edges (E, 2) and, per face corner edge, its edge id (F, 3)."""
+        e = torch.stack([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]], dim=1)  # (F, 3, 2)
+        key = e.min(-1).values * self.n_vertices + e.max(-1).values
+        unique, inverse = torch.unique(key.reshape(-1), return_inverse=True)
+        pairs = torch.stack([unique // self.n_vertices, unique % self.n_vertices], dim=1)
+        return pairs, inverse.reshape(-1, 3)
+
+    def edge_face_counts(self) -> Tensor:
+        """How many faces use each unique edge (E,)."""
+        _, face_edges = self.edges()
+        return torch.bincount(face_edges.reshape(-1))
+
+    def is_closed(self) -> bool:
+        """Every edge is shared by exactly two faces (a closed 2-manifold surface)."""
+        return self.n_faces > 0 and bool((self.edge_face_counts() == 2).all())
+
+    def euler_characteristic(self) -> int:
+        """V - E + F, counting only vertices that faces use."""
+        used = torch.unique(self.faces).numel()
+        return used - self.edges()[0].shape[0] + self.n_faces
+
+    def signed_volume(self) -> Tensor:
+        """Enclosed volume; positive when the faces wind outwards."""
+        v = self.vertices[self.faces]
+        return (v[:, 0] * torch.linalg.cross(v[:, 1], v[:, 2], dim=-1)).sum() / 6.0
+
+    def surface_area(self) -> Tensor:
+        return 0.5 * self.face_normals(normalize=False).norm(dim=-1).sum()
+
+    def sample_surface(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points uniformly distributed on the surface (by area)."""
+        areas = self.face_normals(normalize=False).norm(dim=-1).detach()
+        face = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator)
+        u, v = torch.rand(2, n, generator=generator).to(self.vertices.device)
+        flip = u + v > 1
+        u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
+        tri = self.vertices[self.faces[face]]
+        return tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0])
+
+
+def laplacian_loss(mesh: Mesh) -> Tensor:
+    """Mean squared distance of each vertex from the mean of its neighbours (uniform Laplacian)."""
+    pairs, _ = mesh.edges()
+    v = mesh.vertices
+    total = torch.zeros_like(v)
+    total = total.index_add(0, pairs[:, 0], v[pairs[:, 1]]).index_add(0, pairs[:, 1], v[pairs[:, 0]])
+    degree = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
+    ones = torch.ones(pairs.shape[0], device=v.device, dtype=v.dtype)
+    degree = degree.index_add(0, pairs[:, 0], ones).index_add(0, pairs[:, 1], ones)
+    used = degree > 0
+    lap = v[used] - total[used] / degree[used, None]
+    return lap.pow(2).sum(-1).mean() if used.any() else v.sum() * 0.0
+
+
+def normal_consistency_loss(mesh: Mesh) -> Tensor:
+    """Mean (1 - cos) between the normals of faces that share an edge."""
+    _, face_edges = mesh.edges()
+    normals = mesh.face_normals()
+    flat = face_edges.reshape(-1)
+    face_of = torch.arange(mesh.n_faces, device=flat.device).repeat_interleave(3)
+    order = torch.argsort(flat, stable=True)
+    sorted_edges, sorted_faces = flat[order], face_of[order]
+    same = sorted_edges[1:] == sorted_edges[:-1]
+    f0, f1 = sorted_faces[:-1][same], sorted_faces[1:][same]
+    if f0.numel() == 0:
+        return normals.sum() * 0.0
+    return (1.0 - (normals[f0] * normals[f1]).sum(-1)).mean()
+
+
+def chamfer_distance(a: Tensor, b: Tensor, chunk: int = 4096) -> Tensor:
+    """Symmetric mean nearest-neighbour distance between point sets (N, 3) and (M, 3)."""
+
+    def one_way(x: Tensor, y: Tensor) -> Tensor:
+        return torch.cat([torch.cdist(c, y).min(dim=1).values for c in x.split(chunk)]).mean()
+
+    return 0.5 * (one_way(a, b) + one_way(b, a))
