@@ -22,3 +22,8 @@ __all__ = [
     "ray_box_intersection",
     "sample_weights",
 ]
+
+from .mesh_renderer import MeshRenderer, MeshRenderOutput  # noqa: E402
+from .rasterizer import Rasterized, antialias, project, rasterize  # noqa: E402
+
+__all__ += ["MeshRenderOutput", "MeshRenderer", "Rasterized", "antialias", "project", "rasterize"]

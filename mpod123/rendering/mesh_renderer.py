@@ -1,0 +1,124 @@
+"""Render a textured mesh: colour from a field evaluated at the surface, opacity, depth, normals.
+
+The torch path is :mod:`mpod123.rendering.rasterizer`; the nvdiffrast path uses
+its CUDA rasterizer (``RasterizeCudaContext``, never OpenGL), ``interpolate``
+and ``antialias``. Both return the same :class:`MeshRenderOutput`, and in both
+the mask (opacity) passes through the antialiasing step together with the
+colour, which is what gives L_nvm and the reference mask loss their gradients
+with respect to vertex positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._optional import probe, resolve_backend
+from ..camera import Cameras
+from ..geometry.mesh import Mesh
+from .rasterizer import antialias, barycentrics, interpolate, project, rasterize
+
+ColorFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class MeshRenderOutput:
+    rgb: Tensor
+    """(B, H, W, 3) colour over the background, antialiased."""
+    opacity: Tensor
+    """(B, H, W, 1) antialiased coverage."""
+    depth: Tensor
+    """(B, H, W, 1) depth along the camera axis, 0 on the background."""
+    normals: Tensor | None
+    """(B, H, W, 3) world normals (face normals), zero on the background, when asked for."""
+    tri_id: Tensor
+    """(B, H, W) face index, -1 on the background."""
+
+    @property
+    def mask(self) -> Tensor:
+        return self.tri_id >= 0
+
+
+class MeshRenderer:
+    def __init__(self, backend: str = "auto", device: torch.device | str = "cpu") -> None:
+        self.backend = resolve_backend(backend, "nvdiffrast", device)
+        self._glctx = None
+        if self.backend == "nvdiffrast":
+            self._dr = probe("nvdiffrast")
+            self._glctx = self._dr.RasterizeCudaContext(device=device)
+
+    def render(
+        self,
+        mesh: Mesh,
+        cameras: Cameras,
+        color_fn: ColorFn | None = None,
+        background: Tensor | None = None,
+        with_normals: bool = False,
+    ) -> MeshRenderOutput:
+        """Render ``mesh`` from ``cameras``; ``color_fn`` maps surface points (N, 3) to RGB (N, 3).
+
+        Without ``color_fn`` the surface is white. ``background`` is (B, 3) or None (black).
+        """
+        if self.backend == "nvdiffrast":
+            return self._render_nvdiffrast(mesh, cameras, color_fn, background, with_normals)
+        b, h, w = len(cameras), cameras.height, cameras.width
+        verts, faces = mesh.vertices, mesh.faces
+        screen, depth = project(verts, cameras)
+        rast = rasterize(screen.detach(), depth.detach(), faces, w, h)
+        bi, pix, bary = barycentrics(screen, depth, faces, rast)
+        points = interpolate(verts, faces, rast, bi, pix, bary)
+        colors = color_fn(points) if color_fn is not None else torch.ones_like(points)
+        bg = background if background is not None else torch.zeros(b, 3, device=verts.device, dtype=verts.dtype)
+        image = bg[:, None, :].expand(b, h * w, 3).clone()
+        image = image.index_put((bi, pix), colors.to(image.dtype))
+        coverage = torch.zeros(b, h * w, 1, device=verts.device, dtype=verts.dtype).index_put(
+            (bi, pix), torch.ones(bi.shape[0], 1, device=verts.device, dtype=verts.dtype)
+        )
+        both = antialias(torch.cat([image, coverage], -1).view(b, h, w, 4), rast, screen, faces, mesh.n_vertices)
+        depth_img = torch.zeros(b, h * w, 1, device=verts.device, dtype=verts.dtype).index_put(
+            (bi, pix), interpolate(depth[..., None], faces, rast, bi, pix, bary)
+        )
+        normals = None
+        if with_normals:
+            fn = mesh.face_normals()[rast.tri_id.reshape(b, -1)[bi, pix]]
+            normals = torch.zeros(b, h * w, 3, device=verts.device, dtype=verts.dtype).index_put((bi, pix), fn)
+            normals = normals.view(b, h, w, 3)
+        return MeshRenderOutput(both[..., :3], both[..., 3:], depth_img.view(b, h, w, 1), normals, rast.tri_id)
+
+    # ------------------------------------------------------------------ nvdiffrast
+    def _render_nvdiffrast(
+        self, mesh: Mesh, cameras: Cameras, color_fn: ColorFn | None, background: Tensor | None, with_normals: bool
+    ) -> MeshRenderOutput:
+        dr = self._dr
+        b, h, w = len(cameras), cameras.height, cameras.width
+        verts, faces = mesh.vertices, mesh.faces.int()
+        screen, depth = project(verts, cameras)
+        # clip space whose perspective divide gives our screen positions; nvdiffrast's
+        # row 0 is the bottom of the image, so y is flipped and the result flipped back.
+        near, far = 0.01, 100.0
+        x_ndc = screen[..., 0] / w * 2.0 - 1.0
+        y_ndc = 1.0 - screen[..., 1] / h * 2.0
+        z_ndc = (far + near) / (far - near) - 2.0 * far * near / ((far - near) * depth)
+        clip = torch.stack([x_ndc * depth, y_ndc * depth, z_ndc * depth, depth], dim=-1).contiguous()
+        rast, _ = dr.rasterize(self._glctx, clip, faces, (h, w))
+        points, _ = dr.interpolate(verts[None].expand(b, -1, -1).contiguous(), rast, faces)
+        covered = rast[..., 3:] > 0
+        flat_pts = points[covered[..., 0]]
+        colors = color_fn(flat_pts) if color_fn is not None else torch.ones_like(flat_pts)
+        bg = background if background is not None else torch.zeros(b, 3, device=verts.device)
+        image = bg[:, None, None, :].expand(b, h, w, 3).clone()
+        image[covered[..., 0]] = colors.to(image.dtype)
+        both = dr.antialias(torch.cat([image, covered.float()], -1).contiguous(), rast, clip, faces)
+        tri_id = rast[..., 3].long() - 1
+        d, _ = dr.interpolate(depth[..., None].contiguous(), rast, faces)
+        normals = None
+        if with_normals:
+            fn = mesh.face_normals()
+            normals = torch.where(covered, fn[tri_id.clamp_min(0)], torch.zeros_like(image))
+        out = MeshRenderOutput(both[..., :3], both[..., 3:], d * covered, normals, tri_id)
+        return MeshRenderOutput(
+            *(t.flip(1) if t is not None else None for t in (out.rgb, out.opacity, out.depth, out.normals, out.tri_id))
+        )
