@@ -168,6 +168,91 @@ class OutlineStageConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
 
 
+@dataclass
+class DMTetConfig:
+    """The detail stage's geometry: a per-vertex SDF and a bounded deformation on a tet grid."""
+
+    resolution: int = 128
+    """Cubes per side of the tet grid (6 tets each); 128 has about 2.1M vertices."""
+    deform_scale: float = 0.25
+    """Largest vertex offset, as a fraction of a grid cell (tanh-bounded)."""
+    init_threshold: float | None = None
+    """Density at which the initial surface is extracted from the NeRF; None calibrates it
+    so that the first mesh's silhouettes best match the stage-1 masks."""
+    backend: Backend = "auto"
+    """Marching tets: "torch" (reference) or "kaolin" (CUDA) or "auto"."""
+
+
+@dataclass
+class DetailStageConfig:
+    """Stage 2: the textured DMTet detail stage."""
+
+    steps: int = 5000
+    """Adam steps (paper: 5000)."""
+    lr: float = 1e-3
+    """Learning rate of the texture field (paper: 1e-3)."""
+    sdf_lr: float = 1e-2
+    """Learning rate of the SDF values, which are in [-1, 1] at initialisation."""
+    deform_lr: float = 1e-2
+    """Learning rate of the deformation parameters (pre-tanh)."""
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-15
+    resolution: int = 1024
+    """Render size in pixels (paper: 1024 in stage 2)."""
+    nvm_mask_resolution: int = 256
+    """Stage-1 masks for L_nvm are rendered at this size and upsampled (nearest)."""
+    reference_view_prob: float = 0.25
+    ref_rgb_weight: float = 1000.0
+    ref_mask_weight: float = 500.0
+    nvm_weight: float = 500.0
+    """Weight of L_nvm = ||M - rendered opacity||^2 against the stage-1 masks."""
+    normal_consistency_weight: float = 10.0
+    laplacian_weight: float = 1000.0
+    rasterizer_backend: Backend = "auto"
+    """"torch" (reference) or "nvdiffrast" (CUDA) or "auto"."""
+    preview_every: int = 500
+    preview_views: int = 4
+    preview_resolution: int = 256
+    checkpoint_every: int = 1000
+    seed: int = 0
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    views: ViewSamplingConfig = field(default_factory=ViewSamplingConfig)
+    dmtet: DMTetConfig = field(default_factory=DMTetConfig)
+    background: BackgroundKind = "white"
+
+
+@dataclass
+class ExportConfig:
+    """UV unwrap, texture bake and file formats."""
+
+    texture_size: int = 1024
+    """Baked texture width and height (1024 or 2048 for final assets)."""
+    padding: int = 8
+    """Texels of seam dilation around every UV island."""
+    uv_backend: Literal["auto", "xatlas", "torch"] = "auto"
+    """"xatlas" (in a subprocess), "torch" (one cell per triangle pair, always works) or
+    "auto" (xatlas, falling back to torch with a warning if it is missing or crashes)."""
+    uv_timeout_s: float = 600.0
+    obj: bool = True
+    """Also write OBJ + MTL + PNG beside the GLB."""
+
+
+def detail_preset(name: str) -> DetailStageConfig:
+    """Named stage-2 budgets, matching :func:`outline_preset`."""
+    if name == "paper":
+        return DetailStageConfig()
+    if name == "fast":
+        cfg = DetailStageConfig(steps=1500, resolution=512)
+        cfg.dmtet.resolution = 96
+        return cfg
+    if name == "draft":
+        cfg = DetailStageConfig(steps=100, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50)
+        cfg.preview_resolution = 64
+        cfg.dmtet.resolution = 24
+        return cfg
+    raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
+
+
 def outline_preset(name: str) -> OutlineStageConfig:
     """Named stage-1 budgets.
 

@@ -139,7 +139,7 @@ def test_optimising_a_sphere_toward_cube_silhouettes_reduces_the_error():
 
     verts = sphere.vertices.clone().requires_grad_(True)
     opt = torch.optim.Adam([verts], lr=0.01)
-    before = float(error(verts))
+    before = float(error(verts.detach()))
     for _ in range(40):
         opt.zero_grad()
         (renderer.render(Mesh(verts, sphere.faces), cams).opacity - target).pow(2).mean().backward()

@@ -47,6 +47,12 @@ class NeRFField(nn.Module):
         rgb = torch.sigmoid(self.color_mlp(torch.cat([enc, h[..., 1:]], dim=-1)))
         return sigma, rgb
 
+    def color(self, x: Tensor) -> Tensor:
+        """RGB (N, 3) only: the texture field the detail stage carries over from stage 1."""
+        enc = self.encoding(self._normalize(x)).to(x.dtype)
+        h = self.density_mlp(enc)
+        return torch.sigmoid(self.color_mlp(torch.cat([enc, h[..., 1:]], dim=-1)))
+
     def density(self, x: Tensor) -> Tensor:
         """Density (N,) only: what the occupancy grid and the marcher's pruning need."""
         h = self.density_mlp(self.encoding(self._normalize(x)).to(x.dtype))

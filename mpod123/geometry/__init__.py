@@ -14,3 +14,7 @@ __all__ = [
     "normal_consistency_loss",
     "tet_grid",
 ]
+
+from .dmtet import DMTet  # noqa: E402
+
+__all__ += ["DMTet"]

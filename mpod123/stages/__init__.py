@@ -1,5 +1,7 @@
-"""The stages of MPOD123. Stage 1 (outline) is :class:`OutlineStage`."""
+"""The stages of MPOD123: stage 1 (outline, a NeRF) and stage 2 (detail, a textured DMTet mesh)."""
 
-from .outline import CheckpointError, OutlineStage, ReferenceView, is_reference_step
+from .base import CheckpointError, OptimisationStage, ReferenceView, is_reference_step
+from .detail import DetailStage
+from .outline import OutlineStage
 
-__all__ = ["CheckpointError", "OutlineStage", "ReferenceView", "is_reference_step"]
+__all__ = ["CheckpointError", "DetailStage", "OptimisationStage", "OutlineStage", "ReferenceView", "is_reference_step"]

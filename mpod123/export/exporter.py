@@ -1,0 +1,102 @@
+"""Export a mesh and its colour field: UV unwrap, texture bake, GLB (and OBJ + MTL + PNG).
+
+Every file is built and validated in memory, written to a temporary name next
+to its destination and renamed into place, so a result path never holds a
+partial or invalid file, and an existing file is only replaced by a valid one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ExportConfig
+from ..geometry.mesh import Mesh
+from ..images import png_bytes
+from .bake import bake_texture
+from .gltf import encode_glb, validate_glb
+from .obj import encode_mtl, encode_obj
+from .uv import UVMesh, unwrap
+
+
+@dataclass
+class ExportResult:
+    glb: Path
+    obj: Path | None
+    n_vertices: int
+    n_faces: int
+    uv_backend: str
+    texture_size: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _vertex_normals(uv_mesh: UVMesh) -> Tensor:
+    return Mesh(uv_mesh.vertices, uv_mesh.faces).vertex_normals()
+
+
+def export_mesh(
+    mesh: Mesh, color_fn: Callable[[Tensor], Tensor], out_glb: str | Path, cfg: ExportConfig | None = None
+) -> ExportResult:
+    """Unwrap, bake and write ``out_glb`` (plus OBJ/MTL/PNG beside it when ``cfg.obj``)."""
+    cfg = cfg or ExportConfig()
+    out_glb = Path(out_glb)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mesh = Mesh(mesh.vertices.detach(), mesh.faces)
+    uv_mesh = unwrap(mesh, cfg.uv_backend, cfg.texture_size, cfg.uv_timeout_s)
+    timings["unwrap_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    texture, _ = bake_texture(uv_mesh, color_fn, cfg.texture_size, cfg.padding)
+    timings["bake_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    png = png_bytes(texture.float().cpu().numpy())
+    positions = uv_mesh.vertices.float().cpu().numpy()
+    normals = _vertex_normals(uv_mesh).float().cpu().numpy()
+    uvs = uv_mesh.uvs.float().cpu().numpy()
+    indices = uv_mesh.faces.cpu().numpy().astype(np.uint32)
+    name = out_glb.stem
+    glb = encode_glb(positions, indices, uvs, normals, png, name=name)
+    validate_glb(glb)
+    _atomic_write(out_glb, glb)
+    obj_path = None
+    if cfg.obj:
+        obj_path = out_glb.with_suffix(".obj")
+        tex_name, mtl_name = f"{name}_basecolor.png", f"{name}.mtl"
+        _atomic_write(out_glb.with_name(tex_name), png)
+        _atomic_write(out_glb.with_name(mtl_name), encode_mtl(name, tex_name).encode())
+        _atomic_write(obj_path, encode_obj(positions, indices.astype(np.int64), uvs, normals, mtl_name, name).encode())
+    timings["write_s"] = time.perf_counter() - t2
+    return ExportResult(out_glb, obj_path, positions.shape[0], indices.shape[0], uv_mesh.backend, cfg.texture_size, timings)
+
+
+@torch.no_grad()
+def read_mesh(path: str | Path) -> Mesh:
+    """Positions and faces of a GLB (ours, or any single-primitive glTF binary) or an OBJ."""
+    from .gltf import parse_glb
+    from .obj import read_obj
+
+    path = Path(path)
+    if path.suffix.lower() == ".glb":
+        glb = parse_glb(path.read_bytes())
+        return Mesh(torch.from_numpy(glb.positions.copy()), torch.from_numpy(glb.indices.astype(np.int64)))
+    if path.suffix.lower() == ".obj":
+        v, f = read_obj(path)
+        return Mesh(torch.from_numpy(v), torch.from_numpy(f))
+    raise ValueError(f"cannot read a mesh from {path}: use .glb or .obj")

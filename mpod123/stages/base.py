@@ -1,0 +1,206 @@
+"""What both optimisation stages share: the loop, events, cancel, checkpoints, the reference view.
+
+A stage subclasses :class:`OptimisationStage` and provides ``train_step``,
+``preview`` and the modules its checkpoint holds. The loop emits Progress
+every step, a Preview every ``preview_every`` steps and at the end, and
+StageDone; it checks the CancelToken before each step, and on cancel or any
+error it writes a checkpoint (when a path is given) before re-raising, so a
+killed or cancelled run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..camera import Cameras, orbit_cameras, sample_orbit_cameras
+from ..config import from_dict, to_dict
+from ..guidance import CameraProposer, over
+from ..rendering import background_color
+from ..progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
+
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed; the message says why."""
+
+
+@dataclass
+class ReferenceView:
+    """The input image (H, W, 4) in [0, 1], straight alpha, and the camera it was taken from."""
+
+    rgba: Tensor
+    camera: Cameras
+
+    @staticmethod
+    def on_orbit(rgba: Tensor, camera_cfg: Any) -> ReferenceView:
+        """The paper's setting: the input seen from the configured reference orbit pose."""
+        cam = getattr(camera_cfg, "camera", camera_cfg)
+        h, w = rgba.shape[:2]
+        return ReferenceView(
+            rgba, orbit_cameras(cam.reference_polar_deg, cam.reference_azimuth_deg, cam.radius, cam.fov_deg, w, h)
+        )
+
+
+def is_reference_step(step: int, prob: float) -> bool:
+    """Exactly ``prob`` of the steps over any long run, evenly spread (step is 0-based)."""
+    return math.floor((step + 1) * prob) > math.floor(step * prob)
+
+
+def scaled_size(camera: Cameras, height: int) -> tuple[int, int]:
+    """(width, height) at ``height`` pixels with the camera's aspect ratio."""
+    return max(1, round(height * camera.width / camera.height)), height
+
+
+def reference_losses(
+    rgb: Tensor, opacity: Tensor, target: Tensor, background: Tensor, rgb_weight: float, mask_weight: float
+) -> dict[str, Tensor]:
+    """Eq. 2 inside the input's alpha, plus the mask loss against the alpha."""
+    alpha = target[..., 3:]
+    rgb_loss = F.mse_loss(rgb * alpha, over(target, background) * alpha)
+    mask_loss = F.mse_loss(opacity, alpha)
+    return {"ref_rgb": rgb_weight * rgb_loss, "ref_mask": mask_weight * mask_loss}
+
+
+def turntable_cameras(reference: Cameras, n: int, resolution: int) -> Cameras:
+    """``n`` views at the reference's elevation and distance, starting at its azimuth."""
+    polar = float(torch.rad2deg(reference.polar[0]))
+    az0 = float(torch.rad2deg(reference.azimuth[0]))
+    fov = float(torch.rad2deg(reference.fov_y[0]))
+    az = [az0 + 360.0 * k / n for k in range(n)]
+    return orbit_cameras(polar, az, float(reference.radius[0]), fov, resolution, device=reference.device)
+
+
+class OptimisationStage(ABC):
+    """The shared loop. Subclasses set ``name``, ``cfg`` (with ``steps``, ``preview_every``,
+    ``checkpoint_every``, ``seed``), ``optimizer`` and ``generator``, and list their modules
+    in :meth:`modules`."""
+
+    name: str = "stage"
+    cfg: Any
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+
+    def __init__(self, device: torch.device | str, callback: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        self.device = torch.device(device)
+        self.callback = callback
+        self.cancel = cancel or CancelToken()
+        self.step = 0
+        self.elapsed_s = 0.0
+
+    @abstractmethod
+    def train_step(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def preview(self) -> Preview: ...
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules whose state a checkpoint holds, by name."""
+
+    def check_compatible(self, saved_cfg: dict) -> None:
+        """Raise CheckpointError when a checkpoint's config cannot be loaded into this stage."""
+
+    def backgrounds(self, n: int, kind: str) -> Tensor:
+        return background_color(kind, n, self.generator, self.device)
+
+    def novel_cameras(self, guidance: object, resolution: int) -> tuple[Cameras, Tensor | None]:
+        """Cameras for a guidance step: the guidance's own proposal, else random orbit views."""
+        if isinstance(guidance, CameraProposer):
+            cams, ids = guidance.propose_cameras(self.step, resolution, self.generator)
+            return cams.to(self.device), ids
+        v = self.cfg.views
+        cams = sample_orbit_cameras(
+            v.batch_size, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg,
+            resolution, self.generator, self.device,
+        )
+        return cams, None
+
+    def run(self, checkpoint_path: str | Path | None = None, steps: int | None = None) -> StageDone:
+        """Train up to ``steps`` (default: the config's), from wherever the stage is."""
+        total = steps if steps is not None else self.cfg.steps
+        start_step = self.step
+        t0 = time.perf_counter()
+        elapsed0 = self.elapsed_s
+        try:
+            while self.step < total:
+                self.cancel.raise_if_cancelled()
+                losses = self.train_step()
+                now = time.perf_counter()
+                self.elapsed_s = elapsed0 + now - t0
+                eta = (now - t0) / (self.step - start_step) * (total - self.step)
+                emit(self.callback, Progress(self.name, self.step, total, losses, self.elapsed_s, eta))
+                if checkpoint_path and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
+                if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.step < total:
+                    emit(self.callback, self.preview())
+        except BaseException:
+            if checkpoint_path and self.step > start_step:
+                self.save_checkpoint(checkpoint_path)
+            raise
+        if checkpoint_path:
+            self.save_checkpoint(checkpoint_path)
+        if self.cfg.preview_every:
+            emit(self.callback, self.preview())
+        done = StageDone(self.name, self.step, self.elapsed_s, str(checkpoint_path) if checkpoint_path else None)
+        emit(self.callback, done)
+        return done
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "stage": self.name,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "config": to_dict(self.cfg),
+            "modules": {name: m.state_dict() for name, m in self.modules().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("stage") != self.name or state.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"not a {self.name}-stage checkpoint of version {CHECKPOINT_VERSION} "
+                f"(found stage={state.get('stage')!r}, version={state.get('version')!r})"
+            )
+        try:
+            from_dict(type(self.cfg), state["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint's config does not load: {exc}") from None
+        self.check_compatible(state["config"])
+        for name, module in self.modules().items():
+            module.load_state_dict(state["modules"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].cpu())
+        self.step = int(state["step"])
+        self.elapsed_s = float(state["elapsed_s"])
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename) so a crash never leaves half a checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        try:
+            state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"no checkpoint at {path}") from None
+        except Exception as exc:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc}; delete it to start over") from None
+        self.load_state_dict(state)

@@ -1,0 +1,184 @@
+"""Stage 2, the detail stage: a textured DMTet mesh initialised from the stage-1 NeRF.
+
+Geometry: a DMTet whose SDF starts at (threshold - density) / threshold of the
+NeRF, with the threshold calibrated so the first mesh's silhouettes match the
+stage-1 masks best. Texture: a copy of the NeRF's encoding and colour network.
+Each step renders either the reference view (reference RGB and mask losses) or
+novel views, which get the guidance's losses plus the paper's
+L_nvm = ||M - O||^2 against the stage-1 masks M of the same cameras. Normal
+consistency and a Laplacian keep the surface smooth.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..camera import Cameras
+from ..config import DetailStageConfig, from_dict
+from ..fields import NeRFField
+from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
+from ..guidance import Guidance, GuidanceInput, resize_rgba
+from ..images import grid_image, png_bytes
+from ..metrics import silhouette_iou
+from ..progress import CancelToken, Preview, ProgressCallback
+from ..rendering import MeshRenderer, MeshRenderOutput
+from .base import (
+    CheckpointError,
+    OptimisationStage,
+    ReferenceView,
+    is_reference_step,
+    reference_losses,
+    scaled_size,
+    turntable_cameras,
+)
+
+STAGE = "detail"
+MaskFn = Callable[[Cameras], Tensor]
+THRESHOLD_CANDIDATES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0)
+
+
+class DetailStage(OptimisationStage):
+    name = STAGE
+
+    def __init__(
+        self,
+        cfg: DetailStageConfig,
+        reference: ReferenceView,
+        guidance: Guidance,
+        nerf: NeRFField,
+        stage1_masks: MaskFn,
+        device: torch.device | str = "cpu",
+        callback: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """``stage1_masks(cameras)`` returns the outline stage's (B, H, W) masks for any cameras."""
+        super().__init__(device, callback, cancel)
+        self.cfg = cfg
+        self.guidance = guidance
+        self.stage1_masks = stage1_masks
+        grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
+        self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
+        self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
+        w, h = scaled_size(reference.camera, cfg.resolution)
+        self.reference_camera = reference.camera.resized(w, h).to(self.device)
+        self.reference_target = resize_rgba(reference.rgba[None].float(), h, w).to(self.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        density = self.dmtet.grid_density(nerf.density)
+        self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
+        self.dmtet.init_from_density(density, self.init_threshold)
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": [self.dmtet.sdf], "lr": cfg.sdf_lr},
+                {"params": [self.dmtet.deform], "lr": cfg.deform_lr},
+                {"params": list(self.texture.parameters()), "lr": cfg.lr},
+            ],
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+        )
+
+    # ----------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def calibrate_threshold(self, density: Tensor, views: int = 4, resolution: int = 64) -> float:
+        """The density threshold whose mesh best reproduces the stage-1 masks (mean IoU over a turntable)."""
+        cams = turntable_cameras(self.reference_camera, views, resolution)
+        target = self.stage1_masks(cams).to(self.device)
+        best, best_iou = THRESHOLD_CANDIDATES[0], -1.0
+        for threshold in THRESHOLD_CANDIDATES:
+            self.dmtet.init_from_density(density, threshold)
+            mesh = self.dmtet.mesh()
+            if mesh.n_faces == 0:
+                continue
+            masks = self.renderer.render(mesh, cams).mask
+            iou = silhouette_iou(masks, target)
+            if iou > best_iou:
+                best, best_iou = threshold, iou
+        self.init_iou = best_iou
+        return best
+
+    # ----------------------------------------------------------------- training
+    def mesh(self) -> Mesh:
+        return self.dmtet.mesh()
+
+    def render_mesh(self, mesh: Mesh, cameras: Cameras, background: Tensor | None, with_normals: bool = False) -> MeshRenderOutput:
+        return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals)
+
+    def nvm_targets(self, cameras: Cameras, height: int, width: int) -> Tensor:
+        """Stage-1 masks (B, H, W, 1) of these cameras, rendered small and upsampled (nearest)."""
+        small = self.cfg.nvm_mask_resolution
+        sw, sh = scaled_size(cameras, small)
+        with torch.no_grad():
+            masks = self.stage1_masks(cameras.resized(sw, sh)).float()[:, None]
+        return F.interpolate(masks, size=(height, width), mode="nearest")[:, 0, ..., None].to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.texture.train()
+        mesh = self.mesh()
+        losses: dict[str, Tensor] = {}
+        if mesh.n_faces == 0:
+            raise RuntimeError(
+                "the detail stage's mesh vanished (the SDF has no zero crossing); "
+                "lower the SDF learning rate or set dmtet.init_threshold"
+            )
+        if is_reference_step(self.step, cfg.reference_view_prob):
+            bg = self.backgrounds(1, cfg.background)
+            out = self.render_mesh(mesh, self.reference_camera, bg)
+            losses.update(
+                reference_losses(out.rgb, out.opacity, self.reference_target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight)
+            )
+        else:
+            cams, ids = self.novel_cameras(self.guidance, cfg.resolution)
+            bg = self.backgrounds(len(cams), cfg.background)
+            out = self.render_mesh(mesh, cams, bg)
+            losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids)))
+            target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2])
+            losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)
+        if cfg.normal_consistency_weight:
+            losses["normal_consistency"] = cfg.normal_consistency_weight * normal_consistency_loss(mesh)
+        if cfg.laplacian_weight:
+            losses["laplacian"] = cfg.laplacian_weight * laplacian_loss(mesh)
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    # ------------------------------------------------------------ inspection
+    @torch.no_grad()
+    def render(self, cameras: Cameras, background: Tensor | None = None) -> MeshRenderOutput:
+        """Evaluation render of the current mesh, white background by default."""
+        self.texture.eval()
+        cameras = cameras.to(self.device)
+        if background is None:
+            background = torch.ones(len(cameras), 3, device=self.device)
+        return self.render_mesh(self.mesh(), cameras, background, with_normals=True)
+
+    @torch.no_grad()
+    def preview(self) -> Preview:
+        """A turntable strip: textured mesh on the top row, shaded normals below."""
+        cams = turntable_cameras(self.reference_camera, self.cfg.preview_views, self.cfg.preview_resolution)
+        out = self.render(cams)
+        a = out.opacity.clamp(0, 1).cpu().numpy()
+        normals = out.normals.cpu().numpy() * 0.5 + 0.5
+        shaded = normals * a + (1.0 - a)
+        img = grid_image([list(out.rgb.clamp(0, 1).cpu().numpy()), list(shaded)])
+        return Preview(STAGE, self.step, png_bytes(img), img.shape[1], img.shape[0], len(cams))
+
+    # ------------------------------------------------------------ checkpoints
+    def modules(self) -> dict[str, nn.Module]:
+        return {"dmtet": self.dmtet, "texture": self.texture}
+
+    def check_compatible(self, saved_cfg: dict) -> None:
+        saved = from_dict(DetailStageConfig, saved_cfg)
+        if saved.dmtet.resolution != self.cfg.dmtet.resolution:
+            raise CheckpointError(
+                f"the checkpoint's tet grid is {saved.dmtet.resolution}^3, this run's is "
+                f"{self.cfg.dmtet.resolution}^3; resume with the same preset, or start a new work folder"
+            )
