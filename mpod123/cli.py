@@ -48,38 +48,59 @@ def _device(name: str) -> str:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .config import outline_preset
-    from .dataset import read_nerf_synthetic
-    from .reconstruct import reconstruct_outline, write_report
+    from .config import ExportConfig, detail_preset, outline_preset
+    from .dataset import read_dataset_mesh, read_nerf_synthetic
+    from .reconstruct import reconstruct, write_report
 
-    if args.stage != "outline":
-        raise ValueError(f"--stage {args.stage}: only the outline stage can be benchmarked so far")
-    cfg = outline_preset(args.preset)
+    outline = outline_preset(args.preset)
+    detail = detail_preset(args.preset) if args.stage == "detail" else None
     if args.steps is not None:
-        cfg.steps = args.steps
+        outline.steps = args.steps
     if args.res is not None:
-        cfg.render.resolution = args.res
-    cfg.seed = args.seed
-    cfg.preview_every = 0
+        outline.render.resolution = args.res
+    if detail is not None:
+        if args.detail_steps is not None:
+            detail.steps = args.detail_steps
+        if args.detail_res is not None:
+            detail.resolution = args.detail_res
+        if args.tet_res is not None:
+            detail.dmtet.resolution = args.tet_res
+        detail.seed, detail.preview_every = args.seed, 0
+    outline.seed, outline.preview_every = args.seed, 0
     dataset = read_nerf_synthetic(args.dataset_dir, split=args.split, scale=args.scale)
-    report = reconstruct_outline(
-        dataset, args.holdout, cfg, device=_device(args.device), callback=ProgressPrinter(), eval_resolution=args.eval_res
+    report = reconstruct(
+        dataset,
+        args.holdout,
+        outline,
+        detail,
+        ExportConfig(texture_size=args.texture_size, uv_backend=args.uv),
+        out_dir=args.out,
+        device=_device(args.device),
+        callback=ProgressPrinter(),
+        eval_resolution=args.eval_res,
+        reference_mesh=read_dataset_mesh(args.dataset_dir, args.scale) if detail is not None else None,
     )
     metrics_path, sheet_path = write_report(report, args.out)
     m = report.metrics
-    print(
-        f"held-out silhouette IoU {m['silhouette_iou']:.4f}, masked PSNR {m['masked_psnr']:.2f} dB, "
-        f"{m['steps']} steps in {m['seconds']:.1f}s\nwrote {metrics_path} and {sheet_path}"
-    )
+    for stage in ("outline", "detail"):
+        if stage in m:
+            s = m[stage]
+            print(
+                f"{stage}: held-out silhouette IoU {s['silhouette_iou']:.4f}, masked PSNR {s['masked_psnr']:.2f} dB, "
+                f"{s['steps']} steps in {s['seconds']:.1f}s"
+                + (f", Chamfer {s['chamfer']:.4f}" if "chamfer" in s else "")
+            )
+    print(f"wrote {metrics_path} and {sheet_path}" + (" and mesh.glb" if "export" in m else ""))
     return EXIT_OK
 
 
 def _cmd_make_dataset(args: argparse.Namespace) -> int:
-    from .dataset import write_nerf_synthetic
-    from .synthetic import turntable_dataset
+    from .dataset import write_dataset_mesh, write_nerf_synthetic
+    from .synthetic import object_mesh, turntable_dataset
 
     path = write_nerf_synthetic(args.out_dir, turntable_dataset(args.views, args.res), split=args.split)
-    print(f"wrote {args.views} views of the procedural test object to {path}")
+    mesh_path = write_dataset_mesh(args.out_dir, object_mesh())
+    print(f"wrote {args.views} views of the procedural test object to {path}, and its mesh to {mesh_path}")
     return EXIT_OK
 
 
@@ -90,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = bench.add_parser("reconstruct", help="fit a stage from a multi-view dataset and score held-out views")
     rec.add_argument("dataset_dir", help="folder with transforms_<split>.json (NeRF-synthetic format)")
-    rec.add_argument("--stage", default="outline", choices=["outline"])
+    rec.add_argument("--stage", default="outline", choices=["outline", "detail"], help="detail runs stage 1, then stage 2 and the export")
     rec.add_argument("--holdout", type=int, default=4, help="views held out for scoring (default 4)")
     rec.add_argument("--out", required=True, help="folder for metrics.json and contact_sheet.png")
     rec.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
     rec.add_argument("--res", type=int, help="training render resolution (default: the preset's)")
     rec.add_argument("--eval-res", type=int, help="evaluation height in pixels (default: the dataset's)")
+    rec.add_argument("--detail-steps", type=int, help="stage-2 steps (default: the preset's)")
+    rec.add_argument("--detail-res", type=int, help="stage-2 render resolution (default: the preset's)")
+    rec.add_argument("--tet-res", type=int, help="stage-2 tet grid cubes per side (default: the preset's)")
+    rec.add_argument("--texture-size", type=int, default=512, help="baked texture size for the exported mesh")
+    rec.add_argument("--uv", default="auto", choices=["auto", "xatlas", "torch"], help="UV unwrap backend")
     rec.add_argument("--preset", default="draft", choices=["paper", "fast", "draft"])
     rec.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     rec.add_argument("--seed", type=int, default=0)

@@ -246,9 +246,9 @@ def detail_preset(name: str) -> DetailStageConfig:
         cfg.dmtet.resolution = 96
         return cfg
     if name == "draft":
-        cfg = DetailStageConfig(steps=100, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50)
+        cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50)
         cfg.preview_resolution = 64
-        cfg.dmtet.resolution = 24
+        cfg.dmtet.resolution = 32
         return cfg
     raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
 

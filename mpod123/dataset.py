@@ -140,3 +140,37 @@ def write_nerf_synthetic(root: str | Path, dataset: MultiViewDataset, split: str
     meta_path = root / f"transforms_{split}.json"
     meta_path.write_text(json.dumps({"camera_angle_x": fov_x, "frames": frames}, indent=1))
     return meta_path
+
+
+def write_dataset_mesh(root: str | Path, mesh, name: str = "mesh.obj") -> Path:
+    """Write a ground-truth mesh (given in our world) as OBJ in the dataset's Blender Z-up frame."""
+    from .camera.conventions import BLENDER_TO_WORLD
+
+    verts = mesh.vertices.detach().cpu().double() @ BLENDER_TO_WORLD[:3, :3].double()  # ours -> Blender
+    path = Path(root) / name
+    lines = [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in verts.tolist()]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in mesh.faces.tolist()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def read_dataset_mesh(root: str | Path, scale: float = 1.0):
+    """The dataset's ``mesh.glb`` or ``mesh.obj`` in our world, or None.
+
+    An OBJ is taken to be in the dataset's world frame (Blender Z-up, like the
+    cameras); a GLB is Y-up by the glTF spec, which is already our frame.
+    """
+    from .camera.conventions import BLENDER_TO_WORLD
+    from .export import read_mesh
+    from .geometry import Mesh
+
+    for name in ("mesh.glb", "mesh.obj"):
+        path = Path(root) / name
+        if path.is_file():
+            mesh = read_mesh(path)
+            verts = mesh.vertices.double()
+            if path.suffix == ".obj":
+                verts = verts @ BLENDER_TO_WORLD[:3, :3].double().T
+            verts = verts * scale
+            return Mesh(verts.float(), mesh.faces)
+    return None

@@ -1,9 +1,10 @@
-"""Reconstruction benchmark: fit a stage from known views and score it on held-out ones.
+"""Reconstruction benchmark: fit the stages from known views and score them on held-out ones.
 
 ``mpod123 bench reconstruct`` runs this. The multi-view supervision guidance
-stands in for the diffusion prior, so the score measures the fields, the
-renderer and the stage loop, with no model weights. The first training view is
-the stage's reference view.
+stands in for the diffusion prior, so the scores measure the fields, the
+renderers, the stage loops and the export, with no model weights. The first
+training view is the stages' reference view. With ``stage="detail"`` stage 1
+runs first, then stage 2 from it, then the export; both stages are scored.
 """
 
 from __future__ import annotations
@@ -11,56 +12,39 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .config import OutlineStageConfig, to_dict
+from .config import DetailStageConfig, ExportConfig, OutlineStageConfig, to_dict
 from .dataset import MultiViewDataset
 from .guidance import MultiViewSupervision, over, resize_rgba
 from .images import grid_image, to_uint8
 from .metrics import mask_from_alpha, psnr, silhouette_iou
 from .progress import ProgressCallback
-from .stages import OutlineStage, ReferenceView
+from .stages import DetailStage, OutlineStage, ReferenceView
 
 
 @dataclass
 class ReconstructionReport:
     metrics: dict
     contact_sheet: np.ndarray
-    """Held-out ground truth (top row) over the renders (bottom row), on white."""
-    stage: OutlineStage
+    """Held-out ground truth (top row) over the renders (one row per stage), on white."""
+    stages: dict = field(default_factory=dict)
 
 
-def reconstruct_outline(
-    dataset: MultiViewDataset,
-    holdout: int,
-    cfg: OutlineStageConfig,
-    device: str = "cpu",
-    callback: ProgressCallback | None = None,
-    eval_resolution: int | None = None,
-) -> ReconstructionReport:
-    """Fit stage 1 on all views but ``holdout``, then render and score the held-out ones."""
-    train, held = dataset.split_holdout(holdout)
-    reference = ReferenceView(train.images[0], train.cameras[0])
-    guidance = MultiViewSupervision(train.images, train.cameras)
-    stage = OutlineStage(cfg, reference, guidance, device=device, callback=callback)
-    t0 = time.perf_counter()
-    stage.run()
-    fit_s = time.perf_counter() - t0
-
-    height = eval_resolution or held.cameras.height
+def _score(render_fn, held: MultiViewDataset, height: int) -> tuple[dict, list[np.ndarray]]:
     width = max(1, round(height * held.cameras.width / held.cameras.height))
     target = resize_rgba(held.images, height, width)
     per_view, renders = [], []
     for i in range(len(held)):
-        out = stage.render(held.cameras[i].resized(width, height))
+        out = render_fn(held.cameras[i].resized(width, height))
         gt_mask = mask_from_alpha(target[i, ..., 3])
         gt_rgb = over(target[i : i + 1], torch.ones(1, 3))[0]
-        rgb = out.rgb[0].cpu()
+        rgb = out.rgb[0].detach().clamp(0, 1).cpu()
         per_view.append(
             {
                 "name": held.names[i],
@@ -68,28 +52,120 @@ def reconstruct_outline(
                 "masked_psnr": psnr(rgb, gt_rgb, gt_mask),
             }
         )
-        renders.append((gt_rgb.numpy(), rgb.numpy()))
-    metrics = {
-        "stage": "outline",
-        "guidance": "multiview_supervision",
-        "steps": stage.step,
-        "seconds": round(fit_s, 3),
-        "seconds_per_step": round(fit_s / max(stage.step, 1), 5),
-        "train_views": len(train),
-        "held_out_views": len(held),
-        "render_resolution": cfg.render.resolution,
-        "eval_resolution": [height, width],
+        renders.append(rgb.numpy())
+    summary = {
         "silhouette_iou": float(np.mean([v["silhouette_iou"] for v in per_view])),
         "masked_psnr": float(np.mean([v["masked_psnr"] for v in per_view])),
         "per_view": per_view,
-        "backends": {"hash_grid": stage.field.encoding.backend, "ray_marching": stage.renderer.marcher.backend},
+    }
+    return summary, renders
+
+
+def _ground_truth_row(held: MultiViewDataset, height: int) -> list[np.ndarray]:
+    width = max(1, round(height * held.cameras.width / held.cameras.height))
+    target = resize_rgba(held.images, height, width)
+    return [over(target[i : i + 1], torch.ones(1, 3))[0].numpy() for i in range(len(held))]
+
+
+def reconstruct(
+    dataset: MultiViewDataset,
+    holdout: int,
+    outline_cfg: OutlineStageConfig,
+    detail_cfg: DetailStageConfig | None = None,
+    export_cfg: ExportConfig | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "cpu",
+    callback: ProgressCallback | None = None,
+    eval_resolution: int | None = None,
+    reference_mesh=None,
+) -> ReconstructionReport:
+    """Fit stage 1 (and stage 2 when ``detail_cfg`` is given) on all views but ``holdout``.
+
+    With stage 2 the mesh is exported to ``out_dir/mesh.glb``; with a
+    ``reference_mesh`` (in our world) the Chamfer distance to it is reported.
+    """
+    train, held = dataset.split_holdout(holdout)
+    reference = ReferenceView(train.images[0], train.cameras[0])
+    guidance = MultiViewSupervision(train.images, train.cameras)
+    height = eval_resolution or held.cameras.height
+    metrics: dict = {
+        "guidance": "multiview_supervision",
+        "train_views": len(train),
+        "held_out_views": len(held),
+        "eval_resolution": height,
         "device": str(device),
         "machine": platform.machine(),
         "torch": torch.__version__,
-        "config": to_dict(cfg),
     }
-    sheet = grid_image([[gt for gt, _ in renders], [r for _, r in renders]])
-    return ReconstructionReport(metrics, sheet, stage)
+    outline = OutlineStage(outline_cfg, reference, guidance, device=device, callback=callback)
+    t0 = time.perf_counter()
+    outline.run()
+    fit_s = time.perf_counter() - t0
+    summary, renders = _score(outline.render, held, height)
+    metrics["outline"] = {
+        **summary,
+        "steps": outline.step,
+        "seconds": round(fit_s, 3),
+        "seconds_per_step": round(fit_s / max(outline.step, 1), 5),
+        "render_resolution": outline_cfg.render.resolution,
+        "backends": {"hash_grid": outline.field.encoding.backend, "ray_marching": outline.renderer.marcher.backend},
+        "config": to_dict(outline_cfg),
+    }
+    rows = [_ground_truth_row(held, height), renders]
+    stages: dict = {"outline": outline}
+    if detail_cfg is not None:
+        detail = DetailStage(detail_cfg, reference, guidance, outline.field, outline.masks, device=device, callback=callback)
+        t1 = time.perf_counter()
+        detail.run()
+        fit2_s = time.perf_counter() - t1
+        summary2, renders2 = _score(detail.render, held, height)
+        mesh = detail.mesh()
+        metrics["detail"] = {
+            **summary2,
+            "steps": detail.step,
+            "seconds": round(fit2_s, 3),
+            "seconds_per_step": round(fit2_s / max(detail.step, 1), 5),
+            "render_resolution": detail_cfg.resolution,
+            "init_threshold": detail.init_threshold,
+            "faces": mesh.n_faces,
+            "closed": mesh.is_closed(),
+            "backends": {"rasterizer": detail.renderer.backend},
+            "config": to_dict(detail_cfg),
+        }
+        rows.append(renders2)
+        stages["detail"] = detail
+        if out_dir is not None:
+            from .export import export_mesh
+
+            result = export_mesh(mesh, detail.texture.color, Path(out_dir) / "mesh.glb", export_cfg)
+            metrics["export"] = {
+                "glb": result.glb.name,
+                "obj": result.obj.name if result.obj else None,
+                "faces": result.n_faces,
+                "vertices": result.n_vertices,
+                "uv_backend": result.uv_backend,
+                "texture_size": result.texture_size,
+                "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+            }
+        if reference_mesh is not None:
+            from .geometry import chamfer_distance
+
+            g = torch.Generator().manual_seed(0)
+            ours = mesh.detach().to("cpu").sample_surface(20000, g)
+            theirs = reference_mesh.to("cpu").sample_surface(20000, g)
+            metrics["detail"]["chamfer"] = float(chamfer_distance(ours, theirs))
+    metrics["stage"] = "detail" if detail_cfg is not None else "outline"
+    final = metrics[metrics["stage"]]
+    metrics["silhouette_iou"], metrics["masked_psnr"] = final["silhouette_iou"], final["masked_psnr"]
+    return ReconstructionReport(metrics, grid_image(rows), stages)
+
+
+def reconstruct_outline(
+    dataset: MultiViewDataset, holdout: int, cfg: OutlineStageConfig, device: str = "cpu",
+    callback: ProgressCallback | None = None, eval_resolution: int | None = None,
+) -> ReconstructionReport:
+    """Stage 1 only (see :func:`reconstruct`)."""
+    return reconstruct(dataset, holdout, cfg, device=device, callback=callback, eval_resolution=eval_resolution)
 
 
 def write_report(report: ReconstructionReport, out_dir: str | Path) -> tuple[Path, Path]:
@@ -101,3 +177,6 @@ def write_report(report: ReconstructionReport, out_dir: str | Path) -> tuple[Pat
     sheet_path = out / "contact_sheet.png"
     Image.fromarray(to_uint8(report.contact_sheet)).save(sheet_path)
     return metrics_path, sheet_path
+
+
+__all__ = ["ReconstructionReport", "reconstruct", "reconstruct_outline", "write_report"]

@@ -101,6 +101,32 @@ def render_object(cameras: Cameras, supersample: int = 2) -> Tensor:
     return torch.cat([color, a], dim=-1)
 
 
+def object_sdf(points: Tensor) -> Tensor:
+    """A signed distance bound (negative inside) whose zero set is the object's surface.
+
+    Exact for the boxes; for the ellipsoids, (|p / r| - 1) * min(r), which has the
+    right zero set and sign. Used to mesh the ground truth.
+    """
+    parts = []
+    for prim in PRIMITIVES:
+        c = points.new_tensor(prim.center)
+        if isinstance(prim, Ellipsoid):
+            r = points.new_tensor(prim.radii)
+            parts.append(((points - c) / r).norm(dim=-1).sub(1.0) * r.min())
+        else:
+            q = (points - c).abs() - points.new_tensor(prim.half)
+            parts.append(q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0))
+    return torch.stack(parts, dim=-1).min(dim=-1).values
+
+
+def object_mesh(resolution: int = 96):
+    """The ground-truth surface, extracted from :func:`object_sdf` by marching tets."""
+    from .geometry import marching_tets_reference, tet_grid
+
+    grid = tet_grid(resolution)
+    return marching_tets_reference(grid.vertices, object_sdf(grid.vertices), grid.tets)
+
+
 def turntable_dataset(
     n_views: int = 24,
     resolution: int = 64,

@@ -18,10 +18,12 @@ def test_reconstruct_writes_metrics_and_contact_sheet(tmp_path, capsys):
     assert main(["bench", "reconstruct", str(data), "--stage", "outline", "--holdout", "2", "--out", str(out),
                  "--steps", "6", "--res", "16", "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == 6 and metrics["held_out_views"] == 2 and metrics["train_views"] == 6
-    assert 0.0 <= metrics["silhouette_iou"] <= 1.0 and len(metrics["per_view"]) == 2
-    assert metrics["backends"] == {"hash_grid": "torch", "ray_marching": "torch"}
-    assert metrics["seconds"] > 0
+    outline = metrics["outline"]
+    assert outline["steps"] == 6 and metrics["held_out_views"] == 2 and metrics["train_views"] == 6
+    assert 0.0 <= metrics["silhouette_iou"] <= 1.0 and len(outline["per_view"]) == 2
+    assert metrics["silhouette_iou"] == outline["silhouette_iou"] and metrics["stage"] == "outline"
+    assert outline["backends"] == {"hash_grid": "torch", "ray_marching": "torch"}
+    assert outline["seconds"] > 0
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.size == (2 * 24 + 2, 2 * 24 + 2), "two held-out columns, ground truth over render"
     assert "held-out silhouette IoU" in capsys.readouterr().out
