@@ -23,7 +23,7 @@ from ..images import png_bytes
 from .bake import bake_texture
 from .gltf import encode_glb, validate_glb
 from .obj import encode_mtl, encode_obj
-from .uv import UVMesh, unwrap
+from .uv import unwrap
 
 
 @dataclass
@@ -47,10 +47,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _vertex_normals(uv_mesh: UVMesh) -> Tensor:
-    return Mesh(uv_mesh.vertices, uv_mesh.faces).vertex_normals()
-
-
 def export_mesh(
     mesh: Mesh, color_fn: Callable[[Tensor], Tensor], out_glb: str | Path, cfg: ExportConfig | None = None
 ) -> ExportResult:
@@ -59,7 +55,7 @@ def export_mesh(
     out_glb = Path(out_glb)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    mesh = Mesh(mesh.vertices.detach(), mesh.faces)
+    mesh = Mesh(mesh.vertices.detach(), mesh.faces).cleaned()
     uv_mesh = unwrap(mesh, cfg.uv_backend, cfg.texture_size, cfg.uv_timeout_s)
     timings["unwrap_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -68,7 +64,7 @@ def export_mesh(
     t2 = time.perf_counter()
     png = png_bytes(texture.float().cpu().numpy())
     positions = uv_mesh.vertices.float().cpu().numpy()
-    normals = _vertex_normals(uv_mesh).float().cpu().numpy()
+    normals = mesh.vertex_normals()[uv_mesh.source].float().cpu().numpy()  # welded: smooth across seams
     uvs = uv_mesh.uvs.float().cpu().numpy()
     indices = uv_mesh.faces.cpu().numpy().astype(np.uint32)
     name = out_glb.stem

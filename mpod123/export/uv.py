@@ -42,6 +42,8 @@ class UVMesh:
     """(F, 3) int64 indices into ``vertices`` and ``uvs``."""
     uvs: Tensor
     """(V', 2) texture coordinates in [0, 1], origin at the image's top-left (glTF)."""
+    source: Tensor
+    """(V',) the original mesh vertex each split vertex came from (for welded normals)."""
     backend: str
 
 
@@ -69,7 +71,7 @@ def triangle_atlas(mesh: Mesh, texture_size: int = 1024, margin_px: float = 2.0)
     vertices = mesh.vertices.detach()[mesh.faces].reshape(-1, 3)
     uvs = corners.reshape(-1, 2).to(vertices.dtype)
     faces = torch.arange(3 * n_faces).reshape(-1, 3)
-    return UVMesh(vertices, faces, uvs, "torch")
+    return UVMesh(vertices, faces, uvs, mesh.faces.reshape(-1), "torch")
 
 
 def _run_xatlas(vertices: np.ndarray, faces: np.ndarray, timeout_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,6 +102,8 @@ def unwrap(mesh: Mesh, backend: str = "auto", texture_size: int = 1024, timeout_
         raise ValueError(f"uv backend must be auto, xatlas or torch, not {backend!r}")
     if mesh.n_faces == 0:
         raise UnwrapError("the mesh has no faces: there is nothing to unwrap (did the optimisation lose the object?)")
+    if int(mesh.faces.min()) < 0 or int(mesh.faces.max()) >= mesh.n_vertices:
+        raise UnwrapError("the mesh's faces index vertices that do not exist; it cannot be exported")
     if backend == "torch":
         return triangle_atlas(mesh, texture_size)
     if not xatlas_available():
@@ -120,10 +124,12 @@ def unwrap(mesh: Mesh, backend: str = "auto", texture_size: int = 1024, timeout_
         except (UnwrapError, subprocess.TimeoutExpired) as exc:
             errors.append(str(exc))
             continue
+        source = torch.from_numpy(vmapping.astype(np.int64)).to(mesh.vertices.device)
         return UVMesh(
-            mesh.vertices.detach()[torch.from_numpy(vmapping.astype(np.int64)).to(mesh.vertices.device)],
+            mesh.vertices.detach()[source],
             torch.from_numpy(indices.astype(np.int64)).to(mesh.faces.device),
             torch.from_numpy(uvs.astype(np.float32)).to(mesh.vertices.device),
+            source,
             "xatlas",
         )
     if backend == "xatlas":

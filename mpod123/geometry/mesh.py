@@ -70,6 +70,22 @@ class Mesh:
         v = self.vertices[self.faces]
         return (v[:, 0] * torch.linalg.cross(v[:, 1], v[:, 2], dim=-1)).sum() / 6.0
 
+    def cleaned(self, tolerance: float = 1e-7) -> Mesh:
+        """Weld vertices closer than ``tolerance`` and drop faces that collapse (repeated
+        vertices or zero area). Marching tets leaves such slivers where the SDF is zero at a
+        grid vertex; UV unwrappers give them no texture space."""
+        v = self.vertices.detach()
+        key = torch.round(v / tolerance).long()
+        _, inverse = torch.unique(key, dim=0, return_inverse=True)
+        n_unique = int(inverse.max()) + 1 if inverse.numel() else 0
+        first = torch.full((n_unique,), v.shape[0], dtype=torch.long, device=v.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(v.shape[0], device=v.device), reduce="amin")
+        faces = inverse[self.faces]
+        keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+        welded = Mesh(self.vertices[first], faces[keep])
+        area = welded.face_normals(normalize=False).norm(dim=-1)
+        return Mesh(welded.vertices, welded.faces[area > 1e-12])
+
     def surface_area(self) -> Tensor:
         return 0.5 * self.face_normals(normalize=False).norm(dim=-1).sum()
 
