@@ -24,8 +24,8 @@ def test_reconstruct_writes_metrics_and_contact_sheet(tmp_path, capsys):
     assert metrics["silhouette_iou"] == outline["silhouette_iou"] and metrics["stage"] == "outline"
     assert outline["backends"] == {"hash_grid": "torch", "ray_marching": "torch"}
     assert outline["seconds"] > 0
-    sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.size == (2 * 24 + 2, 2 * 24 + 2), "two held-out columns, ground truth over render"
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * 24 + 2, 2 * 24 + 2), "two held-out columns, ground truth over render"
     assert "held-out silhouette IoU" in capsys.readouterr().out
 
 

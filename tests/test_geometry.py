@@ -149,3 +149,20 @@ def test_chamfer_distance_of_shifted_point_sets():
     a = torch.from_numpy(np.random.default_rng(0).normal(size=(500, 3))).float()
     assert float(chamfer_distance(a, a)) == 0.0
     assert float(chamfer_distance(a, a + torch.tensor([0.01, 0, 0]))) == pytest.approx(0.01, rel=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="kaolin's marching tets needs CUDA")
+def test_kaolin_marching_tets_matches_the_reference():
+    from mpod123._optional import probe
+    from mpod123.geometry import marching_tets
+
+    if probe("kaolin") is None:
+        pytest.skip("kaolin is not installed")
+    g = tet_grid(24).to("cuda")
+    sdf = _torus_sdf(g.vertices)
+    ref = marching_tets(g.vertices, sdf, g.tets, backend="torch")
+    acc = marching_tets(g.vertices, sdf, g.tets, backend="kaolin")
+    assert acc.n_faces == ref.n_faces
+    assert float(acc.signed_volume()) == pytest.approx(float(ref.signed_volume()), rel=1e-4), "same winding"
+    g2 = torch.Generator().manual_seed(0)
+    assert float(chamfer_distance(ref.cpu().sample_surface(5000, g2), acc.cpu().sample_surface(5000, g2))) < 0.01

@@ -146,3 +146,30 @@ def test_optimising_a_sphere_toward_cube_silhouettes_reduces_the_error():
         opt.step()
     after = float(error(verts.detach()))
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvdiffrast needs CUDA")
+def test_nvdiffrast_matches_the_torch_rasterizer():
+    from mpod123._optional import probe
+
+    if probe("nvdiffrast") is None:
+        pytest.skip("nvdiffrast is not installed")
+    mesh = _sphere(16).to("cuda")
+    mesh = Mesh(mesh.vertices.float(), mesh.faces)
+    cams = orbit_cameras([90.0, 50.0], [0.0, 120.0], 2.5, 40.0, 96, device="cuda")
+    color = lambda p: (p * 0.5 + 0.5).clamp(0, 1)  # noqa: E731
+    bg = torch.ones(2, 3, device="cuda")
+    grads = []
+    outs = []
+    for backend in ("torch", "nvdiffrast"):
+        verts = mesh.vertices.clone().requires_grad_(True)
+        out = MeshRenderer(backend, "cuda").render(Mesh(verts, mesh.faces), cams, color, bg)
+        (out.opacity.sum() + out.rgb.sum()).backward()
+        grads.append(verts.grad)
+        outs.append(out)
+    a, b = outs
+    assert (a.mask == b.mask).float().mean() > 0.995
+    torch.testing.assert_close(a.depth[a.mask & b.mask], b.depth[a.mask & b.mask], atol=1e-3, rtol=1e-3)
+    assert (a.rgb - b.rgb).abs().mean() < 0.01
+    cos = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
+    assert cos > 0.8, "silhouette gradients point the same way"
