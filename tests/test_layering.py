@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-FORBIDDEN = ["zmq", "bpy", "diffusers", "transformers", "tinycudann", "nerfacc", "backend", "blender_addon"]
+FORBIDDEN = [
+    "zmq", "bpy", "diffusers", "transformers", "tinycudann", "nerfacc", "kaolin", "nvdiffrast", "xatlas", "trimesh",
+    "backend", "blender_addon",
+]
 MODULES = [
     "mpod123",
     "mpod123.config",
@@ -16,6 +19,8 @@ MODULES = [
     "mpod123.camera",
     "mpod123.fields",
     "mpod123.rendering",
+    "mpod123.geometry",
+    "mpod123.export",
     "mpod123.guidance",
     "mpod123.stages",
     "mpod123.reconstruct",

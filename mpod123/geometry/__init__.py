@@ -1,10 +1,12 @@
-"""Geometry for the detail stage: tet grids, marching tets, meshes and regularisers."""
+"""Geometry for the detail stage: tet grids, marching tets, DMTet, meshes and regularisers."""
 
+from .dmtet import DMTet
 from .marching_tets import marching_tets, marching_tets_reference
 from .mesh import Mesh, chamfer_distance, laplacian_loss, normal_consistency_loss
 from .tet_grid import TetGrid, tet_grid
 
 __all__ = [
+    "DMTet",
     "Mesh",
     "TetGrid",
     "chamfer_distance",
@@ -14,7 +16,3 @@ __all__ = [
     "normal_consistency_loss",
     "tet_grid",
 ]
-
-from .dmtet import DMTet  # noqa: E402
-
-__all__ += ["DMTet"]
