@@ -73,7 +73,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         args.holdout,
         outline,
         detail,
-        ExportConfig(texture_size=args.texture_size, uv_backend=args.uv),
+        ExportConfig(texture_size=args.texture_size, uv_backend=args.uv, target_faces=args.target_faces),
         out_dir=args.out,
         device=_device(args.device),
         callback=ProgressPrinter(),
@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--tet-res", type=int, help="stage-2 tet grid cubes per side (default: the preset's)")
     rec.add_argument("--texture-size", type=int, default=512, help="baked texture size for the exported mesh")
     rec.add_argument("--uv", default="auto", choices=["auto", "xatlas", "torch"], help="UV unwrap backend")
+    rec.add_argument("--target-faces", type=int, help="decimate the exported mesh to at most this many faces")
     rec.add_argument("--preset", default="draft", choices=["paper", "fast", "draft"])
     rec.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     rec.add_argument("--seed", type=int, default=0)

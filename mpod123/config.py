@@ -233,6 +233,8 @@ class ExportConfig:
     """"xatlas" (in a subprocess), "torch" (one cell per triangle pair, always works) or
     "auto" (xatlas, falling back to torch with a warning if it is missing or crashes)."""
     uv_timeout_s: float = 600.0
+    target_faces: int | None = None
+    """Decimate to at most this many faces before unwrapping (None keeps the full mesh)."""
     obj: bool = True
     """Also write OBJ + MTL + PNG beside the GLB."""
 

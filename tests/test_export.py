@@ -15,6 +15,7 @@ from mpod123.export import (
     GLBError,
     UnwrapError,
     bake_texture,
+    decimate,
     dilate,
     export_mesh,
     parse_glb,
@@ -160,3 +161,25 @@ def test_glb_imports_in_blender_with_the_texture_on_base_color(tmp_path):
     # glTF +Z (our front) becomes Blender -Y (its Front view)
     front = max(obj.data.vertices, key=lambda v: -v.co.y)
     assert front.co.y < -0.5
+
+
+def test_decimation_hits_the_target_and_keeps_the_shape():
+    from mpod123.geometry import chamfer_distance
+
+    mesh = _sphere(40).cleaned()
+    assert mesh.n_faces > 15000
+    small = decimate(mesh, 3000)
+    assert 1500 <= small.n_faces <= 3000
+    assert float(small.signed_volume()) == pytest.approx(float(mesh.signed_volume()), rel=0.05)
+    g = torch.Generator().manual_seed(0)
+    assert float(chamfer_distance(small.sample_surface(4000, g), mesh.sample_surface(4000, g))) < 0.03
+    assert decimate(mesh, 10**9) is mesh
+    with pytest.raises(ValueError):
+        decimate(mesh, 2)
+
+
+def test_export_with_a_face_budget(tmp_path):
+    cfg = ExportConfig(texture_size=64, uv_backend="torch", obj=False, target_faces=500)
+    result = export_mesh(_sphere(20), front_red, tmp_path / "small.glb", cfg)
+    assert result.n_faces <= 500 and "decimate_s" in result.seconds
+    assert parse_glb(result.glb.read_bytes()).indices.shape[0] == result.n_faces

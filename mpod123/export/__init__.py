@@ -1,6 +1,7 @@
 """Export: UV unwrap (xatlas or a torch atlas), texture bake, GLB and OBJ writers."""
 
 from .bake import bake_texture, dilate
+from .decimate import decimate
 from .exporter import ExportResult, export_mesh, read_mesh
 from .gltf import GLBError, encode_glb, parse_glb, validate_glb
 from .uv import UnwrapError, UVMesh, triangle_atlas, unwrap
@@ -11,6 +12,7 @@ __all__ = [
     "UVMesh",
     "UnwrapError",
     "bake_texture",
+    "decimate",
     "dilate",
     "encode_glb",
     "export_mesh",
