@@ -1,0 +1,273 @@
+"""The durable job store: SQLite in WAL mode with synchronous=FULL.
+
+Jobs, their states, their events (each with a per-job sequence number) and
+their results survive a restart of the backend. A submit is idempotent by its
+client-chosen job id, and :meth:`JobStore.submit` returns only after the
+transaction has committed, so an ``ack`` sent after it is a promise the store
+keeps. Event sequence numbers are assigned inside the same transaction that
+stores the event, so they are contiguous from 1 with no gaps or duplicates,
+whichever thread appends.
+
+States: queued -> running -> done | failed | cancelled, and queued -> cancelled.
+On start-up :meth:`recover` re-queues jobs left running by a dead backend (up
+to ``max_attempts``) and fails the rest with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL = frozenset({"done", "failed", "cancelled"})
+TRANSITIONS = {
+    "queued": {"running", "cancelled", "failed"},
+    "running": {"done", "failed", "cancelled", "queued"},
+    "done": set(),
+    "failed": set(),
+    "cancelled": set(),
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    options TEXT NOT NULL,
+    image BLOB NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result_path TEXT,
+    result_sha256 TEXT,
+    result_size INTEGER,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    created REAL NOT NULL,
+    kind TEXT NOT NULL,
+    content TEXT NOT NULL,
+    blob BLOB,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+
+
+class JobStoreError(RuntimeError):
+    """A request the store refuses; the message says why."""
+
+
+class UnknownJob(JobStoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    owner: str
+    state: str
+    options: dict[str, Any]
+    created: float
+    updated: float
+    attempts: int
+    error: str | None
+    result_path: str | None
+    result_sha256: str | None
+    result_size: int | None
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Event:
+    job_id: str
+    seq: int
+    created: float
+    kind: str
+    content: dict[str, Any]
+    blob: bytes | None
+
+
+_JOB_COLUMNS = "job_id, owner, state, options, created, updated, attempts, error, result_path, result_sha256, result_size, last_seq"
+
+
+def _job(row: tuple) -> Job:
+    return Job(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+
+
+class JobStore:
+    """Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
+
+    def __init__(self, path: str | Path, max_attempts: int = 2) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_attempts = max_attempts
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ----------------------------------------------------------------- jobs
+    def submit(self, job_id: str, owner: str, options: dict[str, Any], image: bytes) -> tuple[Job, bool]:
+        """Store a new queued job; returns (job, created). Resubmitting an id returns the existing job.
+
+        The same id from another owner is refused: job ids are not a way into
+        someone else's job.
+        """
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is not None:
+                job = _job(row)
+                if job.owner != owner:
+                    raise JobStoreError(f"job id {job_id!r} is taken; choose another id")
+                return job, False
+            db.execute(
+                "INSERT INTO jobs (job_id, owner, state, options, image, created, updated) VALUES (?,?,?,?,?,?,?)",
+                (job_id, owner, "queued", json.dumps(options), image, now, now),
+            )
+        return self.get(job_id), True
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return _job(row)
+
+    def get_owned(self, job_id: str, owner: str) -> Job:
+        """The job if ``owner`` submitted it; another owner's job looks exactly like a missing one."""
+        job = self.get(job_id)
+        if job.owner != owner:
+            raise UnknownJob(f"no job {job_id!r}")
+        return job
+
+    def image(self, job_id: str) -> bytes:
+        with self._lock:
+            row = self._db.execute("SELECT image FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return bytes(row[0])
+
+    def list(self, owner: str | None = None, states: tuple[str, ...] = STATES) -> list[Job]:
+        marks = ",".join("?" * len(states))
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"
+        params: list[Any] = list(states)
+        if owner is not None:
+            query += " AND owner=?"
+            params.append(owner)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created, job_id", params).fetchall()
+        return [_job(r) for r in rows]
+
+    def set_state(self, job_id: str, state: str, error: str | None = None) -> Job:
+        """Move a job along the state machine; an impossible move raises."""
+        if state not in STATES:
+            raise JobStoreError(f"unknown state {state!r}")
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(f"no job {job_id!r}")
+            if state not in TRANSITIONS[row[0]]:
+                raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
+            db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?", (state, error, time.time(), job_id))
+        return self.get(job_id)
+
+    def claim_next(self) -> Job | None:
+        """Atomically take the oldest queued job and mark it running (attempts + 1)."""
+        with self._tx() as db:
+            row = db.execute("SELECT job_id FROM jobs WHERE state='queued' ORDER BY created, job_id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state='running', attempts=attempts+1, updated=? WHERE job_id=?", (time.time(), row[0])
+            )
+        return self.get(row[0])
+
+    def recover(self) -> list[Job]:
+        """After a restart: re-queue jobs left running, or fail those out of attempts."""
+        changed = []
+        for job in self.list(states=("running",)):
+            if job.attempts < self.max_attempts:
+                changed.append(self.set_state(job.job_id, "queued", "re-queued after the backend restarted"))
+            else:
+                changed.append(
+                    self.set_state(job.job_id, "failed", f"the job was interrupted {job.attempts} times; giving up")
+                )
+        return changed
+
+    def set_result(self, job_id: str, path: str, sha256: str, size: int) -> None:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET result_path=?, result_sha256=?, result_size=?, updated=? WHERE job_id=?",
+                (path, sha256, size, time.time(), job_id),
+            )
+            if cur.rowcount == 0:
+                raise UnknownJob(f"no job {job_id!r}")
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job, its events and its result file."""
+        job = self.get(job_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,))
+        if job.result_path:
+            Path(job.result_path).unlink(missing_ok=True)
+
+    def expire(self, ttl_s: float, now: float | None = None) -> list[str]:
+        """Delete finished jobs whose last update is older than ``ttl_s``; returns their ids."""
+        cutoff = (now if now is not None else time.time()) - ttl_s
+        old = [j.job_id for j in self.list(states=tuple(TERMINAL)) if j.updated < cutoff]
+        for job_id in old:
+            self.delete(job_id)
+        return old
+
+    # --------------------------------------------------------------- events
+    def append_event(self, job_id: str, kind: str, content: dict[str, Any], blob: bytes | None = None) -> int:
+        """Store an event and return its sequence number (1, 2, 3, ... per job)."""
+        with self._tx() as db:
+            row = db.execute("SELECT last_seq FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(f"no job {job_id!r}")
+            seq = row[0] + 1
+            db.execute(
+                "INSERT INTO events (job_id, seq, created, kind, content, blob) VALUES (?,?,?,?,?,?)",
+                (job_id, seq, time.time(), kind, json.dumps(content), blob),
+            )
+            db.execute("UPDATE jobs SET last_seq=?, updated=? WHERE job_id=?", (seq, time.time(), job_id))
+        return seq
+
+    def events_since(self, job_id: str, last_seq: int, limit: int = 1000) -> list[Event]:
+        """Events with seq > ``last_seq``, in order (what a resuming client missed)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, seq, created, kind, content, blob FROM events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (job_id, last_seq, limit),
+            ).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4]), None if r[5] is None else bytes(r[5])) for r in rows]
