@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_path TEXT,
     result_sha256 TEXT,
     result_size INTEGER,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 CREATE TABLE IF NOT EXISTS events (
@@ -222,6 +223,26 @@ class JobStore:
                     self.set_state(job.job_id, "failed", f"the job was interrupted {job.attempts} times; giving up")
                 )
         return changed
+
+    def request_cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once; flag a running one for its worker to stop cooperatively."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(f"no job {job_id!r}")
+            if row[0] == "queued":
+                db.execute(
+                    "UPDATE jobs SET state='cancelled', error='cancelled before it started', updated=? WHERE job_id=?",
+                    (time.time(), job_id),
+                )
+            elif row[0] == "running":
+                db.execute("UPDATE jobs SET cancel_requested=1, updated=? WHERE job_id=?", (time.time(), job_id))
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT cancel_requested FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return bool(row and row[0])
 
     def set_result(self, job_id: str, path: str, sha256: str, size: int) -> None:
         with self._tx() as db:

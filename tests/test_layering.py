@@ -54,3 +54,13 @@ def test_probe_detects_a_loaded_module():
     code = "import sys, json; import mpod123.camera; print(json.dumps('torch' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) is True
+
+
+@pytest.mark.parametrize("module", ["backend.server", "backend.workers", "backend.demo"])
+def test_backend_service_modules_load_no_torch_or_blender(module):
+    code = (
+        f"import sys, json, {module}; "
+        "print(json.dumps(sorted(m for m in ('torch', 'bpy', 'mpod123', 'diffusers') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

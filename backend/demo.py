@@ -1,0 +1,55 @@
+"""A stand-in job for tests and ``serve --demo``: the pipeline's event pattern without the pipeline.
+
+It reports progress for an outline and a detail stage, sends a real PNG
+preview from each, honours cancellation between steps, and writes a result
+file of ``options["result_bytes"]`` bytes (deterministic content). With
+``options["step_s"]`` it sleeps that long per step, so tests can kill it
+mid-job. ``options["fail_at"]`` makes it raise at that step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import time
+import zlib
+
+from .workers import JobContext
+
+
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour PNG, written with the standard library."""
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    buf = io.BytesIO()
+    buf.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return buf.getvalue()
+
+
+def demo_job(ctx: JobContext) -> str:
+    steps = int(ctx.options.get("steps", 4))
+    step_s = float(ctx.options.get("step_s", 0.0))
+    fail_at = ctx.options.get("fail_at")
+    for stage, colour in (("outline", (200, 80, 40)), ("detail", (40, 80, 200))):
+        for step in range(1, steps + 1):
+            ctx.check_cancel()
+            if fail_at is not None and int(fail_at) == step and stage == "outline":
+                raise RuntimeError(f"demo failure at step {step}")
+            if step_s:
+                time.sleep(step_s)
+            ctx.emit("progress", {"stage": stage, "step": step, "total": steps, "losses": {"demo": 1.0 / step}})
+        ctx.emit("preview", {"stage": stage, "step": steps, "width": 8, "height": 4}, _png(8, 4, colour))
+        ctx.emit("stage_done", {"stage": stage, "steps": steps})
+    size = int(ctx.options.get("result_bytes", 1024))
+    out = ctx.workdir / "result.glb"
+    seed = hashlib.sha256(ctx.job_id.encode()).digest()
+    with open(out, "wb") as f:
+        block = (seed * (65536 // len(seed) + 1))[:65536]
+        for start in range(0, size, len(block)):
+            f.write(block[: min(len(block), size - start)])
+    return str(out)

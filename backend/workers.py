@@ -1,0 +1,211 @@
+"""Executors: where jobs run. The default runs local worker processes, one per GPU (one on a CPU).
+
+A dispatcher thread claims queued jobs from the store and starts one process
+per job (``spawn``, so no socket or lock is inherited). The process runs the
+job function with a :class:`JobContext`; every event it emits goes straight
+into the SQLite store (its own connection), which is the single source of
+truth that the server forwards from. The dispatcher also:
+
+* reaps processes: one that died without finishing its job (a crash, a
+  SIGKILL, the OOM killer) re-queues the job while it has attempts left and
+  otherwise fails it with the exit code, so a job never hangs;
+* runs the watchdog: a running job with no event for ``watchdog_s`` is killed
+  and failed;
+* enforces cancel: the worker stops cooperatively at its next step once the
+  store says so; after ``cancel_grace_s`` it is killed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import multiprocessing as mp
+import os
+import shutil
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .jobs import JobStore, TERMINAL
+
+
+class JobCancelled(Exception):
+    """Raised inside a job function when its job was cancelled."""
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    image: bytes
+    options: dict[str, Any]
+    workdir: Path
+    store: JobStore
+
+    def emit(self, kind: str, content: dict[str, Any], blob: bytes | None = None) -> int:
+        """Store an event (progress, preview, stage_done, log) and return its sequence number."""
+        return self.store.append_event(self.job_id, kind, content, blob)
+
+    def check_cancel(self) -> None:
+        if self.store.cancel_requested(self.job_id):
+            raise JobCancelled("cancelled by the client")
+
+
+JobFn = Callable[[JobContext], str]
+
+
+def resolve_job_fn(spec: str) -> JobFn:
+    """``"package.module:function"`` to the function."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"job function must look like 'module:function', got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def run_job(db_path: str, job_id: str, job_fn: str, data_dir: str) -> None:
+    """The worker process's entry point: run one job to a terminal state."""
+    store = JobStore(db_path)
+    try:
+        job = store.get(job_id)
+        workdir = Path(data_dir) / "jobs" / job_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        ctx = JobContext(job_id, store.image(job_id), job.options, workdir, store)
+        try:
+            result = Path(resolve_job_fn(job_fn)(ctx))
+            final = Path(data_dir) / "results" / f"{job_id}{result.suffix}"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result, final.with_name(final.name + ".tmp"))
+            os.replace(final.with_name(final.name + ".tmp"), final)
+            digest, size = _sha256(final)
+            store.set_result(job_id, str(final), digest, size)
+            store.append_event(job_id, "done", {"size": size, "sha256": digest})
+            store.set_state(job_id, "done")
+        except JobCancelled as exc:
+            store.append_event(job_id, "cancelled", {"reason": str(exc)})
+            store.set_state(job_id, "cancelled", str(exc))
+        except Exception as exc:  # the job's failure, reported to the client
+            store.append_event(job_id, "failed", {"ename": type(exc).__name__, "evalue": str(exc)})
+            store.append_event(job_id, "log", {"text": traceback.format_exc()[-4000:]})
+            store.set_state(job_id, "failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        store.close()
+
+
+@dataclass
+class _Running:
+    process: mp.process.BaseProcess
+    started: float
+    cancel_seen: float | None = None
+
+
+@dataclass
+class ExecutorConfig:
+    workers: int = 1
+    """Concurrent jobs (one per GPU by default)."""
+    job_fn: str = "backend.demo:demo_job"
+    """The job function, as 'module:function'."""
+    watchdog_s: float = 600.0
+    """Fail a running job that emits no event for this long."""
+    cancel_grace_s: float = 10.0
+    """Kill a job this long after a cancel if it has not stopped by itself."""
+    poll_s: float = 0.05
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalExecutor:
+    """Runs jobs in local worker processes; see the module docstring."""
+
+    def __init__(self, store: JobStore, data_dir: str | Path, cfg: ExecutorConfig | None = None) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.cfg = cfg or ExecutorConfig()
+        self._running: dict[str, _Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mp = mp.get_context("spawn")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="mpod123-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, kill: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if kill:
+            for run in self._running.values():
+                run.process.kill()
+                run.process.join(timeout=5)
+
+    def worker_pids(self) -> dict[str, int]:
+        return {job_id: run.process.pid for job_id, run in self._running.items() if run.process.pid}
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.tick()
+            self._stop.wait(self.cfg.poll_s)
+
+    def tick(self) -> None:
+        """One round of reaping, watchdog, cancel enforcement and dispatch."""
+        now = time.time()
+        for job_id, run in list(self._running.items()):
+            proc = run.process
+            job = self.store.get(job_id)
+            if not proc.is_alive():
+                proc.join()
+                del self._running[job_id]
+                if job.state not in TERMINAL:
+                    self._worker_died(job_id, proc.exitcode, job.attempts)
+                continue
+            if job.state in TERMINAL:
+                continue
+            if self.store.cancel_requested(job_id):
+                run.cancel_seen = run.cancel_seen or now
+                if now - run.cancel_seen > self.cfg.cancel_grace_s:
+                    proc.kill()
+                    proc.join(timeout=5)
+                    del self._running[job_id]
+                    self.store.append_event(job_id, "cancelled", {"reason": "killed after the cancel grace period"})
+                    self.store.set_state(job_id, "cancelled", "killed after the cancel grace period")
+                continue
+            if now - max(job.updated, run.started) > self.cfg.watchdog_s:
+                proc.kill()
+                proc.join(timeout=5)
+                del self._running[job_id]
+                reason = f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it"
+                self.store.append_event(job_id, "failed", {"ename": "Watchdog", "evalue": reason})
+                self.store.set_state(job_id, "failed", reason)
+        while len(self._running) < self.cfg.workers:
+            job = self.store.claim_next()
+            if job is None:
+                break
+            proc = self._mp.Process(
+                target=run_job,
+                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir)),
+                name=f"mpod123-job-{job.job_id}",
+                daemon=True,
+            )
+            proc.start()
+            self._running[job.job_id] = _Running(proc, time.time())
+
+    def _worker_died(self, job_id: str, exitcode: int | None, attempts: int) -> None:
+        if attempts < self.store.max_attempts:
+            self.store.append_event(job_id, "log", {"text": f"worker exited with code {exitcode}; re-queued"})
+            self.store.set_state(job_id, "queued", f"worker exited with code {exitcode}; re-queued")
+        else:
+            reason = f"worker exited with code {exitcode} on attempt {attempts}; giving up"
+            self.store.append_event(job_id, "failed", {"ename": "WorkerDied", "evalue": reason})
+            self.store.set_state(job_id, "failed", reason)

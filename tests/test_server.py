@@ -1,0 +1,285 @@
+"""The backend over real ZeroMQ sockets on loopback, with a real SQLite store and worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from backend import protocol  # noqa: E402
+from backend.jobs import JobStore  # noqa: E402
+from backend.protocol import MAGIC, Message  # noqa: E402
+from backend.server import Server, ServerConfig  # noqa: E402
+from backend.workers import ExecutorConfig, LocalExecutor  # noqa: E402
+
+
+class Client:
+    """A minimal DEALER client for the tests (the add-on's client comes with the add-on)."""
+
+    def __init__(self, endpoint: str, session: str = "alice") -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.session = session
+        self.events: list[Message] = []
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    def send(self, msg_type, content=None, buffers=(), job_id=None) -> None:
+        msg = Message(msg_type, content or {}, list(buffers), job_id=job_id, session=self.session)
+        self.sock.send_multipart(protocol.encode(msg))
+
+    def recv(self, timeout: float = 10.0) -> Message:
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no reply from the server")
+        return protocol.decode(self.sock.recv_multipart())
+
+    def request(self, msg_type, content=None, buffers=(), job_id=None, timeout=10.0) -> Message:
+        self.send(msg_type, content, buffers, job_id)
+        deadline = time.time() + timeout
+        while True:
+            msg = self.recv(max(0.01, deadline - time.time()))
+            if msg.msg_type == "event":
+                self.events.append(msg)
+                continue
+            return msg
+
+    def wait_for(self, kind: str, job_id: str, timeout: float = 30.0) -> Message:
+        deadline = time.time() + timeout
+        for msg in self.events:
+            if msg.job_id == job_id and msg.content["kind"] == kind:
+                return msg
+        while time.time() < deadline:
+            msg = self.recv(max(0.01, deadline - time.time()))
+            if msg.msg_type == "event":
+                self.events.append(msg)
+                if msg.job_id == job_id and msg.content["kind"] == kind:
+                    return msg
+        raise TimeoutError(f"no {kind} event for {job_id}")
+
+    def download(self, job_id: str, chunk: int = 1 << 20) -> bytes:
+        info = self.request("result_info", job_id=job_id)
+        assert info.msg_type == "result_info_reply", info.content
+        data = b""
+        while len(data) < info.content["size"]:
+            reply = self.request("fetch_chunk", {"offset": len(data), "length": chunk}, job_id=job_id)
+            assert reply.msg_type == "chunk" and reply.content["offset"] == len(data)
+            data += reply.buffers[0]
+        assert hashlib.sha256(data).hexdigest() == info.content["sha256"]
+        return data
+
+
+class Backend:
+    def __init__(self, tmp_path, **executor_kw):
+        self.tmp = tmp_path
+        self.store = JobStore(tmp_path / "jobs.sqlite", max_attempts=executor_kw.pop("max_attempts", 2))
+        self.store.recover()
+        self.executor = LocalExecutor(self.store, tmp_path / "data", ExecutorConfig(**executor_kw))
+        self.server = Server(self.store, ServerConfig(bind="tcp://127.0.0.1:0"))
+        self.endpoint = self.server.start()
+        self.executor.start()
+
+    def stop(self):
+        self.executor.stop()
+        self.server.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = Backend(tmp_path)
+    yield b
+    b.stop()
+
+
+def _job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _submit(client, options, job_id=None):
+    job_id = job_id or _job_id()
+    reply = client.request("submit", {"options": options}, [b"\x89PNG fake image"], job_id=job_id)
+    assert reply.msg_type == "ack", reply.content
+    return job_id, reply
+
+
+def test_hello(backend):
+    c = Client(backend.endpoint)
+    reply = c.request("hello", {"client": "test"})
+    assert reply.msg_type == "hello_reply" and "1.0" in reply.content["versions"]
+    c.close()
+
+
+def test_a_jobs_whole_life(backend):
+    c = Client(backend.endpoint)
+    job_id, ack = _submit(c, {"steps": 3, "result_bytes": 3_000_000})
+    assert ack.content["created"] and ack.content["state"] == "queued"
+    done = c.wait_for("done", job_id)
+    events = [m for m in c.events if m.job_id == job_id]
+    assert [m.seq for m in events] == list(range(1, len(events) + 1)), "in order, no gaps"
+    previews = [m for m in events if m.content["kind"] == "preview"]
+    assert [p.content["stage"] for p in previews] == ["outline", "detail"]
+    assert all(p.buffers[0].startswith(b"\x89PNG") for p in previews)
+    data = c.download(job_id)
+    assert len(data) == 3_000_000 and done.content["sha256"] == hashlib.sha256(data).hexdigest()
+    assert c.request("status", job_id=job_id).content["state"] == "done"
+    c.close()
+
+
+def test_malformed_messages_get_error_replies_and_the_server_lives(backend):
+    c = Client(backend.endpoint)
+    for frames in ([b"junk"], [MAGIC, b"{", b"}"], [MAGIC, b'{"version":"1.0","msg_type":"submit"}', b"{}"]):
+        c.sock.send_multipart(frames)
+        reply = c.recv()
+        assert reply.msg_type == "error" and reply.content["ename"] and reply.content["evalue"]
+    assert c.request("ack", {"state": "x"}, job_id="j").content["ename"] == "UnexpectedMessage"
+    assert c.request("hello", {"client": "t"}).msg_type == "hello_reply"
+    c.close()
+
+
+def test_the_same_job_id_twice_runs_once(backend):
+    c = Client(backend.endpoint)
+    job_id, first = _submit(c, {"steps": 2})
+    _, second = _submit(c, {"steps": 2}, job_id=job_id)
+    assert first.content["created"] and not second.content["created"]
+    c.wait_for("done", job_id)
+    time.sleep(0.3)
+    events = backend.store.events_since(job_id, 0)
+    assert sum(e.kind == "done" for e in events) == 1
+    assert backend.store.get(job_id).attempts == 1
+    c.close()
+
+
+def test_another_client_cannot_see_or_cancel_a_job(backend):
+    alice, mallory = Client(backend.endpoint, "alice"), Client(backend.endpoint, "mallory")
+    job_id, _ = _submit(alice, {"steps": 2})
+    for msg_type in ("status", "cancel", "result_info"):
+        assert mallory.request(msg_type, job_id=job_id).content["ename"] == "UnknownJob"
+    assert mallory.request("resume", {"last_seq": 0}, job_id=job_id).content["ename"] == "UnknownJob"
+    assert mallory.request("list").content["jobs"] == []
+    assert [j["job_id"] for j in alice.request("list").content["jobs"]] == [job_id]
+    alice.close()
+    mallory.close()
+
+
+def test_resume_after_a_disconnect_has_no_gaps_or_duplicates(backend):
+    c = Client(backend.endpoint)
+    job_id, _ = _submit(c, {"steps": 6, "step_s": 0.05})
+    first = c.wait_for("progress", job_id)
+    seen = [m.seq for m in c.events if m.job_id == job_id]
+    c.close()
+    time.sleep(0.3)  # events keep coming while nobody listens
+    c2 = Client(backend.endpoint)
+    status = c2.request("resume", {"last_seq": seen[-1]}, job_id=job_id)
+    assert status.msg_type == "status_reply"
+    c2.wait_for("done", job_id)
+    rest = [m.seq for m in c2.events if m.job_id == job_id]
+    assert seen + rest == list(range(1, rest[-1] + 1)), (seen, rest)
+    assert first.seq == 1
+    c2.close()
+
+
+def test_cancel_stops_a_running_job_within_seconds(backend):
+    c = Client(backend.endpoint)
+    job_id, _ = _submit(c, {"steps": 200, "step_s": 0.05})
+    c.wait_for("progress", job_id)
+    t0 = time.time()
+    assert c.request("cancel", job_id=job_id).msg_type == "cancel_reply"
+    c.wait_for("cancelled", job_id, timeout=10)
+    assert time.time() - t0 < 5
+    assert backend.store.get(job_id).state == "cancelled"
+    assert c.request("result_info", job_id=job_id).content["ename"] == "NotReady"
+    c.close()
+
+
+def test_a_killed_worker_requeues_and_the_job_still_completes(backend):
+    c = Client(backend.endpoint)
+    job_id, _ = _submit(c, {"steps": 20, "step_s": 0.05})
+    c.wait_for("progress", job_id)
+    pid = backend.executor.worker_pids()[job_id]
+    os.kill(pid, signal.SIGKILL)
+    c.wait_for("done", job_id, timeout=60)
+    job = backend.store.get(job_id)
+    assert job.state == "done" and job.attempts == 2
+    logs = [e.content["text"] for e in backend.store.events_since(job_id, 0) if e.kind == "log"]
+    assert any("re-queued" in t for t in logs)
+    c.close()
+
+
+def test_a_worker_killed_on_its_last_attempt_fails_the_job(tmp_path):
+    b = Backend(tmp_path, max_attempts=1)
+    try:
+        c = Client(b.endpoint)
+        job_id, _ = _submit(c, {"steps": 50, "step_s": 0.05})
+        c.wait_for("progress", job_id)
+        os.kill(b.executor.worker_pids()[job_id], signal.SIGKILL)
+        failed = c.wait_for("failed", job_id, timeout=30)
+        assert failed.content["ename"] == "WorkerDied" and "-9" in failed.content["evalue"]
+        c.close()
+    finally:
+        b.stop()
+
+
+def test_the_watchdog_fails_a_silent_job(tmp_path):
+    b = Backend(tmp_path, watchdog_s=0.5)
+    try:
+        c = Client(b.endpoint)
+        job_id, _ = _submit(c, {"steps": 2, "step_s": 3.0})
+        failed = c.wait_for("failed", job_id, timeout=30)
+        assert failed.content["ename"] == "Watchdog"
+        c.close()
+    finally:
+        b.stop()
+
+
+def test_a_failing_job_reports_why(backend):
+    c = Client(backend.endpoint)
+    job_id, _ = _submit(c, {"steps": 3, "fail_at": 2})
+    failed = c.wait_for("failed", job_id)
+    assert "demo failure" in failed.content["evalue"]
+    assert c.request("status", job_id=job_id).content["state"] == "failed"
+    c.close()
+
+
+def test_a_restarted_backend_finishes_interrupted_jobs_and_keeps_their_events(tmp_path):
+    b = Backend(tmp_path)
+    c = Client(b.endpoint)
+    job_id, _ = _submit(c, {"steps": 30, "step_s": 0.05})
+    c.wait_for("progress", job_id)
+    before = [e.seq for e in b.store.events_since(job_id, 0)]
+    b.stop()  # workers killed with the backend
+    c.close()
+    b2 = Backend(tmp_path)
+    try:
+        c2 = Client(b2.endpoint)
+        c2.request("resume", {"last_seq": 0}, job_id=job_id)
+        c2.wait_for("done", job_id, timeout=60)
+        seqs = [m.seq for m in c2.events if m.job_id == job_id]
+        assert seqs == list(range(1, seqs[-1] + 1)) and seqs[: len(before)] == before
+        c2.download(job_id)
+        c2.close()
+    finally:
+        b2.stop()
+
+
+def test_limits_refuse_with_a_reason(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0", max_image_bytes=10, max_jobs_per_client=1))
+    endpoint = server.start()
+    try:
+        c = Client(endpoint)
+        big = c.request("submit", {"options": {}}, [b"x" * 11], job_id="a")
+        assert big.content["ename"] == "ImageTooLarge"
+        assert c.request("submit", {"options": {}}, [b"x"], job_id="b").msg_type == "ack"
+        assert c.request("submit", {"options": {}}, [b"x"], job_id="c").content["ename"] == "TooManyJobs"
+        c.close()
+    finally:
+        server.stop()
+        store.close()
