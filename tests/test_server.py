@@ -283,3 +283,24 @@ def test_limits_refuse_with_a_reason(tmp_path):
     finally:
         server.stop()
         store.close()
+
+
+def test_the_client_downloads_in_chunks_resumes_a_partial_file_and_checks_the_hash(backend, tmp_path):
+    from backend.client import BackendError
+    from backend.client import Client as RealClient
+
+    with RealClient(backend.endpoint, session="alice") as c:
+        job_id = c.submit(b"\x89PNG img", {"steps": 1, "result_bytes": 5_000_000})
+        assert c.wait(job_id, timeout_s=60).content["kind"] == "done"
+        full = c.fetch(job_id, tmp_path / "a.glb", chunk=1 << 20, in_flight=3).read_bytes()
+        assert len(full) == 5_000_000
+        part = tmp_path / "b.glb.part"
+        part.write_bytes(full[:1_500_000])  # an interrupted earlier download
+        assert c.fetch(job_id, tmp_path / "b.glb", chunk=1 << 20).read_bytes() == full
+        assert not part.exists()
+        (tmp_path / "c.glb.part").write_bytes(b"corrupt" * 1000)
+        with pytest.raises(BackendError, match="ChecksumMismatch"):
+            c.fetch(job_id, tmp_path / "c.glb")
+        assert not (tmp_path / "c.glb").exists(), "a bad download never becomes the result"
+        with pytest.raises(BackendError, match="UnknownJob"):
+            c.status("no-such-job")
