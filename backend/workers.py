@@ -75,8 +75,25 @@ def _sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def run_job(db_path: str, job_id: str, job_fn: str, data_dir: str) -> None:
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the backend dies, so that a restarted backend
+    never finds an orphan still running the job it re-queues. Elsewhere this is a no-op."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_job(db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None) -> None:
     """The worker process's entry point: run one job to a terminal state."""
+    _die_with_parent()
+    if parent_pid is not None and os.getppid() != parent_pid:
+        return  # the backend died before we got here; it will re-queue the job
     store = JobStore(db_path)
     try:
         job = store.get(job_id)
@@ -194,7 +211,7 @@ class LocalExecutor:
                 break
             proc = self._mp.Process(
                 target=run_job,
-                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir)),
+                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir), os.getpid()),
                 name=f"mpod123-job-{job.job_id}",
                 daemon=True,
             )

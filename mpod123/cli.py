@@ -1,4 +1,4 @@
-"""Command line: ``mpod123 bench reconstruct | make-dataset``.
+"""Command line: ``mpod123 bench reconstruct | make-dataset``, ``serve``, ``keys init``, ``client``.
 
 Exit codes: 0 success, 1 an unexpected failure, 2 bad usage or bad input (the
 message says what to change), 130 interrupted (a checkpoint is kept where the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import time
 import warnings
 from collections.abc import Sequence
@@ -104,6 +105,82 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import zmq
+
+    from backend.jobs import JobStore
+    from backend.security import CurveServerSecurity, check_bind, load_server_keys
+    from backend.server import Server, ServerConfig, serve_forever
+    from backend.workers import ExecutorConfig, LocalExecutor
+
+    check_bind(args.bind, args.keys)
+    data = Path(args.data)
+    store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts)
+    recovered = store.recover()
+    ctx = zmq.Context.instance()
+    security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
+    server = Server(store, ServerConfig(bind=args.bind), ctx, security.configure if security else None)
+    endpoint = server.start()
+    executor = LocalExecutor(store, data, ExecutorConfig(workers=args.workers, job_fn=args.job, watchdog_s=args.watchdog))
+    executor.start()
+    print(
+        f"mpod123 backend on {endpoint} ({'CURVE' if security else 'loopback, no keys'}), "
+        f"{args.workers} worker(s), job {args.job}, data in {data}; {len(recovered)} interrupted job(s) recovered",
+        flush=True,
+    )
+    try:
+        serve_forever(server, executor)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if security:
+            security.stop()
+        store.close()
+    return EXIT_OK
+
+
+def _cmd_keys_init(args: argparse.Namespace) -> int:
+    from backend.security import init_keys
+
+    made = init_keys(args.keys_dir, args.client)
+    for what, path in made.items():
+        print(f"{what}: {path}")
+    print(f"give the client {made['client_secret']} and {Path(args.keys_dir) / 'server.key'}")
+    return EXIT_OK
+
+
+def _client_from_args(args: argparse.Namespace):
+    from backend.client import Client
+    from backend.security import load_client_keys, load_public_key
+
+    if args.server_key:
+        return Client(args.server, args.session, args.timeout, load_public_key(args.server_key), load_client_keys(args.client_key))
+    return Client(args.server, args.session, args.timeout)
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    import json as _json
+
+    with _client_from_args(args) as client:
+        if args.action == "submit":
+            image = Path(args.target).read_bytes()
+            options = _json.loads(args.options) if args.options else {}
+            job_id = client.submit(image, options, job_id=args.job_id)
+            print(job_id)
+            if args.wait:
+                final = client.wait(job_id, on_event=lambda m: print(_json.dumps({"seq": m.seq, **m.content}), flush=True))
+                return EXIT_OK if final.content["kind"] == "done" else EXIT_FAILURE
+        elif args.action == "status":
+            print(_json.dumps(client.status(args.target), indent=1))
+        elif args.action == "cancel":
+            print(client.cancel(args.target))
+        elif args.action == "fetch":
+            print(client.fetch(args.target, args.out or f"{args.target}.glb"))
+        elif args.action == "list":
+            print(_json.dumps(client.list_jobs(), indent=1))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpod123", description="MPOD123: one image to a textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--scale", type=float, default=1.0, help="scale camera positions into the unit sphere")
     rec.set_defaults(func=_cmd_reconstruct)
 
+    srv = sub.add_parser("serve", help="run the backend: a ZeroMQ front door and local worker processes")
+    srv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (non-loopback needs --keys)")
+    srv.add_argument("--workers", type=int, default=1, help="concurrent jobs (one per GPU)")
+    srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
+    srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
+    srv.add_argument("--job", default="backend.demo:demo_job",
+                     help="job function as module:function (the default is the demo job until the pipeline lands)")
+    srv.add_argument("--watchdog", type=float, default=600.0, help="fail a job silent for this many seconds")
+    srv.add_argument("--max-attempts", type=int, default=2, help="runs of a job before a crash fails it")
+    srv.set_defaults(func=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="CURVE key management").add_subparsers(dest="keys", required=True)
+    ki = keys.add_parser("init", help="create the server key pair (once) and a client key pair")
+    ki.add_argument("keys_dir")
+    ki.add_argument("--client", default="client", help="name of the client key pair to create")
+    ki.set_defaults(func=_cmd_keys_init)
+
+    cl = sub.add_parser("client", help="talk to a backend from scripts")
+    cl.add_argument("action", choices=["submit", "status", "cancel", "fetch", "list"])
+    cl.add_argument("target", nargs="?", default="", help="an image file (submit) or a job id")
+    cl.add_argument("--server", default="tcp://127.0.0.1:5555")
+    cl.add_argument("--server-key", help="the server's public key file (turns on CURVE)")
+    cl.add_argument("--client-key", help="this client's .key_secret file")
+    cl.add_argument("--session", help="session name (without CURVE, jobs belong to it)")
+    cl.add_argument("--timeout", type=float, default=10.0)
+    cl.add_argument("--options", help="job options as JSON")
+    cl.add_argument("--job-id", help="choose the job id (submits are idempotent by it)")
+    cl.add_argument("--wait", action="store_true", help="after submit, print events until the job ends")
+    cl.add_argument("--out", help="where fetch writes the result")
+    cl.set_defaults(func=_cmd_client)
+
     mk = bench.add_parser("make-dataset", help="render the procedural test object as a NeRF-synthetic dataset")
     mk.add_argument("out_dir")
     mk.add_argument("--views", type=int, default=24)
@@ -144,10 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .dataset import DatasetError
     from .stages import CheckpointError
 
+    errors: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, ValueError, FileNotFoundError)
+    if args.command in ("serve", "keys", "client"):
+        from backend.client import BackendError, BackendTimeout
+        from backend.security import SecurityError
+
+        errors += (SecurityError, BackendError, BackendTimeout)
     warnings.filterwarnings("once")
     try:
         return args.func(args)
-    except (DatasetError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except errors as exc:
         print(f"mpod123: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -304,3 +304,37 @@ def test_the_client_downloads_in_chunks_resumes_a_partial_file_and_checks_the_ha
         assert not (tmp_path / "c.glb").exists(), "a bad download never becomes the result"
         with pytest.raises(BackendError, match="UnknownJob"):
             c.status("no-such-job")
+
+
+def test_fuzzed_frames_over_the_socket_each_get_an_error_reply(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))
+    endpoint = server.start()
+    c = Client(endpoint)
+    header = st.fixed_dictionaries(
+        {"msg_type": st.sampled_from(sorted(protocol.MSG_TYPES) + ["bogus"]), "version": st.sampled_from(["1.0", "0.1"])},
+        optional={"msg_id": st.text(max_size=5), "session": st.integers(), "job_id": st.text(max_size=5), "seq": st.text()},
+    )
+    garbage = st.lists(st.binary(max_size=40), min_size=1, max_size=5)
+    structured = st.tuples(header, st.dictionaries(st.text(max_size=5), st.integers(), max_size=3)).map(
+        lambda hc: [MAGIC, __import__("json").dumps(hc[0]).encode(), __import__("json").dumps(hc[1]).encode()]
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(garbage, structured))
+    def one(frames):
+        c.sock.send_multipart(frames)
+        reply = c.recv(timeout=5)
+        if reply.msg_type != "error":  # a well-formed request may be valid: it gets a real reply
+            assert reply.msg_type.endswith("_reply") or reply.msg_type in ("ack", "chunk")
+
+    try:
+        one()
+        assert c.request("hello", {"client": "after fuzz"}).msg_type == "hello_reply"
+    finally:
+        c.close()
+        server.stop()
+        store.close()
