@@ -41,6 +41,8 @@ class ServerConfig:
     max_jobs_per_client: int = 100
     heartbeat_ivl_ms: int = 2000
     heartbeat_timeout_ms: int = 10000
+    result_ttl_s: float = 7 * 24 * 3600.0
+    """Finished jobs and their results are deleted this long after they end."""
     forward_batch: int = 200
     """Events forwarded per job and subscriber per loop turn (bounds a slow client's share)."""
 
@@ -115,8 +117,12 @@ class Server:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        next_expiry = 0.0
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_expiry:
+                    self.store.expire(self.cfg.result_ttl_s)
+                    next_expiry = time.monotonic() + 60.0
                 if poller.poll(50):
                     for _ in range(100):  # drain a burst, but keep forwarding events
                         try:

@@ -89,9 +89,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_job(db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None) -> None:
-    """The worker process's entry point: run one job to a terminal state."""
+def run_job(
+    db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None
+) -> None:
+    """The worker process's entry point: run one job to a terminal state (on one GPU, if given)."""
     _die_with_parent()
+    if gpu is not None:  # before anything imports torch: this process sees exactly one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if parent_pid is not None and os.getppid() != parent_pid:
         return  # the backend died before we got here; it will re-queue the job
     store = JobStore(db_path)
@@ -126,12 +130,24 @@ class _Running:
     process: mp.process.BaseProcess
     started: float
     cancel_seen: float | None = None
+    gpu: str | None = None
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids from CUDA_VISIBLE_DEVICES, else from /proc (Linux, NVIDIA), else none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    proc = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(proc.iterdir())))] if proc.is_dir() else []
 
 
 @dataclass
 class ExecutorConfig:
-    workers: int = 1
-    """Concurrent jobs (one per GPU by default)."""
+    workers: int | None = None
+    """Concurrent jobs; None means one per visible GPU (one on a machine without GPUs)."""
+    gpus: list[str] | None = None
+    """GPU ids to pin workers to (None: the visible GPUs)."""
     job_fn: str = "backend.demo:demo_job"
     """The job function, as 'module:function'."""
     watchdog_s: float = 600.0
@@ -153,6 +169,8 @@ class LocalExecutor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mp = mp.get_context("spawn")
+        self.gpus = self.cfg.gpus if self.cfg.gpus is not None else visible_gpus()
+        self.workers = self.cfg.workers or max(1, len(self.gpus))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="mpod123-dispatcher", daemon=True)
@@ -205,18 +223,27 @@ class LocalExecutor:
                 reason = f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it"
                 self.store.append_event(job_id, "failed", {"ename": "Watchdog", "evalue": reason})
                 self.store.set_state(job_id, "failed", reason)
-        while len(self._running) < self.cfg.workers:
+        while len(self._running) < self.workers:
             job = self.store.claim_next()
             if job is None:
                 break
+            gpu = self._free_gpu()
             proc = self._mp.Process(
                 target=run_job,
-                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir), os.getpid()),
+                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu),
                 name=f"mpod123-job-{job.job_id}",
                 daemon=True,
             )
             proc.start()
-            self._running[job.job_id] = _Running(proc, time.time())
+            self._running[job.job_id] = _Running(proc, time.time(), gpu=gpu)
+
+    def _free_gpu(self) -> str | None:
+        """A GPU no running job holds (round-robin when there are more workers than GPUs)."""
+        if not self.gpus:
+            return None
+        busy = [r.gpu for r in self._running.values()]
+        free = [g for g in self.gpus if g not in busy]
+        return free[0] if free else self.gpus[len(self._running) % len(self.gpus)]
 
     def _worker_died(self, job_id: str, exitcode: int | None, attempts: int) -> None:
         if attempts < self.store.max_attempts:

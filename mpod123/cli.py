@@ -125,7 +125,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     executor.start()
     print(
         f"mpod123 backend on {endpoint} ({'CURVE' if security else 'loopback, no keys'}), "
-        f"{args.workers} worker(s), job {args.job}, data in {data}; {len(recovered)} interrupted job(s) recovered",
+        f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {args.job}, data in {data}; {len(recovered)} interrupted job(s) recovered",
         flush=True,
     )
     try:
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="run the backend: a ZeroMQ front door and local worker processes")
     srv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (non-loopback needs --keys)")
-    srv.add_argument("--workers", type=int, default=1, help="concurrent jobs (one per GPU)")
+    srv.add_argument("--workers", type=int, help="concurrent jobs (default: one per visible GPU, one without GPUs)")
     srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
     srv.add_argument("--job", default="backend.demo:demo_job",

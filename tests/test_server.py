@@ -338,3 +338,28 @@ def test_fuzzed_frames_over_the_socket_each_get_an_error_reply(tmp_path):
         c.close()
         server.stop()
         store.close()
+
+
+def test_workers_are_pinned_one_gpu_each(tmp_path, monkeypatch):
+    from backend.workers import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    store = JobStore(tmp_path / "jobs.sqlite")
+    executor = LocalExecutor(store, tmp_path / "data", ExecutorConfig(job_fn="tests.gpu_probe_job:report_gpu"))
+    assert executor.workers == 2
+    try:
+        for name in ("a", "b"):
+            store.submit(name, "o", {"step_s": 0.5}, b"img")
+        executor.tick()
+        time.sleep(0.2)
+        executor.tick()
+        deadline = time.time() + 30
+        while any(store.get(j).state != "done" for j in ("a", "b")) and time.time() < deadline:
+            executor.tick()
+            time.sleep(0.05)
+        seen = sorted(next(e.content["gpu"] for e in store.events_since(j, 0) if e.kind == "log") for j in ("a", "b"))
+        assert seen == ["2", "5"], "two concurrent jobs, one on each GPU"
+    finally:
+        executor.stop()
+        store.close()
