@@ -270,19 +270,36 @@ class JobStore:
         return old
 
     # --------------------------------------------------------------- events
+    def _insert_event(self, db: sqlite3.Connection, job_id: str, kind: str, content: dict[str, Any], blob: bytes | None) -> int:
+        row = db.execute("SELECT last_seq FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        seq = row[0] + 1
+        db.execute(
+            "INSERT INTO events (job_id, seq, created, kind, content, blob) VALUES (?,?,?,?,?,?)",
+            (job_id, seq, time.time(), kind, json.dumps(content), blob),
+        )
+        db.execute("UPDATE jobs SET last_seq=?, updated=? WHERE job_id=?", (seq, time.time(), job_id))
+        return seq
+
     def append_event(self, job_id: str, kind: str, content: dict[str, Any], blob: bytes | None = None) -> int:
         """Store an event and return its sequence number (1, 2, 3, ... per job)."""
         with self._tx() as db:
-            row = db.execute("SELECT last_seq FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            return self._insert_event(db, job_id, kind, content, blob)
+
+    def finish(self, job_id: str, state: str, kind: str, content: dict[str, Any], error: str | None = None) -> int:
+        """Move a job to a terminal ``state`` and store its final event in one transaction,
+        so a client that sees the event always finds the job in that state."""
+        if state not in TERMINAL:
+            raise JobStoreError(f"{state} is not a terminal state")
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJob(f"no job {job_id!r}")
-            seq = row[0] + 1
-            db.execute(
-                "INSERT INTO events (job_id, seq, created, kind, content, blob) VALUES (?,?,?,?,?,?)",
-                (job_id, seq, time.time(), kind, json.dumps(content), blob),
-            )
-            db.execute("UPDATE jobs SET last_seq=?, updated=? WHERE job_id=?", (seq, time.time(), job_id))
-        return seq
+            if state not in TRANSITIONS[row[0]]:
+                raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
+            db.execute("UPDATE jobs SET state=?, error=? WHERE job_id=?", (state, error, job_id))
+            return self._insert_event(db, job_id, kind, content, None)
 
     def events_since(self, job_id: str, last_seq: int, limit: int = 1000) -> list[Event]:
         """Events with seq > ``last_seq``, in order (what a resuming client missed)."""

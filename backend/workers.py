@@ -112,15 +112,13 @@ def run_job(
             os.replace(final.with_name(final.name + ".tmp"), final)
             digest, size = _sha256(final)
             store.set_result(job_id, str(final), digest, size)
-            store.append_event(job_id, "done", {"size": size, "sha256": digest})
-            store.set_state(job_id, "done")
+            store.finish(job_id, "done", "done", {"size": size, "sha256": digest})
         except JobCancelled as exc:
-            store.append_event(job_id, "cancelled", {"reason": str(exc)})
-            store.set_state(job_id, "cancelled", str(exc))
+            store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
         except Exception as exc:  # the job's failure, reported to the client
-            store.append_event(job_id, "failed", {"ename": type(exc).__name__, "evalue": str(exc)})
             store.append_event(job_id, "log", {"text": traceback.format_exc()[-4000:]})
-            store.set_state(job_id, "failed", f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            store.finish(job_id, "failed", "failed", {"ename": type(exc).__name__, "evalue": str(exc)}, reason)
     finally:
         store.close()
 
@@ -213,16 +211,15 @@ class LocalExecutor:
                     proc.kill()
                     proc.join(timeout=5)
                     del self._running[job_id]
-                    self.store.append_event(job_id, "cancelled", {"reason": "killed after the cancel grace period"})
-                    self.store.set_state(job_id, "cancelled", "killed after the cancel grace period")
+                    reason = "killed after the cancel grace period"
+                    self.store.finish(job_id, "cancelled", "cancelled", {"reason": reason}, reason)
                 continue
             if now - max(job.updated, run.started) > self.cfg.watchdog_s:
                 proc.kill()
                 proc.join(timeout=5)
                 del self._running[job_id]
                 reason = f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it"
-                self.store.append_event(job_id, "failed", {"ename": "Watchdog", "evalue": reason})
-                self.store.set_state(job_id, "failed", reason)
+                self.store.finish(job_id, "failed", "failed", {"ename": "Watchdog", "evalue": reason}, reason)
         while len(self._running) < self.workers:
             job = self.store.claim_next()
             if job is None:
@@ -251,5 +248,4 @@ class LocalExecutor:
             self.store.set_state(job_id, "queued", f"worker exited with code {exitcode}; re-queued")
         else:
             reason = f"worker exited with code {exitcode} on attempt {attempts}; giving up"
-            self.store.append_event(job_id, "failed", {"ename": "WorkerDied", "evalue": reason})
-            self.store.set_state(job_id, "failed", reason)
+            self.store.finish(job_id, "failed", "failed", {"ename": "WorkerDied", "evalue": reason}, reason)

@@ -136,3 +136,17 @@ def test_results_expire_after_their_ttl(store, tmp_path):
     with pytest.raises(UnknownJob):
         store.get("old")
     assert store.get("fresh").state == "queued", "unfinished jobs never expire"
+
+
+def test_finish_stores_the_state_and_its_event_together(store):
+    store.submit("j1", "a", {}, b"")
+    store.claim_next()
+    seq = store.finish("j1", "failed", "failed", {"ename": "X", "evalue": "y"}, "X: y")
+    job = store.get("j1")
+    assert job.state == "failed" and job.error == "X: y" and job.last_seq == seq
+    assert store.events_since("j1", seq - 1)[0].kind == "failed"
+    with pytest.raises(JobStoreError):
+        store.finish("j1", "done", "done", {})
+    assert store.get("j1").last_seq == seq, "a refused finish stores no event"
+    with pytest.raises(JobStoreError, match="terminal"):
+        store.finish("j1", "running", "x", {})
