@@ -184,7 +184,8 @@ class LocalExecutor:
                 run.process.join(timeout=5)
 
     def worker_pids(self) -> dict[str, int]:
-        return {job_id: run.process.pid for job_id, run in self._running.items() if run.process.pid}
+        running = dict(self._running)  # a snapshot: the dispatcher thread changes the dict
+        return {job_id: run.process.pid for job_id, run in running.items() if run.process.pid}
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -1,0 +1,203 @@
+"""Zero-1-to-3 score distillation (stage 1's prior).
+
+Components, loaded from a diffusers-format folder or hub id (the zero123-xl and
+stable-zero123 layouts): ``vae`` (AutoencoderKL), ``image_encoder``
+(CLIPVisionModelWithProjection), ``unet`` (UNet2DConditionModel with 8 input
+channels), ``clip_camera_projection`` (a Linear(768 + 4 -> 768), our own
+:class:`CameraProjection`, so no remote code is needed) and ``scheduler``.
+
+Conventions, the classic silent bugs:
+
+* **Camera.** The relative camera is [Δpolar (rad), sin Δaz, cos Δaz, Δradius]
+  with Δ = target - conditioning. Zero123's training renders measure azimuth
+  as atan2(y, x) in Blender's Z-up world, counter-clockwise seen from above.
+  Our world maps to Blender's by the proper rotation (x, y, z) -> (x, -z, y),
+  under which our azimuth (from +Z towards +X) is Blender's azimuth minus 90°,
+  so the two increase together: Δaz is our φ_target - φ_cond, with sin(+Δaz).
+  Polar angles are measured from the up axis in both worlds. Stable Zero123
+  replaces Δradius with the conditioning view's absolute polar angle (rad).
+* **Conditioning latents.** The reference image's VAE posterior *mode*,
+  unscaled (the scaled latents divided by the VAE scaling factor), concatenated
+  to the noisy latents along the channels.
+* **CLIP preprocessing.** OpenAI's: bicubic resize to the encoder's size
+  without antialiasing, then CLIP's mean/std, not CLIPImageProcessor's.
+* **CFG.** The unconditional branch has zero embeddings *and* zero latents;
+  both branches go through the UNet in one batched call.
+* **SDS.** w(t) = 1 - ᾱ_t, grad = w (ε̂ - ε) on the latents of the render
+  (resized to the model's image size, encoded with the posterior mode). The
+  loss is 0.5 ||z - sg(z - grad)||² per view, whose gradient with respect to z
+  is exactly grad. The timestep range anneals linearly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import Tensor, nn
+from transformers import CLIPVisionModelWithProjection
+
+from ..camera import Cameras
+from .base import GuidanceInput
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelNotFound(FileNotFoundError):
+    """Weights that are not on this machine; the message says how to get or point at them."""
+
+
+class CameraProjection(ModelMixin, ConfigMixin):
+    """Zero123's ``clip_camera_projection``: image embedding + 4 camera numbers -> embedding."""
+
+    @register_to_config
+    def __init__(self, embedding_dim: int = 768, additional_embeddings: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Linear(embedding_dim + additional_embeddings, embedding_dim)
+
+    def forward(self, embedding: Tensor) -> Tensor:
+        return self.proj(embedding)
+
+
+@dataclass
+class Zero123Config:
+    model: str = "ashawkey/zero123-xl-diffusers"
+    """Hub id or local folder in the diffusers layout."""
+    variant: Literal["zero123", "stable-zero123"] = "zero123"
+    guidance_scale: float = 5.0
+    t_min: float = 0.2
+    t_max_start: float = 0.98
+    """Upper end of the timestep range at step 0; it anneals linearly to ``t_max``."""
+    t_max: float = 0.6
+    anneal_steps: int = 2500
+    weight: float = 1.0
+    """Weight of the SDS loss."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float16 on CUDA, float32 on the CPU."""
+
+
+def relative_camera(target: Cameras, cond: Cameras, variant: str = "zero123") -> Tensor:
+    """(B, 4) camera conditioning of ``target`` views relative to the conditioning view (see the module doc)."""
+    d_polar = target.polar - cond.polar
+    d_az = target.azimuth - cond.azimuth
+    last = target.radius - cond.radius if variant == "zero123" else cond.polar.expand_as(d_polar)
+    return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], dim=-1)
+
+
+def clip_preprocess(images: Tensor, size: int) -> Tensor:
+    """(B, H, W, 3) in [0, 1] -> (B, 3, size, size) normalised as OpenAI's CLIP was trained."""
+    x = F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bicubic", align_corners=False, antialias=False)
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype)[:, None, None]
+    return (x.clamp(0, 1) - mean) / std
+
+
+def _load(cls, source: str, subfolder: str, dtype: torch.dtype | None):
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    try:
+        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError) as exc:
+        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+        raise ModelNotFound(
+            f"cannot load '{subfolder}' of the Zero123 model {source!r} ({exc}). Looked in the folder if it is one, "
+            f"else in the Hugging Face cache ({cache}). Download it where there is internet "
+            f"(`huggingface-cli download {source}`), or set Zero123Config.model (CLI: --zero123) to a local folder."
+        ) from None
+
+
+class Zero123Guidance:
+    """SDS from Zero-1-to-3 conditioned on the reference view (implements :class:`Guidance`)."""
+
+    def __init__(
+        self, cfg: Zero123Config, reference_rgb: Tensor, reference_camera: Cameras, device: torch.device | str = "cpu"
+    ) -> None:
+        """``reference_rgb``: (H, W, 3) in [0, 1] on a white background; ``reference_camera``: its camera."""
+        self.cfg = cfg
+        self.device = torch.device(device)
+        if cfg.dtype == "auto":
+            self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = getattr(torch, cfg.dtype)
+        src = cfg.model
+        self.vae = _load(AutoencoderKL, src, "vae", self.dtype).to(self.device).eval()
+        self.image_encoder = _load(CLIPVisionModelWithProjection, src, "image_encoder", self.dtype).to(self.device).eval()
+        self.unet = _load(UNet2DConditionModel, src, "unet", self.dtype).to(self.device).eval()
+        self.projection = _load(CameraProjection, src, "clip_camera_projection", self.dtype).to(self.device).eval()
+        self.scheduler = _load(DDIMScheduler, src, "scheduler", None)
+        self.vae.decoder = None  # never decoded: save the memory
+        for module in (self.vae, self.image_encoder, self.unet, self.projection):
+            module.requires_grad_(False)
+        self.alphas = self.scheduler.alphas_cumprod.to(self.device)
+        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_size = self.unet.config.sample_size * self.vae_scale
+        self.reference_camera = reference_camera.to(self.device)
+        with torch.no_grad():
+            ref = reference_rgb[None].to(self.device, self.dtype)
+            clip_in = clip_preprocess(ref.float(), self.image_encoder.config.image_size).to(self.dtype)
+            self.reference_embedding = self.image_encoder(pixel_values=clip_in).image_embeds  # (1, D)
+            self.reference_latents = self.encode(ref, mode=True, scaled=False)  # posterior mode, unscaled
+
+    # ---------------------------------------------------------------- pieces
+    def encode(self, images: Tensor, mode: bool = True, scaled: bool = True) -> Tensor:
+        """(B, H, W, 3) in [0, 1] -> latents at the model's size (scaled by the VAE factor if ``scaled``)."""
+        x = images.permute(0, 3, 1, 2)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
+        latents = posterior.mode() if mode else posterior.sample()
+        return latents * self.vae.config.scaling_factor if scaled else latents
+
+    def conditioning(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
+        """(embeddings (B, 1, D), concat latents (B, 4, h, w)) for the conditional branch."""
+        cam = relative_camera(cameras.to(self.device), self.reference_camera, self.cfg.variant).to(self.dtype)
+        emb = self.reference_embedding.expand(len(cameras), -1)
+        tokens = self.projection(torch.cat([emb, cam], dim=-1))[:, None, :]
+        return tokens, self.reference_latents.expand(len(cameras), -1, -1, -1)
+
+    def t_range(self, step: int) -> tuple[float, float]:
+        frac = min(1.0, step / max(1, self.cfg.anneal_steps))
+        t_max = self.cfg.t_max_start + (self.cfg.t_max - self.cfg.t_max_start) * frac
+        return self.cfg.t_min, max(self.cfg.t_min, t_max)
+
+    @torch.no_grad()
+    def predict_noise(self, noisy: Tensor, t: Tensor, cameras: Cameras) -> Tensor:
+        """CFG noise prediction: one batched UNet call over [conditional, unconditional]."""
+        tokens, cond_latents = self.conditioning(cameras)
+        b = noisy.shape[0]
+        latent_in = torch.cat([noisy, noisy], 0)
+        concat = torch.cat([cond_latents, torch.zeros_like(cond_latents)], 0)
+        hidden = torch.cat([tokens, torch.zeros_like(tokens)], 0)
+        eps = self.unet(torch.cat([latent_in, concat], dim=1), torch.cat([t, t]), encoder_hidden_states=hidden).sample
+        eps_cond, eps_uncond = eps[:b], eps[b:]
+        return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
+
+    def sds_grad(self, latents: Tensor, cameras: Cameras, t: Tensor, noise: Tensor) -> Tensor:
+        """w(t) (ε̂ - ε) for latents (B, 4, h, w) at integer timesteps ``t`` (B,)."""
+        noisy = self.scheduler.add_noise(latents.detach(), noise, t)
+        eps = self.predict_noise(noisy.to(self.dtype), t, cameras)
+        w = (1.0 - self.alphas[t]).view(-1, 1, 1, 1)
+        return (w * (eps.float() - noise.float())).to(latents.dtype)
+
+    def __call__(self, inp: GuidanceInput) -> dict[str, Tensor]:
+        latents = self.encode(inp.rgb.to(self.dtype)).float()
+        b = latents.shape[0]
+        lo, hi = self.t_range(inp.step)
+        gen = torch.Generator().manual_seed(inp.step)
+        t = (torch.rand(b, generator=gen) * (hi - lo) + lo).mul(self.num_train_timesteps).long()
+        t = t.clamp(0, self.num_train_timesteps - 1).to(self.device)
+        noise = torch.randn(latents.shape, generator=gen).to(self.device)
+        grad = torch.nan_to_num(self.sds_grad(latents, inp.cameras, t, noise))
+        target = (latents - grad).detach()
+        loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / b
+        return {"sds_zero123": self.cfg.weight * loss}
+
+
+__all__ = ["CameraProjection", "ModelNotFound", "Zero123Config", "Zero123Guidance", "clip_preprocess", "relative_camera"]

@@ -1,0 +1,38 @@
+"""Tiny random diffusion models built in code and saved in the real checkpoints' layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def save_tiny_zero123(root: Path, seed: int = 0) -> Path:
+    """A zero123-diffusers folder: vae, image_encoder, unet (8 in-channels), clip_camera_projection, scheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from mpod123.guidance.zero123 import CameraProjection
+
+    torch.manual_seed(seed)
+    dim = 32
+    UNet2DConditionModel(
+        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=dim, attention_head_dim=8, norm_num_groups=32,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
+    ).save_pretrained(root / "vae")
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=dim, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=37, image_size=32, patch_size=4)
+    ).save_pretrained(root / "image_encoder")
+    CameraProjection(embedding_dim=dim, additional_embeddings=4).save_pretrained(root / "clip_camera_projection")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).save_pretrained(
+        root / "scheduler"
+    )
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))
+    return root
