@@ -111,3 +111,26 @@ def test_fp16_logits_use_the_finite_minimum(unet):
     finally:
         uninstall_mrca(unet)
         unet.float().cpu()
+
+
+def test_e_is_found_through_the_tokenizer_not_at_a_fixed_index(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from mpod123.guidance.mrca import find_token_indices
+
+    from .tiny_models import save_tiny_clip_tokenizer
+
+    tok = CLIPTokenizer.from_pretrained(save_tiny_clip_tokenizer(tmp_path / "tok"), model_max_length=77)
+    with pytest.raises(ValueError, match="no token"):
+        find_token_indices(tok, "a photo of <e>")
+    tok.add_tokens(["<e>"])
+    e_id = tok.convert_tokens_to_ids("<e>")
+    for prompt in ("a high-resolution dslr image of <e>", "<e> on a table", "dslr <e>, then <e> again"):
+        found = find_token_indices(tok, prompt)
+        ids = tok(prompt, padding="max_length", max_length=77).input_ids
+        assert found and all(ids[i] == e_id for i in found)
+        assert sum(i == e_id for i in ids) == len(found)
+    short, long = find_token_indices(tok, "<e>"), find_token_indices(tok, "a high-resolution dslr image of <e>")
+    assert short != long, "the index depends on the prompt"
+    with pytest.raises(ValueError, match="does not occur"):
+        find_token_indices(tok, "no token here")

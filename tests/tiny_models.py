@@ -36,3 +36,18 @@ def save_tiny_zero123(root: Path, seed: int = 0) -> Path:
     )
     (root / "model_index.json").write_text(json.dumps({"_class_name": "Zero1to3StableDiffusionPipeline"}))
     return root
+
+
+def save_tiny_clip_tokenizer(root: Path) -> Path:
+    """A CLIPTokenizer written offline: characters only (no merges), plus CLIP's special tokens."""
+    import string
+
+    root.mkdir(parents=True, exist_ok=True)
+    symbols = list(string.ascii_lowercase + string.digits + "-.,!?'")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in symbols:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    return root
