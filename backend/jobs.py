@@ -193,13 +193,17 @@ class JobStore:
         if state not in STATES:
             raise JobStoreError(f"unknown state {state!r}")
         with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-            if row is None:
-                raise UnknownJob(f"no job {job_id!r}")
-            if state not in TRANSITIONS[row[0]]:
-                raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
-            db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?", (state, error, time.time(), job_id))
+            self._move(db, job_id, state, error)
         return self.get(job_id)
+
+    def _move(self, db: sqlite3.Connection, job_id: str, state: str, error: str | None) -> None:
+        """Inside a transaction: change a job's state if the state machine allows it."""
+        row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        if state not in TRANSITIONS[row[0]]:
+            raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
+        db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?", (state, error, time.time(), job_id))
 
     def claim_next(self) -> Job | None:
         """Atomically take the oldest queued job and mark it running (attempts + 1)."""
@@ -293,12 +297,7 @@ class JobStore:
         if state not in TERMINAL:
             raise JobStoreError(f"{state} is not a terminal state")
         with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-            if row is None:
-                raise UnknownJob(f"no job {job_id!r}")
-            if state not in TRANSITIONS[row[0]]:
-                raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
-            db.execute("UPDATE jobs SET state=?, error=? WHERE job_id=?", (state, error, job_id))
+            self._move(db, job_id, state, error)
             return self._insert_event(db, job_id, kind, content, None)
 
     def events_since(self, job_id: str, last_seq: int, limit: int = 1000) -> list[Event]:

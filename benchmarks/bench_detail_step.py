@@ -7,11 +7,9 @@ the diffusion prior, so this is the stage's own cost.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from common import machine, parser, quiet, report, sync
+from common import machine, parser, quiet, report, step_seconds
 from mpod123.config import NeRFFieldConfig, detail_preset
 from mpod123.fields import NeRFField
 from mpod123.guidance import MultiViewSupervision
@@ -38,14 +36,7 @@ def main() -> None:
             lambda cams: torch.ones(len(cams), cams.height, cams.width, dtype=torch.bool), device=args.device,
         )
         stage.train_step()
-        times = []
-        for _ in range(args.steps):
-            sync(args.device)
-            t0 = time.perf_counter()
-            stage.train_step()
-            sync(args.device)
-            times.append(time.perf_counter() - t0)
-        times.sort()
+        times = step_seconds(stage.train_step, args.device, args.steps)
         rows.append(
             {
                 "preset": preset,

@@ -7,11 +7,7 @@ makes this the stage's own cost (a diffusion prior adds its UNet on top).
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-from common import machine, parser, quiet, report, sync
+from common import machine, parser, quiet, report, step_seconds
 from mpod123.config import outline_preset
 from mpod123.guidance import MultiViewSupervision
 from mpod123.stages import OutlineStage, ReferenceView
@@ -35,14 +31,7 @@ def main() -> None:
         stage = OutlineStage(cfg, ref, MultiViewSupervision(views.images, views.cameras), device=args.device)
         for _ in range(args.warmup):
             stage.train_step()
-        sync(args.device)
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            stage.train_step()
-            sync(args.device)
-            times.append(time.perf_counter() - t0)
-        times.sort()
+        times = step_seconds(stage.train_step, args.device, args.steps)
         rows.append(
             {
                 "preset": preset,

@@ -63,6 +63,18 @@ def median_seconds(fn: Callable[[], object], device: str, repeats: int, warmup: 
     return statistics.median(times)
 
 
+def step_seconds(step: Callable[[], object], device: str, steps: int) -> list[float]:
+    """Wall time of each of ``steps`` calls, synchronised, sorted ascending."""
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)
+
+
 def report(name: str, record: dict, out: str | None) -> None:
     path = Path(out) if out else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
