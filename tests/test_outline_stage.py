@@ -14,7 +14,7 @@ from mpod123.metrics import mask_from_alpha, silhouette_iou
 from mpod123.progress import Cancelled, CancelToken, Preview, Progress, StageDone
 from mpod123.reconstruct import reconstruct_outline
 from mpod123.stages import CheckpointError, OutlineStage, ReferenceView, is_reference_step
-from mpod123.synthetic import render_object, turntable_dataset
+from mpod123.synthetic import turntable_dataset
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ..camera import Cameras, orbit_cameras, sample_orbit_cameras
 from ..config import from_dict, to_dict
-from ..guidance import CameraProposer, over
+from ..guidance import CameraProposer, over, resize_rgba
+from ..images import grid_image, png_bytes
 from ..rendering import background_color
 from ..progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 
@@ -110,6 +111,24 @@ class OptimisationStage(ABC):
 
     def check_compatible(self, saved_cfg: dict) -> None:
         """Raise CheckpointError when a checkpoint's config cannot be loaded into this stage."""
+
+    def set_reference(self, reference: ReferenceView, height: int) -> None:
+        """The reference camera and its RGBA target at the stage's render height (aspect kept)."""
+        w, h = scaled_size(reference.camera, height)
+        self.reference_camera = reference.camera.resized(w, h).to(self.device)
+        self.reference_target = resize_rgba(reference.rgba[None].float(), h, w).to(self.device)
+
+    def preview_cameras(self) -> Cameras:
+        """The preview turntable: ``preview_views`` views around the reference elevation."""
+        return turntable_cameras(self.reference_camera, self.cfg.preview_views, self.cfg.preview_resolution)
+
+    def strip_preview(self, rgb: Tensor, opacity: Tensor, weighted_normals: Tensor) -> Preview:
+        """A Preview event: colour on the top row, normals (already weighted by opacity) shaded
+        onto white below, one column per view."""
+        a = opacity.clamp(0, 1).cpu().numpy()
+        shaded = weighted_normals.cpu().numpy() * 0.5 + 0.5 * a + (1.0 - a)
+        img = grid_image([list(rgb.clamp(0, 1).cpu().numpy()), list(shaded)])
+        return Preview(self.name, self.step, png_bytes(img), img.shape[1], img.shape[0], rgb.shape[0])
 
     def backgrounds(self, n: int, kind: str) -> Tensor:
         return background_color(kind, n, self.generator, self.device)

@@ -22,8 +22,7 @@ from ..camera import Cameras
 from ..config import DetailStageConfig, from_dict
 from ..fields import NeRFField
 from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
-from ..guidance import Guidance, GuidanceInput, resize_rgba
-from ..images import grid_image, png_bytes
+from ..guidance import Guidance, GuidanceInput
 from ..metrics import silhouette_iou
 from ..progress import CancelToken, Preview, ProgressCallback
 from ..rendering import MeshRenderer, MeshRenderOutput
@@ -65,9 +64,7 @@ class DetailStage(OptimisationStage):
         self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
-        w, h = scaled_size(reference.camera, cfg.resolution)
-        self.reference_camera = reference.camera.resized(w, h).to(self.device)
-        self.reference_target = resize_rgba(reference.rgba[None].float(), h, w).to(self.device)
+        self.set_reference(reference, cfg.resolution)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         density = self.dmtet.grid_density(nerf.density)
         self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
@@ -152,24 +149,19 @@ class DetailStage(OptimisationStage):
 
     # ------------------------------------------------------------ inspection
     @torch.no_grad()
-    def render(self, cameras: Cameras, background: Tensor | None = None) -> MeshRenderOutput:
+    def render(self, cameras: Cameras, background: Tensor | None = None, with_normals: bool = False) -> MeshRenderOutput:
         """Evaluation render of the current mesh, white background by default."""
         self.texture.eval()
         cameras = cameras.to(self.device)
         if background is None:
             background = torch.ones(len(cameras), 3, device=self.device)
-        return self.render_mesh(self.mesh(), cameras, background, with_normals=True)
+        return self.render_mesh(self.mesh(), cameras, background, with_normals)
 
     @torch.no_grad()
     def preview(self) -> Preview:
         """A turntable strip: textured mesh on the top row, shaded normals below."""
-        cams = turntable_cameras(self.reference_camera, self.cfg.preview_views, self.cfg.preview_resolution)
-        out = self.render(cams)
-        a = out.opacity.clamp(0, 1).cpu().numpy()
-        normals = out.normals.cpu().numpy() * 0.5 + 0.5
-        shaded = normals * a + (1.0 - a)
-        img = grid_image([list(out.rgb.clamp(0, 1).cpu().numpy()), list(shaded)])
-        return Preview(STAGE, self.step, png_bytes(img), img.shape[1], img.shape[0], len(cams))
+        out = self.render(self.preview_cameras(), with_normals=True)
+        return self.strip_preview(out.rgb, out.opacity, out.normals * out.opacity)
 
     # ------------------------------------------------------------ checkpoints
     def modules(self) -> dict[str, nn.Module]:

@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from ..camera import Cameras
 from ..config import OutlineStageConfig, from_dict
 from ..fields import NeRFField
-from ..guidance import Guidance, GuidanceInput, resize_rgba
-from ..images import grid_image, png_bytes
+from ..guidance import Guidance, GuidanceInput
 from ..progress import CancelToken, Preview, ProgressCallback
 from ..rendering import OccupancyGrid, RenderOutput, VolumeRenderer
 from .base import (
@@ -27,8 +26,6 @@ from .base import (
     ReferenceView,
     is_reference_step,
     reference_losses,
-    scaled_size,
-    turntable_cameras,
 )
 
 STAGE = "outline"
@@ -62,9 +59,7 @@ class OutlineStage(OptimisationStage):
             eps=cfg.adam_eps,
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        w, h = scaled_size(reference.camera, cfg.render.resolution)
-        self.reference_camera = reference.camera.resized(w, h).to(self.device)
-        self.reference_target = resize_rgba(reference.rgba[None].float(), h, w).to(self.device)
+        self.set_reference(reference, cfg.render.resolution)
 
     # ----------------------------------------------------------------- training
     def train_step(self) -> dict[str, float]:
@@ -92,21 +87,13 @@ class OutlineStage(OptimisationStage):
         return {k: float(v.detach()) for k, v in losses.items()}
 
     # ------------------------------------------------------------ inspection
-    def turntable_cameras(self, n: int, resolution: int) -> Cameras:
-        """``n`` views around the reference elevation, starting at the reference azimuth."""
-        return turntable_cameras(self.reference_camera, n, resolution)
-
     @torch.no_grad()
     def preview(self) -> Preview:
         """A turntable strip: colour on the top row, shaded normals below."""
         self.field.eval()
-        cams = self.turntable_cameras(self.cfg.preview_views, self.cfg.preview_resolution)
+        cams = self.preview_cameras()
         out = self.renderer.render(cams, torch.ones(len(cams), 3, device=self.device), with_normals=True)
-        rgb = out.rgb.cpu().numpy()
-        a = out.opacity.cpu().numpy()
-        normals = (out.normals.cpu().numpy() * 0.5 + 0.5 * a) + (1.0 - a)
-        img = grid_image([list(rgb), list(normals)])
-        return Preview(STAGE, self.step, png_bytes(img), img.shape[1], img.shape[0], len(cams))
+        return self.strip_preview(out.rgb, out.opacity, out.normals)  # volume normals are opacity-weighted
 
     @torch.no_grad()
     def render(self, cameras: Cameras, background: Tensor | None = None) -> RenderOutput:
