@@ -6,6 +6,8 @@ import math
 
 from torch import Tensor
 
+from .rendering.masks import MASK_THRESHOLD, opacity_mask
+
 
 def silhouette_iou(pred: Tensor, target: Tensor) -> float:
     """Intersection over union of two boolean masks; 1.0 when both are empty."""
@@ -28,9 +30,9 @@ def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
     return float("inf") if mse == 0.0 else -10.0 * math.log10(mse)
 
 
-def mask_from_alpha(alpha: Tensor, threshold: float = 0.5) -> Tensor:
-    """Ground-truth silhouette from an alpha channel, with the same threshold as Eq. 5."""
-    return alpha >= threshold
+def mask_from_alpha(alpha: Tensor, threshold: float = MASK_THRESHOLD) -> Tensor:
+    """Ground-truth silhouette from an alpha channel, with the same rule as Eq. 5."""
+    return opacity_mask(alpha, threshold)
 
 
 __all__ = ["mask_from_alpha", "psnr", "silhouette_iou"]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .camera import Cameras
 from .config import DetailStageConfig, ExportConfig, OutlineStageConfig, to_dict
 from .dataset import MultiViewDataset
 from .guidance import MultiViewSupervision, over, resize_rgba
@@ -26,6 +27,7 @@ from .images import grid_image, to_uint8
 from .metrics import mask_from_alpha, psnr, silhouette_iou
 from .progress import ProgressCallback
 from .stages import DetailStage, OutlineStage, ReferenceView
+from .stages.base import scaled_size
 
 
 @dataclass
@@ -36,20 +38,33 @@ class ReconstructionReport:
     stages: dict = field(default_factory=dict)
 
 
-def _score(render_fn, held: MultiViewDataset, height: int) -> tuple[dict, list[np.ndarray]]:
-    width = max(1, round(height * held.cameras.width / held.cameras.height))
-    target = resize_rgba(held.images, height, width)
+@dataclass
+class _HeldOut:
+    """Held-out views prepared once at the evaluation size: cameras, names, ground truth on white."""
+
+    cameras: Cameras
+    names: list[str]
+    rgb: torch.Tensor
+    mask: torch.Tensor
+
+    @staticmethod
+    def of(held: MultiViewDataset, height: int) -> _HeldOut:
+        width, height = scaled_size(held.cameras, height)
+        target = resize_rgba(held.images, height, width)
+        rgb = over(target, torch.ones(len(held), 3))
+        return _HeldOut(held.cameras.resized(width, height), held.names, rgb, mask_from_alpha(target[..., 3]))
+
+
+def _score(render_fn, gt: _HeldOut) -> tuple[dict, list[np.ndarray]]:
     per_view, renders = [], []
-    for i in range(len(held)):
-        out = render_fn(held.cameras[i].resized(width, height))
-        gt_mask = mask_from_alpha(target[i, ..., 3])
-        gt_rgb = over(target[i : i + 1], torch.ones(1, 3))[0]
+    for i in range(len(gt.names)):
+        out = render_fn(gt.cameras[i])
         rgb = out.rgb[0].detach().clamp(0, 1).cpu()
         per_view.append(
             {
-                "name": held.names[i],
-                "silhouette_iou": silhouette_iou(out.mask[0].cpu(), gt_mask),
-                "masked_psnr": psnr(rgb, gt_rgb, gt_mask),
+                "name": gt.names[i],
+                "silhouette_iou": silhouette_iou(out.mask[0].cpu(), gt.mask[i]),
+                "masked_psnr": psnr(rgb, gt.rgb[i], gt.mask[i]),
             }
         )
         renders.append(rgb.numpy())
@@ -59,12 +74,6 @@ def _score(render_fn, held: MultiViewDataset, height: int) -> tuple[dict, list[n
         "per_view": per_view,
     }
     return summary, renders
-
-
-def _ground_truth_row(held: MultiViewDataset, height: int) -> list[np.ndarray]:
-    width = max(1, round(height * held.cameras.width / held.cameras.height))
-    target = resize_rgba(held.images, height, width)
-    return [over(target[i : i + 1], torch.ones(1, 3))[0].numpy() for i in range(len(held))]
 
 
 def reconstruct(
@@ -88,6 +97,7 @@ def reconstruct(
     reference = ReferenceView(train.images[0], train.cameras[0])
     guidance = MultiViewSupervision(train.images, train.cameras)
     height = eval_resolution or held.cameras.height
+    gt = _HeldOut.of(held, height)
     metrics: dict = {
         "guidance": "multiview_supervision",
         "train_views": len(train),
@@ -101,7 +111,7 @@ def reconstruct(
     t0 = time.perf_counter()
     outline.run()
     fit_s = time.perf_counter() - t0
-    summary, renders = _score(outline.render, held, height)
+    summary, renders = _score(outline.render, gt)
     metrics["outline"] = {
         **summary,
         "steps": outline.step,
@@ -111,14 +121,14 @@ def reconstruct(
         "backends": {"hash_grid": outline.field.encoding.backend, "ray_marching": outline.renderer.marcher.backend},
         "config": to_dict(outline_cfg),
     }
-    rows = [_ground_truth_row(held, height), renders]
+    rows = [list(gt.rgb.numpy()), renders]
     stages: dict = {"outline": outline}
     if detail_cfg is not None:
         detail = DetailStage(detail_cfg, reference, guidance, outline.field, outline.masks, device=device, callback=callback)
         t1 = time.perf_counter()
         detail.run()
         fit2_s = time.perf_counter() - t1
-        summary2, renders2 = _score(detail.render, held, height)
+        summary2, renders2 = _score(detail.render, gt)
         mesh = detail.mesh()
         metrics["detail"] = {
             **summary2,
