@@ -14,7 +14,6 @@ a timeout whose error says what to check.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -36,6 +35,11 @@ class BackendError(RuntimeError):
     def __init__(self, ename: str, evalue: str, hint: str = "") -> None:
         super().__init__(f"{ename}: {evalue}" + (f" ({hint})" if hint else ""))
         self.ename, self.evalue, self.hint = ename, evalue, hint
+
+
+def _raise_if_error(msg: Message) -> None:
+    if msg.msg_type == "error":
+        raise BackendError(msg.content["ename"], msg.content["evalue"], msg.content.get("hint", ""))
 
 
 class BackendTimeout(TimeoutError):
@@ -113,8 +117,7 @@ class Client:
             if msg.msg_type == "event":
                 self.pending_events.append(msg)
                 continue
-            if msg.msg_type == "error":
-                raise BackendError(msg.content["ename"], msg.content["evalue"], msg.content.get("hint", ""))
+            _raise_if_error(msg)
             return msg
 
     def drain(self, max_messages: int = 100) -> list[Message]:
@@ -192,19 +195,14 @@ class Client:
                 if msg.msg_type == "event":
                     self.pending_events.append(msg)
                     continue
-                if msg.msg_type == "error":
-                    raise BackendError(msg.content["ename"], msg.content["evalue"], msg.content.get("hint", ""))
+                _raise_if_error(msg)
                 outstanding -= 1
                 received[msg.content["offset"]] = msg.buffers[0]
                 while offset in received:
                     data = received.pop(offset)
                     f.write(data)
                     offset += len(data)
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != digest:
+        if protocol.file_digest(part)[0] != digest:
             part.unlink()
             raise BackendError("ChecksumMismatch", f"the download of {job_id} does not match its sha256", "fetch again")
         os.replace(part, dest)

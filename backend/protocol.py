@@ -21,6 +21,7 @@ stay importable without anything outside the standard library.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -171,6 +172,17 @@ def decode(frames: list[bytes], max_binary: int = MAX_BINARY_BYTES) -> Message:
         msg_type, content, buffers, job_id, seq, header["session"], header["msg_id"], version,
         {k: v for k, v in header.items() if k not in known},
     )
+
+
+def file_digest(path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a file, read in 1 MiB blocks: how results are checked."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
 
 
 def error_reply(exc: ProtocolError, parent: Message | None = None, session: str = "") -> Message:

@@ -17,7 +17,6 @@ truth that the server forwards from. The dispatcher also:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs import JobStore, TERMINAL
+from .jobs import TERMINAL, JobStore
+from .protocol import file_digest
 
 
 class JobCancelled(Exception):
@@ -63,16 +63,6 @@ def resolve_job_fn(spec: str) -> JobFn:
     if not module or not name:
         raise ValueError(f"job function must look like 'module:function', got {spec!r}")
     return getattr(importlib.import_module(module), name)
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def _die_with_parent() -> None:
@@ -110,7 +100,7 @@ def run_job(
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(result, final.with_name(final.name + ".tmp"))
             os.replace(final.with_name(final.name + ".tmp"), final)
-            digest, size = _sha256(final)
+            digest, size = file_digest(final)
             store.set_result(job_id, str(final), digest, size)
             store.finish(job_id, "done", "done", {"size": size, "sha256": digest})
         except JobCancelled as exc:
