@@ -154,7 +154,9 @@ class JobStore:
                 "INSERT INTO jobs (job_id, owner, state, options, image, created, updated) VALUES (?,?,?,?,?,?,?)",
                 (job_id, owner, "queued", json.dumps(options), image, now, now),
             )
-        return self.get(job_id), True
+            # read back inside the transaction: the job as committed, before a worker can claim it
+            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return _job(row), True
 
     def get(self, job_id: str) -> Job:
         with self._lock:
