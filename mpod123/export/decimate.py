@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..geometry.mesh import Mesh
+from ..geometry.mesh import Mesh, collapsed
 
 
 def _cluster(mesh: Mesh, cell: float) -> Mesh:
@@ -24,8 +24,7 @@ def _cluster(mesh: Mesh, cell: float) -> Mesh:
     sums = torch.zeros(n, 3, dtype=v.dtype, device=v.device).index_add(0, inverse, v)
     counts = torch.bincount(inverse, minlength=n).to(v.dtype)
     faces = inverse[mesh.faces]
-    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-    faces = faces[keep]
+    faces = faces[~collapsed(faces)]
     # drop duplicate faces (same corners, any rotation), keeping one winding
     canonical = torch.sort(faces, dim=1).values
     _, first = torch.unique(canonical, dim=0, return_inverse=True)

@@ -19,6 +19,7 @@ for value:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -34,14 +35,19 @@ _U32 = 0xFFFFFFFF
 
 def level_layout(cfg: HashGridConfig) -> tuple[list[float], list[int], list[int], list[int]]:
     """Per level: (scale, resolution, table size, table offset), as tiny-cuda-nn computes them."""
-    log2_scale = np.float32(math.log2(cfg.per_level_scale))
+    return _layout(cfg.n_levels, cfg.log2_hashmap_size, cfg.base_resolution, cfg.per_level_scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(n_levels: int, log2_hashmap_size: int, base_resolution: int, per_level_scale: float):
+    # cached: every forward pass asks for it
+    log2_scale = np.float32(math.log2(per_level_scale))
     scales, resolutions, sizes, offsets = [], [], [], []
     offset = 0
-    for level in range(cfg.n_levels):
-        scale = float(np.float32(np.exp2(np.float32(level) * log2_scale) * np.float32(cfg.base_resolution) - 1.0))
+    for level in range(n_levels):
+        scale = float(np.float32(np.exp2(np.float32(level) * log2_scale) * np.float32(base_resolution) - 1.0))
         res = int(math.ceil(scale)) + 1
-        dense = res**3
-        size = min(-(-dense // 8) * 8, 1 << cfg.log2_hashmap_size)
+        size = min(-(-(res**3) // 8) * 8, 1 << log2_hashmap_size)
         scales.append(scale)
         resolutions.append(res)
         sizes.append(size)

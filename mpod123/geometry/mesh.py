@@ -81,8 +81,7 @@ class Mesh:
         first = torch.full((n_unique,), v.shape[0], dtype=torch.long, device=v.device)
         first = first.scatter_reduce(0, inverse, torch.arange(v.shape[0], device=v.device), reduce="amin")
         faces = inverse[self.faces]
-        keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
-        welded = Mesh(self.vertices[first], faces[keep])
+        welded = Mesh(self.vertices[first], faces[~collapsed(faces)])
         area = welded.face_normals(normalize=False).norm(dim=-1)
         return Mesh(welded.vertices, welded.faces[area > 1e-12])
 
@@ -98,6 +97,11 @@ class Mesh:
         u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
         tri = self.vertices[self.faces[face]]
         return tri[:, 0] + u[:, None] * (tri[:, 1] - tri[:, 0]) + v[:, None] * (tri[:, 2] - tri[:, 0])
+
+
+def collapsed(faces: Tensor) -> Tensor:
+    """(F,) whether a face uses the same vertex twice (after welding or clustering)."""
+    return (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
 
 
 def laplacian_loss(mesh: Mesh) -> Tensor:
