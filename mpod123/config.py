@@ -136,6 +136,25 @@ class MultiViewGuidanceConfig:
 
 
 @dataclass
+class Zero123Config:
+    """Zero-1-to-3 score distillation, stage 1's prior (defaults: Magic123's)."""
+
+    model: str = "ashawkey/zero123-xl-diffusers"
+    """Hub id or local folder in the diffusers layout."""
+    variant: Literal["zero123", "stable-zero123"] = "zero123"
+    guidance_scale: float = 5.0
+    t_min: float = 0.2
+    t_max_start: float = 0.98
+    """Upper end of the timestep range at step 0; it anneals linearly to ``t_max``."""
+    t_max: float = 0.6
+    anneal_steps: int = 2500
+    weight: float = 1.0
+    """Weight of the SDS loss."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float16 on CUDA, float32 on the CPU."""
+
+
+@dataclass
 class OutlineStageConfig:
     """Stage 1: the NeRF outline stage."""
 

@@ -32,8 +32,6 @@ Conventions, the classic silent bugs:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +42,7 @@ from torch import Tensor, nn
 from transformers import CLIPVisionModelWithProjection
 
 from ..camera import Cameras
+from ..config import Zero123Config
 from .base import GuidanceInput
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -64,23 +63,6 @@ class CameraProjection(ModelMixin, ConfigMixin):
 
     def forward(self, embedding: Tensor) -> Tensor:
         return self.proj(embedding)
-
-
-@dataclass
-class Zero123Config:
-    model: str = "ashawkey/zero123-xl-diffusers"
-    """Hub id or local folder in the diffusers layout."""
-    variant: Literal["zero123", "stable-zero123"] = "zero123"
-    guidance_scale: float = 5.0
-    t_min: float = 0.2
-    t_max_start: float = 0.98
-    """Upper end of the timestep range at step 0; it anneals linearly to ``t_max``."""
-    t_max: float = 0.6
-    anneal_steps: int = 2500
-    weight: float = 1.0
-    """Weight of the SDS loss."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """auto: float16 on CUDA, float32 on the CPU."""
 
 
 def relative_camera(target: Cameras, cond: Cameras, variant: str = "zero123") -> Tensor:
