@@ -2,7 +2,10 @@
 
 It reports progress for an outline and a detail stage, sends a real PNG
 preview from each, honours cancellation between steps, and writes a result
-file of ``options["result_bytes"]`` bytes (deterministic content). With
+GLB. By default that is a real textured mesh (the procedural test object,
+UV-unwrapped, with a baked base-colour texture), so clients can import it;
+with ``options["result_bytes"]`` it is a file of that many deterministic bytes
+instead, for transfer tests and benchmarks. With
 ``options["step_s"]`` it sleeps that long per step, so tests can kill it
 mid-job. ``options["fail_at"]`` makes it raise at that step.
 """
@@ -45,11 +48,23 @@ def demo_job(ctx: JobContext) -> str:
             ctx.emit("progress", {"stage": stage, "step": step, "total": steps, "losses": {"demo": 1.0 / step}})
         ctx.emit("preview", {"stage": stage, "step": steps, "width": 8, "height": 4}, _png(8, 4, colour))
         ctx.emit("stage_done", {"stage": stage, "steps": steps})
-    size = int(ctx.options.get("result_bytes", 1024))
     out = ctx.workdir / "result.glb"
+    if "result_bytes" not in ctx.options:
+        return _textured_glb(out)
+    size = int(ctx.options["result_bytes"])
     seed = hashlib.sha256(ctx.job_id.encode()).digest()
     with open(out, "wb") as f:
         block = (seed * (65536 // len(seed) + 1))[:65536]
         for start in range(0, size, len(block)):
             f.write(block[: min(len(block), size - start)])
+    return str(out)
+
+
+def _textured_glb(out) -> str:
+    """The procedural test object as a small textured GLB (imports torch, so only in the worker)."""
+    from mpod123.config import ExportConfig
+    from mpod123.export import export_mesh
+    from mpod123.synthetic import object_albedo, object_mesh
+
+    export_mesh(object_mesh(24), object_albedo, out, ExportConfig(texture_size=128, uv_backend="torch", obj=False))
     return str(out)

@@ -8,6 +8,7 @@ command writes one).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 import time
@@ -121,11 +122,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
     server = Server(store, ServerConfig(bind=args.bind), ctx, security.configure if security else None)
     endpoint = server.start()
-    executor = LocalExecutor(store, data, ExecutorConfig(workers=args.workers, job_fn=args.job, watchdog_s=args.watchdog))
+    job_fn = TINY_JOB if args.tiny else args.job
+    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)
+    if args.executor == "ray":
+        try:
+            from backend.ray_executor import RayExecutor
+        except ImportError as exc:
+            raise ValueError(f"--executor ray needs Ray ({exc}); install it with: pip install 'mpod123[ray]'") from None
+        executor = RayExecutor(store, data, executor_cfg, address=args.ray_address)
+    else:
+        executor = LocalExecutor(store, data, executor_cfg)
     executor.start()
     print(
         f"mpod123 backend on {endpoint} ({'CURVE' if security else 'loopback, no keys'}), "
-        f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {args.job}, data in {data}; {len(recovered)} interrupted job(s) recovered",
+        f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {job_fn}, data in {data}; {len(recovered)} interrupted job(s) recovered",
         flush=True,
     )
     try:
@@ -181,6 +191,13 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+TINY_JOB = "backend.demo:demo_job"
+"""The job ``serve --tiny`` runs."""
+
+COMMAND_MODULES = ("mpod123.evaluation.commands", "mpod123.batch.commands")
+"""Modules with a ``register(subparsers)`` that adds their commands."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpod123", description="MPOD123: one image to a textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
     srv.add_argument("--job", default="backend.demo:demo_job",
                      help="job function as module:function (the default is the demo job until the pipeline lands)")
+    srv.add_argument("--tiny", action="store_true",
+                     help="run jobs with tiny random local models (no weights needed): for testing clients")
+    srv.add_argument("--executor", default="local", choices=["local", "ray"], help="where jobs run (default: local processes)")
+    srv.add_argument("--ray-address", help="join this Ray cluster (default: start an embedded local Ray)")
     srv.add_argument("--watchdog", type=float, default=600.0, help="fail a job silent for this many seconds")
     srv.add_argument("--max-attempts", type=int, default=2, help="runs of a job before a crash fails it")
     srv.set_defaults(func=_cmd_serve)
@@ -244,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--res", type=int, default=64)
     mk.add_argument("--split", default="train")
     mk.set_defaults(func=_cmd_make_dataset)
+
+    for name in COMMAND_MODULES:  # larger command groups live beside the code they drive
+        importlib.import_module(name).register(sub)
     return parser
 
 

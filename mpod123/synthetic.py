@@ -101,12 +101,8 @@ def render_object(cameras: Cameras, supersample: int = 2) -> Tensor:
     return torch.cat([color, a], dim=-1)
 
 
-def object_sdf(points: Tensor) -> Tensor:
-    """A signed distance bound (negative inside) whose zero set is the object's surface.
-
-    Exact for the boxes; for the ellipsoids, (|p / r| - 1) * min(r), which has the
-    right zero set and sign. Used to mesh the ground truth.
-    """
+def _primitive_distances(points: Tensor) -> Tensor:
+    """(N, P) signed distance bounds to each primitive: exact for boxes, (|p / r| - 1) min(r) for ellipsoids."""
     parts = []
     for prim in PRIMITIVES:
         c = points.new_tensor(prim.center)
@@ -116,7 +112,21 @@ def object_sdf(points: Tensor) -> Tensor:
         else:
             q = (points - c).abs() - points.new_tensor(prim.half)
             parts.append(q.clamp_min(0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0))
-    return torch.stack(parts, dim=-1).min(dim=-1).values
+    return torch.stack(parts, dim=-1)
+
+
+def object_sdf(points: Tensor) -> Tensor:
+    """A signed distance bound (negative inside) whose zero set is the object's surface.
+
+    Exact for the boxes; for the ellipsoids it has the right zero set and sign.
+    Used to mesh the ground truth.
+    """
+    return _primitive_distances(points).min(dim=-1).values
+
+
+def object_albedo(points: Tensor) -> Tensor:
+    """(N, 3) colours of surface points: the albedo of the primitive nearest to each point."""
+    return _albedo(points, _primitive_distances(points).argmin(dim=-1))
 
 
 def object_mesh(resolution: int = 96):

@@ -1,0 +1,1 @@
+"""Batch conversion of product photos into Blender assets."""

@@ -1,0 +1,1 @@
+"""Quality evaluation: turntable renders and the paper's metrics."""
