@@ -194,7 +194,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 TINY_JOB = "backend.demo:demo_job"
 """The job ``serve --tiny`` runs."""
 
-COMMAND_MODULES = ("mpod123.evaluation.commands", "mpod123.batch.commands")
+COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands")
 """Modules with a ``register(subparsers)`` that adds their commands."""
 
 

@@ -1,1 +1,0 @@
-"""Batch conversion of product photos into Blender assets."""
