@@ -155,6 +155,63 @@ class Zero123Config:
 
 
 @dataclass
+class StableDiffusionConfig:
+    """Stable Diffusion SDS with DAI, stage 2's prior (defaults: Magic123's DMTet stage)."""
+
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Hub id or local folder in the diffusers layout (tokenizer, text_encoder, unet, vae, scheduler)."""
+    prompt: str = "A high-resolution DSLR image of <e>"
+    """The DAI prompt; it must contain ``token``."""
+    negative_prompt: str = ""
+    """Text of the unconditional branch of classifier-free guidance."""
+    token: str = "<e>"
+    """The textual-inversion placeholder."""
+    guidance_scale: float = 100.0
+    """Magic123's SD guidance scale for the 2D prior (it writes s + 1 in its own CFG form)."""
+    t_min: float = 0.02
+    t_max: float = 0.5
+    """Timestep range of the detail stage (Magic123's DMTet stage: [0.02, 0.5])."""
+    image_size: int = 512
+    """Renders are resized to this before the VAE (1024 -> 512 in the paper)."""
+    mrca: bool = True
+    """Mask Rectified Cross-Attention: keep ``token`` inside the stage-1 outline."""
+    weight: float = 1.0
+    """Weight of the SDS loss."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float16 on CUDA, float32 on the CPU."""
+
+
+@dataclass
+class TextualInversionConfig:
+    """Learning the embedding of ``<e>`` from the reference image (everything else frozen)."""
+
+    steps: int = 500
+    """Optimisation steps. Magic123 runs 3000 at batch 16 (about 2 h on a V100); cached
+    latents of the augmentations and a single trainable vector make each step cheap."""
+    batch_size: int = 4
+    lr: float = 5e-3
+    """Adam learning rate of the one trainable embedding vector."""
+    resolution: int = 512
+    """Size of the augmented crops fed to the VAE."""
+    augmentations: int = 64
+    """Random augmentations of the reference, encoded once and sampled each step."""
+    init_token: str = "object"
+    """The new embedding starts from this word's embedding (its first token)."""
+    templates: tuple[str, ...] = (
+        "a photo of a {}",
+        "a rendering of a {}",
+        "a cropped photo of the {}",
+        "a close-up photo of a {}",
+        "a bright photo of the {}",
+        "a good photo of a {}",
+        "a DSLR image of {}",
+        "a high-resolution DSLR image of {}",
+    )
+    """Caption templates; ``{}`` is replaced by the token."""
+    seed: int = 0
+
+
+@dataclass
 class OutlineStageConfig:
     """Stage 1: the NeRF outline stage."""
 

@@ -51,3 +51,33 @@ def save_tiny_clip_tokenizer(root: Path) -> Path:
     (root / "vocab.json").write_text(json.dumps(vocab))
     (root / "merges.txt").write_text("#version: 0.2\n")
     return root
+
+
+def save_tiny_stable_diffusion(root: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion 1.x folder: tokenizer, text_encoder, unet (4 in-channels), vae and a PNDM scheduler
+    config, as the real checkpoint ships it."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    dim = 32
+    tokenizer = CLIPTokenizer.from_pretrained(save_tiny_clip_tokenizer(root / "_vocab"), model_max_length=77)
+    tokenizer.save_pretrained(root / "tokenizer")
+    CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=37, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    ).save_pretrained(root / "text_encoder")
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=dim, attention_head_dim=8, norm_num_groups=32,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
+    ).save_pretrained(root / "vae")
+    PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True).save_pretrained(
+        root / "scheduler"
+    )
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root

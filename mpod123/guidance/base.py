@@ -35,6 +35,8 @@ class GuidanceInput:
     total_steps: int
     view_ids: Tensor | None = None
     """Indices returned by a CameraProposer for these cameras, else None."""
+    masks: Tensor | None = None
+    """(B, H, W, 1) stage-1 outline masks of these cameras (the detail stage sets them; MRCA reads them)."""
 
 
 @runtime_checkable

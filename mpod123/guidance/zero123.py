@@ -31,8 +31,6 @@ Conventions, the classic silent bugs:
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -44,13 +42,10 @@ from transformers import CLIPVisionModelWithProjection
 from ..camera import Cameras
 from ..config import Zero123Config
 from .base import GuidanceInput
+from .sds import ModelNotFound, ScoreDistillation, load_component, resolve_dtype
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelNotFound(FileNotFoundError):
-    """Weights that are not on this machine; the message says how to get or point at them."""
 
 
 class CameraProjection(ModelMixin, ConfigMixin):
@@ -82,19 +77,10 @@ def clip_preprocess(images: Tensor, size: int) -> Tensor:
 
 
 def _load(cls, source: str, subfolder: str, dtype: torch.dtype | None):
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    try:
-        return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
-    except (OSError, ValueError) as exc:
-        cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
-        raise ModelNotFound(
-            f"cannot load '{subfolder}' of the Zero123 model {source!r} ({exc}). Looked in the folder if it is one, "
-            f"else in the Hugging Face cache ({cache}). Download it where there is internet "
-            f"(`huggingface-cli download {source}`), or set Zero123Config.model (CLI: --zero123) to a local folder."
-        ) from None
+    return load_component(cls, source, subfolder, dtype, "Zero123", "Zero123Config.model (CLI: --zero123)")
 
 
-class Zero123Guidance:
+class Zero123Guidance(ScoreDistillation):
     """SDS from Zero-1-to-3 conditioned on the reference view (implements :class:`Guidance`)."""
 
     def __init__(
@@ -103,21 +89,16 @@ class Zero123Guidance:
         """``reference_rgb``: (H, W, 3) in [0, 1] on a white background; ``reference_camera``: its camera."""
         self.cfg = cfg
         self.device = torch.device(device)
-        if cfg.dtype == "auto":
-            self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = getattr(torch, cfg.dtype)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
         src = cfg.model
         self.vae = _load(AutoencoderKL, src, "vae", self.dtype).to(self.device).eval()
         self.image_encoder = _load(CLIPVisionModelWithProjection, src, "image_encoder", self.dtype).to(self.device).eval()
         self.unet = _load(UNet2DConditionModel, src, "unet", self.dtype).to(self.device).eval()
         self.projection = _load(CameraProjection, src, "clip_camera_projection", self.dtype).to(self.device).eval()
-        self.scheduler = _load(DDIMScheduler, src, "scheduler", None)
+        self._init_schedule(_load(DDIMScheduler, src, "scheduler", None))
         self.vae.decoder = None  # never decoded: save the memory
         for module in (self.vae, self.image_encoder, self.unet, self.projection):
             module.requires_grad_(False)
-        self.alphas = self.scheduler.alphas_cumprod.to(self.device)
-        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_size = self.unet.config.sample_size * self.vae_scale
         self.reference_camera = reference_camera.to(self.device)
@@ -128,15 +109,6 @@ class Zero123Guidance:
             self.reference_latents = self.encode(ref, mode=True, scaled=False)  # posterior mode, unscaled
 
     # ---------------------------------------------------------------- pieces
-    def encode(self, images: Tensor, mode: bool = True, scaled: bool = True) -> Tensor:
-        """(B, H, W, 3) in [0, 1] -> latents at the model's size (scaled by the VAE factor if ``scaled``)."""
-        x = images.permute(0, 3, 1, 2)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
-        latents = posterior.mode() if mode else posterior.sample()
-        return latents * self.vae.config.scaling_factor if scaled else latents
-
     def conditioning(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
         """(embeddings (B, 1, D), concat latents (B, 4, h, w)) for the conditional branch."""
         cam = relative_camera(cameras.to(self.device), self.reference_camera, self.cfg.variant).to(self.dtype)
@@ -161,25 +133,11 @@ class Zero123Guidance:
         eps_cond, eps_uncond = eps[:b], eps[b:]
         return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
 
-    def sds_grad(self, latents: Tensor, cameras: Cameras, t: Tensor, noise: Tensor) -> Tensor:
-        """w(t) (ε̂ - ε) for latents (B, 4, h, w) at integer timesteps ``t`` (B,)."""
-        noisy = self.scheduler.add_noise(latents.detach(), noise, t)
-        eps = self.predict_noise(noisy.to(self.dtype), t, cameras)
-        w = (1.0 - self.alphas[t]).view(-1, 1, 1, 1)
-        return (w * (eps.float() - noise.float())).to(latents.dtype)
-
     def __call__(self, inp: GuidanceInput) -> dict[str, Tensor]:
         latents = self.encode(inp.rgb.to(self.dtype)).float()
-        b = latents.shape[0]
-        lo, hi = self.t_range(inp.step)
-        gen = torch.Generator().manual_seed(inp.step)
-        t = (torch.rand(b, generator=gen) * (hi - lo) + lo).mul(self.num_train_timesteps).long()
-        t = t.clamp(0, self.num_train_timesteps - 1).to(self.device)
-        noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        grad = torch.nan_to_num(self.sds_grad(latents, inp.cameras, t, noise))
-        target = (latents - grad).detach()
-        loss = 0.5 * F.mse_loss(latents, target, reduction="sum") / b
-        return {"sds_zero123": self.cfg.weight * loss}
+        t, noise = self.draw(inp.step, latents.shape, *self.t_range(inp.step))
+        grad = self.sds_grad(latents, t, noise, inp.cameras)
+        return {"sds_zero123": self.cfg.weight * self.sds_loss(latents, grad)}
 
 
 __all__ = ["CameraProjection", "ModelNotFound", "Zero123Config", "Zero123Guidance", "clip_preprocess", "relative_camera"]

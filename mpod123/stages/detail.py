@@ -133,8 +133,8 @@ class DetailStage(OptimisationStage):
             cams, ids = self.novel_cameras(self.guidance, cfg.resolution)
             bg = self.backgrounds(len(cams), cfg.background)
             out = self.render_mesh(mesh, cams, bg)
-            losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids)))
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2])
+            losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids, target)))
             losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)
         if cfg.normal_consistency_weight:
             losses["normal_consistency"] = cfg.normal_consistency_weight * normal_consistency_loss(mesh)
