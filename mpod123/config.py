@@ -171,8 +171,8 @@ class StableDiffusionConfig:
     t_min: float = 0.02
     t_max: float = 0.5
     """Timestep range of the detail stage (Magic123's DMTet stage: [0.02, 0.5])."""
-    image_size: int = 512
-    """Renders are resized to this before the VAE (1024 -> 512 in the paper)."""
+    image_size: int | None = None
+    """Renders are resized to this before the VAE (1024 -> 512 in the paper); None: the model's native size."""
     mrca: bool = True
     """Mask Rectified Cross-Attention: keep ``token`` inside the stage-1 outline."""
     weight: float = 1.0
@@ -191,8 +191,8 @@ class TextualInversionConfig:
     batch_size: int = 4
     lr: float = 5e-3
     """Adam learning rate of the one trainable embedding vector."""
-    resolution: int = 512
-    """Size of the augmented crops fed to the VAE."""
+    resolution: int | None = None
+    """Size of the augmented crops fed to the VAE; None: the model's native size (512 for SD 1.5)."""
     augmentations: int = 64
     """Random augmentations of the reference, encoded once and sampled each step."""
     init_token: str = "object"
@@ -315,6 +315,26 @@ class ExportConfig:
     """Also write OBJ + MTL + PNG beside the GLB."""
 
 
+@dataclass
+class PreprocessConfig:
+    """Reading, matting and framing the input photo (see mpod123.preprocess)."""
+
+    size: int = 256
+    """Side of the square working image (the reference view's resolution)."""
+    border_ratio: float = 0.2
+    """Margin on each side, as a fraction of ``size`` (the object spans 1 - 2 x this)."""
+    max_pixels: int = 40_000_000
+    """Larger images are refused before decoding (a 5000x4000 photo is 20 MP)."""
+    work_side: int = 768
+    """Photos are reduced to about this longer side before matting and framing."""
+    background_tolerance: float = 0.08
+    """Matting: a pixel this far (RGB distance, 0..1) from the border colour is foreground."""
+    border_max_spread: float = 0.06
+    """Matting applies only when the border is this uniform (mean deviation from its median)."""
+    min_object_fraction: float = 0.005
+    """The foreground must cover at least this fraction of the image."""
+
+
 def detail_preset(name: str) -> DetailStageConfig:
     """Named stage-2 budgets, matching :func:`outline_preset`."""
     if name == "paper":
@@ -357,6 +377,50 @@ def outline_preset(name: str) -> OutlineStageConfig:
 
 
 PRESETS = ("paper", "fast", "draft")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one image-to-GLB run reads: the stages, the priors, the inputs and the export."""
+
+    preset: str = "paper"
+    """The named preset these values started from (recorded in run.json)."""
+    seed: int = 0
+    """Seeds every stage, draw and initialisation: same seed and device, same mesh."""
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    zero123: Zero123Config = field(default_factory=Zero123Config)
+    outline: OutlineStageConfig = field(default_factory=OutlineStageConfig)
+    inversion: TextualInversionConfig = field(default_factory=TextualInversionConfig)
+    sd: StableDiffusionConfig = field(default_factory=StableDiffusionConfig)
+    detail: DetailStageConfig = field(default_factory=DetailStageConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    embedding: str | None = None
+    """A ready-made `<e>` embedding file; when set, textual inversion is skipped."""
+
+    def with_seed(self, seed: int) -> PipelineConfig:
+        """The same settings with every seed set to ``seed``."""
+        self.seed = seed
+        self.outline.seed = self.detail.seed = self.inversion.seed = seed
+        return self
+
+
+def pipeline_preset(name: str) -> PipelineConfig:
+    """``paper``: the paper's settings (Magic123's where the paper is silent). ``fast``: a budget
+    a user can wait for on one GPU. ``draft``: CPU-feasible, for smoke runs."""
+    cfg = PipelineConfig(preset=name, outline=outline_preset(name), detail=detail_preset(name))
+    if name == "paper":
+        cfg.inversion = TextualInversionConfig(steps=1000, batch_size=8)
+    elif name == "fast":
+        cfg.inversion = TextualInversionConfig(steps=300, batch_size=4, augmentations=32)
+        cfg.zero123.anneal_steps = 750
+        cfg.export.texture_size = 1024
+    elif name == "draft":
+        cfg.inversion = TextualInversionConfig(steps=20, batch_size=1, augmentations=4)
+        cfg.zero123.anneal_steps = 100
+        cfg.preprocess.size = 128
+        cfg.export.texture_size = 256
+        cfg.export.obj = False
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -46,6 +46,11 @@ class StableDiffusionModels:
     device: torch.device
     source: str
 
+    @property
+    def native_size(self) -> int:
+        """The image size the UNet was trained at (512 for SD 1.5)."""
+        return self.unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
 
 def load_stable_diffusion(source: str, device: torch.device | str = "cpu", dtype: str = "auto") -> StableDiffusionModels:
     """Tokenizer, text encoder (float32: it is small and textual inversion trains through it),
@@ -81,8 +86,8 @@ class StableDiffusionGuidance(ScoreDistillation):
         self.device, self.dtype = models.device, models.dtype
         self.vae, self.unet = models.vae, models.unet
         self._init_schedule(models.scheduler)
-        self.image_size = cfg.image_size
-        self.latent_size = cfg.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_size = cfg.image_size or models.native_size
+        self.latent_size = self.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
         tokenizer = models.tokenizer
         self.token_indices = find_token_indices(tokenizer, cfg.prompt, cfg.token)
         with torch.no_grad():

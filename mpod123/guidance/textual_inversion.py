@@ -173,7 +173,7 @@ class TextualInversion:
     def encode_pool(self, reference_rgba: Tensor, chunk: int = 8) -> Tensor:
         """Encode ``cfg.augmentations`` augmented views once: (N, 4, h, w) scaled latents."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        views = augment(reference_rgba, self.cfg.augmentations, self.cfg.resolution, gen)
+        views = augment(reference_rgba, self.cfg.augmentations, self.cfg.resolution or self.models.native_size, gen)
         vae = self.models.vae
         out = []
         for start in range(0, len(views), chunk):
