@@ -1,4 +1,5 @@
-"""Command line: ``mpod123 bench reconstruct | make-dataset``, ``serve``, ``keys init``, ``client``.
+"""Command line: ``mpod123 generate``, ``bench reconstruct | make-dataset``, ``serve``, ``keys init``, ``client``,
+and the commands of the evaluation and batch packages.
 
 Exit codes: 0 success, 1 an unexpected failure, 2 bad usage or bad input (the
 message says what to change), 130 interrupted (a checkpoint is kept where the
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from pathlib import Path
 import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -37,6 +39,65 @@ class ProgressPrinter:
             print(f"[{event.stage}] {event.step}/{event.total} {losses}{eta}", file=self.stream, flush=True)
         elif isinstance(event, StageDone):
             print(f"[{event.stage}] done: {event.steps} steps in {event.seconds:.1f}s", file=self.stream, flush=True)
+
+
+class StageBars:
+    """One tqdm progress bar per stage (inversion, outline, detail), fed by stage events."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.bars: dict = {}
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        from .progress import Progress, StageDone
+
+        if isinstance(event, Progress):
+            bar = self.bars.get(event.stage)
+            if bar is None:
+                bar = self.bars[event.stage] = tqdm(total=event.total, desc=event.stage, file=self.stream, unit="step",
+                                                    dynamic_ncols=True, leave=True)
+            bar.update(event.step - bar.n)
+            if event.losses:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(event.losses.items())[:3]}, refresh=False)
+        elif isinstance(event, StageDone):
+            bar = self.bars.pop(event.stage, None)
+            if bar is not None:
+                bar.close()
+            else:
+                print(f"[{event.stage}] done in {event.seconds:.1f}s", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import ModelSources, default_workdir, generate
+
+    bars = StageBars()
+    workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
+    try:
+        result = generate(
+            args.image, args.out, preset=args.preset, device=args.device, seed=args.seed,
+            models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
+            resume=args.resume, callback=bars, tiny=args.tiny,
+        )
+    except KeyboardInterrupt:
+        bars.close()
+        print(f"mpod123: interrupted; continue with the same command and --resume (work folder {workdir})",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        bars.close()
+    rec = result.record
+    print(
+        f"wrote {result.glb} ({rec['mesh']['faces']} faces, {rec['mesh']['texture_size']}px texture) in "
+        f"{rec['timings_s']['total']:.0f}s; previews, input and run.json in {result.workdir}"
+    )
+    return EXIT_OK
 
 
 def _device(name: str) -> str:
@@ -115,6 +176,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from backend.workers import ExecutorConfig, LocalExecutor
 
     check_bind(args.bind, args.keys)
+    from backend.pipeline_job import ENV_MODELS
+
+    for name, env in ENV_MODELS.items():  # the workers (spawned processes) read these
+        if getattr(args, name, None):
+            os.environ[env] = str(getattr(args, name))
     data = Path(args.data)
     store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts)
     recovered = store.recover()
@@ -191,7 +257,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-TINY_JOB = "backend.demo:demo_job"
+TINY_JOB = "backend.pipeline_job:tiny_pipeline_job"
 """The job ``serve --tiny`` runs."""
 
 COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands")
@@ -201,6 +267,22 @@ COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpod123", description="MPOD123: one image to a textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="one image to a textured GLB (the main job)")
+    gen.add_argument("image", help="PNG, JPEG or WebP: a cut-out with alpha, or a photo on a plain background")
+    gen.add_argument("-o", "--out", required=True, help="the GLB to write")
+    gen.add_argument("--preset", default="fast", choices=["paper", "fast", "draft"],
+                     help="paper: the paper's budget; fast: minutes on one GPU (default); draft: a CPU smoke run")
+    gen.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    gen.add_argument("--seed", type=int, default=0, help="same seed and device, same mesh")
+    gen.add_argument("--zero123", help="Zero-1-to-3 weights: hub id or local folder (diffusers layout)")
+    gen.add_argument("--sd", help="Stable Diffusion 1.x weights: hub id or local folder (diffusers layout)")
+    gen.add_argument("--embedding", help="a learned <e> embedding (.bin or .safetensors); skips textual inversion")
+    gen.add_argument("--workdir", help="folder for checkpoints, previews and run.json (default: OUT.work beside the GLB)")
+    gen.add_argument("--resume", action="store_true", help="continue the run in the work folder from its checkpoints")
+    gen.add_argument("--tiny", action="store_true",
+                     help="tiny random models instead of real weights: exercises everything, makes noise")
+    gen.set_defaults(func=_cmd_generate)
+
     bench = sub.add_parser("bench", help="benchmarks that need no model weights").add_subparsers(dest="bench", required=True)
 
     rec = bench.add_parser("reconstruct", help="fit a stage from a multi-view dataset and score held-out views")
@@ -231,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
     srv.add_argument("--job", default="backend.demo:demo_job",
                      help="job function as module:function (the default is the demo job until the pipeline lands)")
+    srv.add_argument("--zero123", help="Zero-1-to-3 weights for the pipeline job: hub id or local folder")
+    srv.add_argument("--sd", help="Stable Diffusion 1.x weights for the pipeline job: hub id or local folder")
+    srv.add_argument("--embedding", help="a fixed <e> embedding file for every job (skips textual inversion)")
     srv.add_argument("--tiny", action="store_true",
                      help="run jobs with tiny random local models (no weights needed): for testing clients")
     srv.add_argument("--executor", default="local", choices=["local", "ray"], help="where jobs run (default: local processes)")
@@ -275,8 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .dataset import DatasetError
     from .stages import CheckpointError
+    from .stages.runner import RunError
 
-    errors: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, ValueError, FileNotFoundError)
+    errors: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, RunError, ValueError, FileNotFoundError)
     if args.command in ("serve", "keys", "client"):
         from backend.client import BackendError, BackendTimeout
         from backend.security import SecurityError
@@ -291,6 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mpod123: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # anything else is a failure of ours: say so, with the details
+        import traceback
+
+        traceback.print_exc()
+        print(f"mpod123: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

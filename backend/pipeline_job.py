@@ -1,0 +1,102 @@
+"""The backend's job functions: the real pipeline, and the same with tiny random models.
+
+A job's options come from a client, possibly a remote one, so only a few are
+read and each is checked: ``preset`` (paper, fast, draft), ``seed`` (int) and
+``steps`` (an optional cap on every stage's steps, for quick looks). Model
+locations are the server's business, never the client's: ``serve --zero123 /
+--sd / --embedding`` put them in the environment of the workers
+(``MPOD123_ZERO123``, ``MPOD123_SD``, ``MPOD123_EMBEDDING``).
+
+Stage events become job events: progress (with losses and ETA), preview (the
+PNG as a binary frame) and stage_done. Cancel is checked on every progress
+event and stops the run within one step; the work folder keeps the stage
+checkpoints, so a re-queued job (its worker died) resumes rather than restarts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .workers import JobCancelled, JobContext
+
+ENV_MODELS = {"zero123": "MPOD123_ZERO123", "sd": "MPOD123_SD", "embedding": "MPOD123_EMBEDDING"}
+TINY_DEFAULT_STEPS = 30
+
+
+class JobOptionsError(ValueError):
+    """A job option the backend will not run with."""
+
+
+def parse_options(options: dict[str, Any], default_preset: str) -> tuple[str, int, int | None]:
+    from mpod123.config import PRESETS
+
+    preset = options.get("preset", default_preset)
+    if preset not in PRESETS:
+        raise JobOptionsError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    try:
+        seed = int(options.get("seed", 0))
+        steps = options.get("steps")
+        steps = None if steps is None else int(steps)
+    except (TypeError, ValueError):
+        raise JobOptionsError("seed and steps must be integers") from None
+    if steps is not None and steps < 1:
+        raise JobOptionsError("steps must be at least 1")
+    return preset, seed, steps
+
+
+def _run(ctx: JobContext, tiny: bool) -> str:
+    from mpod123.config import pipeline_preset
+    from mpod123.pipeline import ModelSources, configure
+    from mpod123.progress import Cancelled, CancelToken, Preview, Progress, StageDone, to_dict
+    from mpod123.stages.runner import Runner
+
+    preset, seed, steps = parse_options(ctx.options, "draft" if tiny else "fast")
+    if tiny and steps is None:
+        steps = TINY_DEFAULT_STEPS
+    cfg = pipeline_preset(preset)
+    if steps is not None:
+        cfg.outline.steps = min(cfg.outline.steps, steps)
+        cfg.detail.steps = min(cfg.detail.steps, steps)
+        cfg.inversion.steps = min(cfg.inversion.steps, steps)
+        for stage in (cfg.outline, cfg.detail):
+            stage.preview_every = max(1, stage.steps // 2)
+            stage.checkpoint_every = max(1, stage.steps // 2)
+    models = ModelSources(**{k: os.environ.get(v) or None for k, v in ENV_MODELS.items()})
+    cfg = configure(preset, seed, models, tiny, cfg)
+    cancel = CancelToken()
+
+    def content(event) -> dict[str, Any]:
+        data = to_dict(event)
+        data.pop("kind", None)  # the event's kind travels as the job event's own kind
+        data.pop("checkpoint", None)  # a server path is none of the client's business
+        return data
+
+    def on_event(event) -> None:
+        if isinstance(event, Progress):
+            ctx.emit("progress", content(event))
+            try:
+                ctx.check_cancel()
+            except JobCancelled as exc:
+                cancel.cancel(str(exc))
+        elif isinstance(event, Preview):
+            ctx.emit("preview", content(event), event.png)
+        elif isinstance(event, StageDone):
+            ctx.emit("stage_done", content(event))
+
+    runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True)
+    try:
+        result = runner.run(ctx.image, ctx.workdir / "result.glb")
+    except Cancelled as exc:
+        raise JobCancelled(str(exc) or "cancelled by the client") from None
+    return str(result.glb)
+
+
+def pipeline_job(ctx: JobContext) -> str:
+    """The real pipeline with the server's models (hub ids or local folders)."""
+    return _run(ctx, tiny=False)
+
+
+def tiny_pipeline_job(ctx: JobContext) -> str:
+    """The real pipeline with tiny random models: every code path, no weights, noise for a result."""
+    return _run(ctx, tiny=True)
