@@ -396,6 +396,10 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     embedding: str | None = None
     """A ready-made `<e>` embedding file; when set, textual inversion is skipped."""
+    deterministic: bool = True
+    """Use torch's deterministic algorithms, so the same seed on the same device gives the same
+    mesh (multi-threaded CPU scatter-adds otherwise differ in the last bits). The CUDA
+    accelerators (tinycudann, nerfacc) have no deterministic mode; set False for speed there."""
 
     def with_seed(self, seed: int) -> PipelineConfig:
         """The same settings with every seed set to ``seed``."""

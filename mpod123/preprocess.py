@@ -83,7 +83,9 @@ def _open(source: str | Path | bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise InputImageError(f"{name} is not an image Pillow can read; give a PNG, JPEG or WebP file") from None
     except Image.DecompressionBombError as exc:
-        raise InputImageError(f"{name} is too large to decode safely ({exc})") from None
+        raise InputImageError(
+            f"{name} is too large to decode safely ({exc}). Downscale it (a 2000 px side is plenty) and try again"
+        ) from None
     if image.format not in ("PNG", "JPEG", "WEBP", "MPO"):
         raise InputImageError(f"{name} is a {image.format} image; give a PNG, JPEG or WebP file")
     return image

@@ -33,7 +33,7 @@ def tiny_sd(tmp_path_factory):
 
 
 def _cfg(path, **kw) -> StableDiffusionConfig:
-    return StableDiffusionConfig(model=str(path), image_size=16, **kw)
+    return StableDiffusionConfig(model=str(path), **kw)
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ def test_augmentations_keep_the_object_on_white():
 
 def test_inversion_steps_lower_the_loss_of_a_batch(tiny_sd):
     models = load_stable_diffusion(str(tiny_sd))
-    ti = TextualInversion(TextualInversionConfig(batch_size=4, lr=5e-2, resolution=16, augmentations=8), models)
+    ti = TextualInversion(TextualInversionConfig(batch_size=4, lr=5e-2, augmentations=8), models)
     ti.encode_pool(_reference())
     batch = ti.draw(torch.Generator().manual_seed(123))
     opt = ti.optimizer()
@@ -180,7 +180,7 @@ def test_inversion_steps_lower_the_loss_of_a_batch(tiny_sd):
 
 def test_inversion_changes_only_the_new_row(tiny_sd):
     models = load_stable_diffusion(str(tiny_sd))
-    ti = TextualInversion(TextualInversionConfig(steps=5, batch_size=2, resolution=16, augmentations=4), models)
+    ti = TextualInversion(TextualInversionConfig(steps=5, batch_size=2, augmentations=4), models)
     table_before = models.text_encoder.get_input_embeddings().weight.detach().clone()
     result = ti.train(_reference())
     assert result.steps == 5 and len(result.losses) == 5 and result.seconds > 0
@@ -194,7 +194,7 @@ def test_inversion_changes_only_the_new_row(tiny_sd):
 
 def test_inversion_stops_when_asked(tiny_sd):
     models = load_stable_diffusion(str(tiny_sd))
-    ti = TextualInversion(TextualInversionConfig(steps=50, batch_size=1, resolution=16, augmentations=2), models)
+    ti = TextualInversion(TextualInversionConfig(steps=50, batch_size=1, augmentations=2), models)
     seen = []
     result = ti.train(_reference(), on_step=lambda s, n, loss: seen.append(s), should_stop=lambda: len(seen) >= 3)
     assert result.steps == 3 and seen == [1, 2, 3]

@@ -195,6 +195,8 @@ class Runner:
             "source": image if isinstance(image, str) else str(image) if isinstance(image, Path) else "<bytes>",
         }
         self._save_record()
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(self.cfg.deterministic, warn_only=True)
         try:
             glb = self._run(image, out)
         except (Cancelled, KeyboardInterrupt) as exc:
@@ -203,6 +205,8 @@ class Runner:
         except BaseException as exc:
             self._save_record(status="failed", reason=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
         self.record["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         if self.device.type == "cuda":
             self.record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
