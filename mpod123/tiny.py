@@ -9,34 +9,86 @@ objects: the point is the machinery.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 
-def save_tiny_zero123(root: Path, seed: int = 0) -> Path:
+@dataclass(frozen=True)
+class ModelSize:
+    """The shapes of the random models: tiny for tests, or the real checkpoints' for benchmarks."""
+
+    unet_channels: tuple[int, ...]
+    unet_layers: int
+    unet_sample: int
+    """Latent side: 64 for SD 1.5 (512²), 32 for Zero123 (256²)."""
+    cross_dim: int
+    vae_channels: tuple[int, ...]
+    vae_layers: int
+    text_layers: int
+    text_heads: int
+    text_ffn: int
+    text_vocab: int | None
+    """None: the tokenizer's size; 49408 for the real CLIP text encoder."""
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_ffn: int
+    vision_image: int
+    vision_patch: int
+
+
+TINY = ModelSize((32, 64), 1, 16, 32, (32, 64), 1, 2, 4, 37, None, 32, 2, 4, 37, 32, 4)
+FULL = ModelSize((320, 640, 1280, 1280), 2, 64, 768, (128, 256, 512, 512), 2, 12, 12, 3072, 49408, 1024, 24, 16, 4096, 224, 14)
+"""SD 1.5's UNet/VAE/text encoder and Zero123-XL's (its UNet at 32² latents, CLIP ViT-L/14 image encoder)."""
+
+
+def _unet(size: ModelSize, in_channels: int, sample: int):
+    from diffusers import UNet2DConditionModel
+
+    n = len(size.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=sample, in_channels=in_channels, out_channels=4, layers_per_block=size.unet_layers,
+        block_out_channels=size.unet_channels, down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1), cross_attention_dim=size.cross_dim,
+        attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def _vae(size: ModelSize):
+    from diffusers import AutoencoderKL
+
+    n = len(size.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=size.vae_channels,
+        layers_per_block=size.vae_layers, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n, sample_size=size.unet_sample * 2 ** (n - 1),
+    )
+
+
+def _save(model, folder: Path, dtype: torch.dtype | None) -> None:
+    (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
+
+
+def save_tiny_zero123(root: Path, seed: int = 0, size: ModelSize = TINY, dtype: torch.dtype | None = None) -> Path:
     """A zero123-diffusers folder: vae, image_encoder, unet (8 in-channels), clip_camera_projection, scheduler."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from mpod123.guidance.zero123 import CameraProjection
 
     torch.manual_seed(seed)
-    dim = 32
-    UNet2DConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=dim, attention_head_dim=8, norm_num_groups=32,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32,
-    ).save_pretrained(root / "vae")
-    CLIPVisionModelWithProjection(
-        CLIPVisionConfig(hidden_size=dim, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=37, image_size=32, patch_size=4)
-    ).save_pretrained(root / "image_encoder")
-    CameraProjection(embedding_dim=dim, additional_embeddings=4).save_pretrained(root / "clip_camera_projection")
+    latent = size.unet_sample if size is TINY else size.unet_sample // 2  # Zero123 works at 256²
+    _save(_unet(size, 8, latent), root / "unet", dtype)
+    _save(_vae(size), root / "vae", dtype)
+    vision = CLIPVisionConfig(
+        hidden_size=size.vision_hidden, projection_dim=size.cross_dim, num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads, intermediate_size=size.vision_ffn, image_size=size.vision_image,
+        patch_size=size.vision_patch,
+    )
+    _save(CLIPVisionModelWithProjection(vision), root / "image_encoder", dtype)
+    _save(CameraProjection(embedding_dim=size.cross_dim, additional_embeddings=4), root / "clip_camera_projection", dtype)
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).save_pretrained(
         root / "scheduler"
     )
@@ -59,29 +111,24 @@ def save_tiny_clip_tokenizer(root: Path) -> Path:
     return root
 
 
-def save_tiny_stable_diffusion(root: Path, seed: int = 0) -> Path:
+def save_tiny_stable_diffusion(root: Path, seed: int = 0, size: ModelSize = TINY, dtype: torch.dtype | None = None) -> Path:
     """A Stable Diffusion 1.x folder: tokenizer, text_encoder, unet (4 in-channels), vae and a PNDM scheduler
-    config, as the real checkpoint ships it."""
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    config, as the real checkpoint ships it. The tokenizer is always the tiny character one (a
+    tokenizer's size does not change the compute); with ``FULL`` the text encoder has CLIP's vocabulary."""
+    from diffusers import PNDMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    dim = 32
     tokenizer = CLIPTokenizer.from_pretrained(save_tiny_clip_tokenizer(root / "_vocab"), model_max_length=77)
     tokenizer.save_pretrained(root / "tokenizer")
-    CLIPTextModel(
-        CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=dim, intermediate_size=37, num_hidden_layers=2,
-                       num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    ).save_pretrained(root / "text_encoder")
-    UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=dim, attention_head_dim=8, norm_num_groups=32,
-    ).save_pretrained(root / "unet")
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), norm_num_groups=32,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    ).save_pretrained(root / "vae")
+    text = CLIPTextConfig(
+        vocab_size=size.text_vocab or len(tokenizer), hidden_size=size.cross_dim, intermediate_size=size.text_ffn,
+        num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, max_position_embeddings=77,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    _save(CLIPTextModel(text), root / "text_encoder", None)
+    _save(_unet(size, 4, size.unet_sample // 2 if size is TINY else size.unet_sample), root / "unet", dtype)
+    _save(_vae(size), root / "vae", dtype)
     PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True).save_pretrained(
         root / "scheduler"
     )

@@ -1,0 +1,116 @@
+"""The whole pipeline per preset at real model sizes (random weights): seconds per stage,
+step rates, peak GPU memory and the extrapolated time of a full run.
+
+Each preset runs through the production runner with a shortened step budget
+(``--steps`` per stage, textual inversion included); the step rate of each
+stage is measured after its first steps (warm-up, compilation, caches) and
+multiplied out to the preset's real budget. Targets on one H100: ``paper`` in
+at most 10 minutes and 24 GB, ``fast`` in at most 3 minutes.
+
+Refuses to run on the CPU; ``--tiny --allow-cpu`` is a smoke test of the script.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from common import machine, parser, quiet, report
+from mpod123.config import pipeline_preset
+from mpod123.pipeline import ModelSources, configure
+from mpod123.progress import Progress
+from mpod123.stages.runner import Runner
+from mpod123.tiny import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
+
+STAGES = ("outline", "inversion", "detail")
+
+
+class StepClock:
+    """Wall-clock time of every Progress event, per stage."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, list[float]] = {s: [] for s in STAGES}
+
+    def __call__(self, event) -> None:
+        if isinstance(event, Progress) and event.stage in self.times:
+            self.times[event.stage].append(time.perf_counter())
+
+    def rate(self, stage: str, skip: int) -> float | None:
+        """Steps per second after the first ``skip`` steps."""
+        t = self.times[stage][skip:]
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else None
+
+
+def input_image(path: Path) -> Path:
+    """A cut-out with alpha: a two-tone box and disk (the content does not change the cost)."""
+    y, x = np.mgrid[0:512, 0:512] / 512.0
+    rgba = np.zeros((512, 512, 4), np.float32)
+    rgba[(abs(x - 0.5) < 0.2) & (abs(y - 0.6) < 0.15)] = (0.8, 0.3, 0.2, 1.0)
+    rgba[(x - 0.5) ** 2 + (y - 0.35) ** 2 < 0.02] = (0.2, 0.4, 0.8, 1.0)
+    Image.fromarray((rgba * 255).astype(np.uint8), "RGBA").save(path)
+    return path
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--presets", nargs="+", default=["fast", "paper"])
+    p.add_argument("--steps", type=int, default=60, help="steps run per stage (the rest is extrapolated)")
+    p.add_argument("--warmup", type=int, default=10, help="steps per stage left out of the rate")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--allow-cpu", action="store_true")
+    p.add_argument("--models", help="folder to keep the random models in (default: a temporary folder)")
+    args = p.parse_args()
+    if not args.device.startswith("cuda") and not args.allow_cpu:
+        sys.exit("pipeline_gpu: needs a CUDA device (the presets are GPU budgets); use --tiny --allow-cpu for a smoke test")
+    quiet()
+    size, dtype = (TINY, None) if args.tiny else (FULL, torch.float16)
+    root = Path(args.models or tempfile.mkdtemp(prefix="mpod123-bench-models-"))
+    if not (root / "zero123" / "model_index.json").is_file():
+        save_tiny_zero123(root / "zero123", size=size, dtype=dtype)
+    if not (root / "sd" / "model_index.json").is_file():
+        save_tiny_stable_diffusion(root / "sd", size=size, dtype=dtype)
+    work = Path(tempfile.mkdtemp(prefix="mpod123-bench-run-"))
+    image = input_image(work / "input.png")
+    rows = []
+    for preset in args.presets:
+        full = pipeline_preset(preset)
+        cfg = configure(preset, 0, ModelSources(str(root / "zero123"), str(root / "sd")), config=pipeline_preset(preset))
+        budget = {"outline": full.outline.steps, "inversion": full.inversion.steps, "detail": full.detail.steps}
+        cfg.outline.steps = min(args.steps, full.outline.steps)
+        cfg.detail.steps = min(args.steps, full.detail.steps)
+        cfg.inversion.steps = min(args.steps, full.inversion.steps)
+        cfg.deterministic = False  # what a GPU user runs for speed
+        clock = StepClock()
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        runner = Runner(cfg, work / preset, args.device, clock)
+        result = runner.run(image, work / f"{preset}.glb")
+        timings = result.record["timings_s"]
+        stages = {}
+        total = timings.get("preprocess", 0.0) + timings.get("export", 0.0)
+        for stage in STAGES:
+            rate = clock.rate(stage, min(args.warmup, max(0, len(clock.times[stage]) - 3)))
+            done = len(clock.times[stage])
+            setup = max(0.0, timings[stage] - (done / rate if rate else 0.0))  # model loading, init, masks
+            full_s = setup + (budget[stage] / rate if rate else 0.0)
+            total += full_s
+            stages[stage] = {"steps_run": done, "steps_per_s": None if rate is None else round(rate, 2),
+                             "seconds_run": timings[stage], "setup_s": round(setup, 2),
+                             "budget_steps": budget[stage], "extrapolated_s": round(full_s, 1)}
+        rows.append({"preset": preset, "stages": stages, "export_s": timings.get("export"),
+                     "peak_gpu_gb": result.record.get("peak_gpu_memory_gb"),
+                     "extrapolated_total_s": round(total, 1), "extrapolated_total_min": round(total / 60, 2),
+                     "backends": result.record["backends"]})
+    report("pipeline_gpu" if not args.tiny else "pipeline_tiny",
+           {"benchmark": "pipeline_gpu", "sizes": "tiny" if args.tiny else "real (random weights)",
+            "machine": machine(args.device), "rows": rows}, args.out)
+
+
+if __name__ == "__main__":
+    main()
