@@ -167,6 +167,21 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_make_photo(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .camera import orbit_cameras
+    from .synthetic import render_object
+
+    rgba = render_object(orbit_cameras(90.0, 0.0, 2.5, 40.0, args.size, args.size))[0].numpy()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8), "RGBA").save(out)
+    print(f"wrote {out}: the procedural test object from the front, {args.size}px, with alpha")
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
@@ -350,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--res", type=int, default=64)
     mk.add_argument("--split", default="train")
     mk.set_defaults(func=_cmd_make_dataset)
+    ph = bench.add_parser("make-photo", help="render the procedural test object as a cut-out PNG (an input for generate)")
+    ph.add_argument("out")
+    ph.add_argument("--size", type=int, default=512)
+    ph.set_defaults(func=_cmd_make_photo)
 
     for name in COMMAND_MODULES:  # larger command groups live beside the code they drive
         importlib.import_module(name).register(sub)
