@@ -238,6 +238,17 @@ class Runner:
         self.cancel.raise_if_cancelled()
         return self._export(detail, out)
 
+    def _train_or_load(self, stage) -> None:
+        """Train ``stage`` to its configured steps, continuing from its checkpoint when resuming;
+        a finished checkpoint is only loaded (its StageDone is still reported)."""
+        ckpt = self.workdir / f"{stage.name}.ckpt"
+        if self.resume and ckpt.is_file():
+            stage.load_checkpoint(ckpt)
+        if stage.step < stage.cfg.steps:
+            stage.run(ckpt)
+        else:
+            emit(self.callback, StageDone(stage.name, stage.step, stage.elapsed_s, str(ckpt)))
+
     def _outline(self, reference, rgb_on_white: np.ndarray):
         from ..guidance.zero123 import Zero123Guidance
         from .outline import OutlineStage
@@ -247,13 +258,7 @@ class Runner:
             self.cfg.zero123, torch.from_numpy(rgb_on_white).float(), reference.camera, device=self.device
         )
         stage = OutlineStage(self.cfg.outline, reference, guidance, self.device, self._on_event, self.cancel)
-        ckpt = self.workdir / "outline.ckpt"
-        if self.resume and ckpt.is_file():
-            stage.load_checkpoint(ckpt)
-        if stage.step < self.cfg.outline.steps:
-            stage.run(ckpt)
-        else:
-            emit(self.callback, StageDone(stage.name, stage.step, stage.elapsed_s, str(ckpt)))
+        self._train_or_load(stage)
         stage.guidance = None  # Zero123 is not needed any more: free its memory
         del guidance
         self._free()
@@ -304,13 +309,7 @@ class Runner:
             stage = DetailStage(
                 self.cfg.detail, reference, guidance, outline.field, outline.masks, self.device, self._on_event, self.cancel
             )
-            ckpt = self.workdir / "detail.ckpt"
-            if self.resume and ckpt.is_file():
-                stage.load_checkpoint(ckpt)
-            if stage.step < self.cfg.detail.steps:
-                stage.run(ckpt)
-            else:
-                emit(self.callback, StageDone(stage.name, stage.step, stage.elapsed_s, str(ckpt)))
+            self._train_or_load(stage)
         finally:
             guidance.close()
         stage.guidance = None
