@@ -91,12 +91,13 @@ class Zero123Guidance(ScoreDistillation):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         src = cfg.model
-        self.vae = _load(AutoencoderKL, src, "vae", self.dtype).to(self.device).eval()
+        self.vae = _load(AutoencoderKL, src, "vae", self.dtype)
+        self.vae.decoder = None  # never decoded: it never reaches the device
+        self.vae.to(self.device).eval()
         self.image_encoder = _load(CLIPVisionModelWithProjection, src, "image_encoder", self.dtype).to(self.device).eval()
         self.unet = _load(UNet2DConditionModel, src, "unet", self.dtype).to(self.device).eval()
         self.projection = _load(CameraProjection, src, "clip_camera_projection", self.dtype).to(self.device).eval()
         self._init_schedule(_load(DDIMScheduler, src, "scheduler", None))
-        self.vae.decoder = None  # never decoded: save the memory
         for module in (self.vae, self.image_encoder, self.unet, self.projection):
             module.requires_grad_(False)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
