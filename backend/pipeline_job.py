@@ -45,7 +45,20 @@ def parse_options(options: dict[str, Any], default_preset: str) -> tuple[str, in
     return preset, seed, steps
 
 
+def _quiet_libraries() -> None:
+    """No download or loading bars from the model libraries in a worker: its output is a server log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging as diffusers_logging
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+
+
 def _run(ctx: JobContext, tiny: bool) -> str:
+    _quiet_libraries()
     from mpod123.config import pipeline_preset
     from mpod123.pipeline import ModelSources, configure
     from mpod123.progress import Cancelled, CancelToken, Preview, Progress, StageDone, to_dict

@@ -19,7 +19,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import zmq
@@ -45,6 +46,8 @@ class ServerConfig:
     """Finished jobs and their results are deleted this long after they end."""
     forward_batch: int = 200
     """Events forwarded per job and subscriber per loop turn (bounds a slow client's share)."""
+    info: dict = field(default_factory=dict)
+    """Extra facts for the hello reply (the GPUs, the job kind), shown by clients."""
 
 
 class Server:
@@ -169,7 +172,8 @@ class Server:
 
     # -------------------------------------------------------------- handlers
     def _hello(self, identity: bytes, owner: str, msg: Message) -> Message:
-        return Message("hello_reply", {"server": SERVER_NAME, "versions": list(protocol.SUPPORTED_VERSIONS)}, session=msg.session)
+        content = {"server": SERVER_NAME, "versions": list(protocol.SUPPORTED_VERSIONS), "version": _package_version()}
+        return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
 
     def _submit(self, identity: bytes, owner: str, msg: Message) -> Message:
         image = msg.buffers[0]
@@ -270,6 +274,13 @@ class Server:
                 if (identity, job_id) not in self._subs:
                     break
                 self._subs[(identity, job_id)] = event.seq
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("mpod123")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _user_id(frame: zmq.Frame) -> str | None:

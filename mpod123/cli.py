@@ -182,6 +182,17 @@ def _cmd_make_photo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _gpu_names() -> list[str]:
+    """NVIDIA GPU models from the driver's /proc entries (no CUDA initialisation in the server)."""
+    root = Path("/proc/driver/nvidia/gpus")
+    names = []
+    for info in sorted(root.glob("*/information")) if root.is_dir() else []:
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                names.append(line.split(":", 1)[1].strip())
+    return names
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
@@ -201,7 +212,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     recovered = store.recover()
     ctx = zmq.Context.instance()
     security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
-    server = Server(store, ServerConfig(bind=args.bind), ctx, security.configure if security else None)
+    info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": TINY_JOB if args.tiny else args.job, "executor": args.executor}
+    server = Server(store, ServerConfig(bind=args.bind, info=info), ctx, security.configure if security else None)
     endpoint = server.start()
     job_fn = TINY_JOB if args.tiny else args.job
     executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)

@@ -24,13 +24,18 @@ from mpod123.export.gltf import validate_glb  # noqa: E402
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve")
     env = dict(os.environ, MPOD123_TINY_MODELS=str(tmp_path_factory.mktemp("tiny-models")), HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli", "serve", "--tiny", "--bind", "tcp://127.0.0.1:0", "--data", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"on (tcp://\S+) ", line)
-    assert match and "tiny_pipeline_job" in line, line
+    log = data / "serve.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody reads: a full pipe would block the server
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mpod123.cli", "serve", "--tiny", "--bind", "tcp://127.0.0.1:0", "--data", str(data)],
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+    deadline = time.time() + 60
+    match = None
+    while match is None and time.time() < deadline and proc.poll() is None:
+        match = re.search(r"on (tcp://\S+) .*job (\S+),", log.read_text())
+        time.sleep(0.1)
+    assert match and "tiny_pipeline_job" in match.group(2), log.read_text()
     yield match.group(1)
     proc.kill()
     proc.wait(timeout=10)
@@ -45,6 +50,12 @@ def photo() -> bytes:
     buf = io.BytesIO()
     Image.fromarray((rgba * 255 + 0.5).astype("uint8"), "RGBA").save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_hello_reports_the_version_and_the_job(server):
+    with Client(server, session="artist", timeout_s=20) as client:
+        hello = client.hello()
+    assert hello["version"] not in ("", None) and hello["gpu"] and "tiny_pipeline_job" in hello["job"]
 
 
 def test_options_are_checked_before_anything_runs():

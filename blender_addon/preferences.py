@@ -1,0 +1,144 @@
+"""Add-on preferences: where the backend is, how to start a local one, keys and timeouts.
+
+Keys are kept here (``subtype='PASSWORD'``), never on the Scene, so they are
+not saved into .blend files that get shared.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import bpy
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+DEFAULT_LOCAL_COMMAND = "mpod123 serve --bind {address} --data {data}"
+
+
+class MPOD123_Preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    address: StringProperty(
+        name="Server Address", default=DEFAULT_ADDRESS,
+        description="The backend's ZeroMQ address, e.g. tcp://127.0.0.1:5555 (local) or tcp://gpu-box:5555 (remote, "
+                    "needs keys and Blender's Allow Online Access)",
+    )
+    use_local_backend: BoolProperty(
+        name="Start a Local Backend", default=True,
+        description="When the address is on this machine and nothing answers, Connect starts the command below "
+                    "and the add-on stops it again when Blender quits or the add-on is disabled",
+    )
+    local_command: StringProperty(
+        name="Local Command", default=DEFAULT_LOCAL_COMMAND,
+        description="Command that starts the backend; {address} and {data} are filled in. Use the full path of "
+                    "mpod123 if it is not on PATH, e.g. /path/to/venv/bin/mpod123 serve --bind {address} --data {data}",
+    )
+    local_data: StringProperty(
+        name="Local Data Folder", subtype="DIR_PATH", default="",
+        description="Where the local backend keeps its job database and results (empty: the add-on's user folder)",
+    )
+    server_public_key: StringProperty(
+        name="Server Public Key", subtype="PASSWORD", default="",
+        description="The 40-character Z85 key from the server's server.key (empty: no encryption, loopback only)",
+    )
+    client_public_key: StringProperty(
+        name="Client Public Key", subtype="PASSWORD", default="",
+        description="This client's public key, from its NAME.key_secret file",
+    )
+    client_secret_key: StringProperty(
+        name="Client Secret Key", subtype="PASSWORD", default="",
+        description="This client's secret key, from its NAME.key_secret file",
+    )
+    server_key_file: StringProperty(
+        name="Server Key File", subtype="FILE_PATH", default="",
+        description="server.key from `mpod123 keys init` (Load Keys copies the key into the field above)",
+    )
+    client_key_file: StringProperty(
+        name="Client Key File", subtype="FILE_PATH", default="",
+        description="NAME.key_secret from `mpod123 keys init` (Load Keys copies both keys into the fields above)",
+    )
+    timeout_s: FloatProperty(
+        name="Request Timeout", default=10.0, min=0.5, max=600.0, unit="TIME_ABSOLUTE",
+        description="Longest wait for one answer from the backend; past it the add-on reports the backend unreachable",
+    )
+    start_timeout_s: FloatProperty(
+        name="Local Start Timeout", default=30.0, min=1.0, max=600.0, unit="TIME_ABSOLUTE",
+        description="How long a freshly started local backend may take to answer",
+    )
+    events_per_tick: IntProperty(
+        name="Events per Update", default=50, min=1, max=10000,
+        description="Most backend events applied per interface update (keeps Blender responsive)",
+    )
+    auto_import: BoolProperty(
+        name="Import When Done", default=True,
+        description="Import each finished result at once (otherwise use Import Result)",
+    )
+    session: StringProperty(
+        name="Session", default="", options={"HIDDEN"},
+        description="This Blender's identity on a loopback backend (lets a later session import its results)",
+    )
+
+    def draw(self, context):
+        draw_preferences(self.layout, self)
+
+
+def draw_preferences(layout, p) -> None:
+    """The preferences' layout (a function, so tests can draw it into any layout)."""
+    col = layout.column()
+    col.prop(p, "address")
+    if not bpy.app.online_access:
+        col.label(text="Allow Online Access is off: only addresses on this computer are used", icon="INFO")
+    box = layout.box()
+    box.prop(p, "use_local_backend")
+    sub = box.column()
+    sub.active = p.use_local_backend
+    sub.prop(p, "local_command")
+    sub.prop(p, "local_data")
+    sub.prop(p, "start_timeout_s")
+    box = layout.box()
+    box.label(text="Keys (from `mpod123 keys init`)")
+    box.prop(p, "server_key_file")
+    box.prop(p, "client_key_file")
+    box.operator("mpod123.load_keys", icon="FILE_REFRESH")
+    box.prop(p, "server_public_key")
+    box.prop(p, "client_public_key")
+    box.prop(p, "client_secret_key")
+    col = layout.column()
+    col.prop(p, "timeout_s")
+    col.prop(p, "events_per_tick")
+    col.prop(p, "auto_import")
+
+
+class _Defaults:
+    """The preferences' defaults, for when the add-on runs without being enabled (scripts, tests)."""
+
+    def __init__(self) -> None:
+        for name, prop in MPOD123_Preferences.__annotations__.items():
+            setattr(self, name, prop.keywords.get("default"))
+
+
+_FALLBACK: _Defaults | None = None
+
+
+def prefs(context=None):
+    """The add-on's preferences (or the defaults when it is imported without being enabled)."""
+    global _FALLBACK
+    addons = (context or bpy.context).preferences.addons
+    entry = addons.get(__package__)
+    if entry is not None and entry.preferences is not None:
+        p = entry.preferences
+        if not p.session:
+            p.session = uuid.uuid4().hex
+        return p
+    if _FALLBACK is None:
+        _FALLBACK = _Defaults()
+        _FALLBACK.session = uuid.uuid4().hex
+    return _FALLBACK
+
+
+def register() -> None:
+    bpy.utils.register_class(MPOD123_Preferences)
+
+
+def unregister() -> None:
+    bpy.utils.unregister_class(MPOD123_Preferences)

@@ -1,0 +1,195 @@
+"""The wire protocol between clients (Blender, batch) and the backend. Standard library only.
+
+A message is a list of ZeroMQ frames, modelled on Jupyter's:
+
+    [MAGIC, header JSON, content JSON, binary frame, ...]
+
+``MAGIC`` names the protocol so that a stray peer is told apart at once. The
+header is ``{msg_id, msg_type, version, session, job_id, seq}``; ``seq`` is the
+per-job event sequence number (None outside events). Binary frames carry image
+bytes and result chunks; nothing is ever pickled.
+
+Decoding is strict about what it needs and tolerant of what it does not know:
+a wrong frame count, bad JSON, an unknown version or message type, a missing
+or mistyped field, or an oversize frame raises :class:`ProtocolError`, which
+carries the ``ename``/``evalue``/``hint`` of the error reply; unknown header
+or content fields are kept and ignored.
+
+This file is vendored into the Blender add-on by ``build_addon.py`` and must
+stay importable without anything outside the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+MAGIC = b"MPOD123"
+PROTOCOL_VERSION = "1.0"
+SUPPORTED_VERSIONS = ("1.0",)
+MAX_JSON_BYTES = 1 << 20
+MAX_BINARY_BYTES = 64 << 20
+MAX_CHUNK_BYTES = 8 << 20
+
+# msg_type -> {field: type or tuple of types} that content must carry
+CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
+    "hello": {"client": str},
+    "hello_reply": {"server": str, "versions": list},
+    "submit": {"options": dict},
+    "ack": {"state": str},
+    "event": {"kind": str},
+    "status": {},
+    "status_reply": {"state": str},
+    "list": {},
+    "list_reply": {"jobs": list},
+    "cancel": {},
+    "cancel_reply": {"state": str},
+    "resume": {"last_seq": int},
+    "result_info": {},
+    "result_info_reply": {"size": int, "sha256": str},
+    "fetch_chunk": {"offset": int, "length": int},
+    "chunk": {"offset": int, "size": int},
+    "error": {"ename": str, "evalue": str, "hint": str},
+}
+MSG_TYPES = frozenset(CONTENT_SCHEMA)
+NEEDS_JOB_ID = frozenset({"submit", "ack", "event", "status", "cancel", "resume", "result_info", "fetch_chunk", "chunk"})
+NEEDS_BINARY = {"submit": 1, "chunk": 1}
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; becomes an ``error`` reply."""
+
+    def __init__(self, ename: str, evalue: str, hint: str = "") -> None:
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue, self.hint = ename, evalue, hint
+
+
+@dataclass
+class Message:
+    msg_type: str
+    content: dict[str, Any] = field(default_factory=dict)
+    buffers: list[bytes] = field(default_factory=list)
+    job_id: str | None = None
+    seq: int | None = None
+    session: str = ""
+    msg_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    version: str = PROTOCOL_VERSION
+    extra_header: dict[str, Any] = field(default_factory=dict)
+    """Header fields this version does not know, kept as they came."""
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return {
+            **self.extra_header,
+            "msg_id": self.msg_id,
+            "msg_type": self.msg_type,
+            "version": self.version,
+            "session": self.session,
+            "job_id": self.job_id,
+            "seq": self.seq,
+        }
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for ``msg`` (without any ROUTER identity frames)."""
+    return [
+        MAGIC,
+        json.dumps(msg.header, separators=(",", ":")).encode(),
+        json.dumps(msg.content, separators=(",", ":")).encode(),
+        *[bytes(b) for b in msg.buffers],
+    ]
+
+
+def _json_object(frame: bytes, what: str) -> dict[str, Any]:
+    if len(frame) > MAX_JSON_BYTES:
+        raise ProtocolError("MessageTooLarge", f"the {what} frame is {len(frame)} bytes, over {MAX_JSON_BYTES}")
+    try:
+        value = json.loads(frame.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("BadJSON", f"the {what} frame is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("BadJSON", f"the {what} frame must be a JSON object")
+    return value
+
+
+def _check_type(value: Any, expected: Any, name: str) -> None:
+    # bool is an int in Python; a protocol int must not be a bool
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        exp = expected.__name__ if isinstance(expected, type) else "/".join(t.__name__ for t in expected)
+        raise ProtocolError("BadField", f"{name} must be {exp}, got {type(value).__name__}")
+
+
+def decode(frames: list[bytes], max_binary: int = MAX_BINARY_BYTES) -> Message:
+    """Parse and validate frames (identity frames already stripped)."""
+    if len(frames) < 3:
+        raise ProtocolError("BadFrames", f"expected at least 3 frames, got {len(frames)}", "send [MAGIC, header, content, *buffers]")
+    if frames[0] != MAGIC:
+        raise ProtocolError("BadMagic", "the first frame is not this protocol's", "is the client an mpod123 client?")
+    header = _json_object(frames[1], "header")
+    content = _json_object(frames[2], "content")
+    buffers = [bytes(f) for f in frames[3:]]
+    for i, b in enumerate(buffers):
+        if len(b) > max_binary:
+            raise ProtocolError("MessageTooLarge", f"binary frame {i} is {len(b)} bytes, over {max_binary}")
+    version = header.get("version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            "UnsupportedVersion",
+            f"protocol version {version!r} is not supported",
+            f"this backend speaks {', '.join(SUPPORTED_VERSIONS)}; update the add-on or the backend",
+        )
+    msg_type = header.get("msg_type")
+    if msg_type not in MSG_TYPES:
+        raise ProtocolError("UnknownMessageType", f"unknown msg_type {msg_type!r}")
+    for key, typ in (("msg_id", str), ("session", str)):
+        _check_type(header.get(key), typ, f"header.{key}")
+    job_id = header.get("job_id")
+    if job_id is not None:
+        _check_type(job_id, str, "header.job_id")
+        if not 1 <= len(job_id) <= 128 or not all(c.isalnum() or c in "-_." for c in job_id):
+            raise ProtocolError("BadField", "job_id must be 1-128 characters of letters, digits, '-', '_' or '.'")
+    if msg_type in NEEDS_JOB_ID and job_id is None:
+        raise ProtocolError("BadField", f"{msg_type} needs a job_id in the header")
+    seq = header.get("seq")
+    if seq is not None:
+        _check_type(seq, int, "header.seq")
+    for key, typ in CONTENT_SCHEMA[msg_type].items():
+        if key not in content:
+            raise ProtocolError("BadField", f"{msg_type} content needs {key!r}")
+        _check_type(content[key], typ, f"content.{key}")
+    need = NEEDS_BINARY.get(msg_type, 0)
+    if len(buffers) < need:
+        raise ProtocolError("BadFrames", f"{msg_type} needs {need} binary frame(s), got {len(buffers)}")
+    if msg_type == "resume" and content["last_seq"] < 0:
+        raise ProtocolError("BadField", "last_seq must be >= 0")
+    if msg_type == "fetch_chunk" and (content["offset"] < 0 or not 0 < content["length"] <= MAX_CHUNK_BYTES):
+        raise ProtocolError("BadField", f"offset must be >= 0 and length in 1..{MAX_CHUNK_BYTES}")
+    known = {"msg_id", "msg_type", "version", "session", "job_id", "seq"}
+    return Message(
+        msg_type, content, buffers, job_id, seq, header["session"], header["msg_id"], version,
+        {k: v for k, v in header.items() if k not in known},
+    )
+
+
+def file_digest(path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a file, read in 1 MiB blocks: how results are checked."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def error_reply(exc: ProtocolError, parent: Message | None = None, session: str = "") -> Message:
+    """The ``error`` message answering a rejected request."""
+    return Message(
+        "error",
+        {"ename": exc.ename, "evalue": exc.evalue, "hint": exc.hint, "parent_msg_id": parent.msg_id if parent else None},
+        job_id=parent.job_id if parent else None,
+        session=session,
+    )

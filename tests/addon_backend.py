@@ -1,0 +1,101 @@
+"""Helpers for the add-on tests: a real `mpod123 serve --tiny` process on loopback, and test images."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class ServeProcess:
+    """`mpod123 serve --tiny` on a fixed loopback port and data folder; restartable, stopped by pid."""
+
+    def __init__(self, data: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.data = Path(data)
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mpod123.cli", "serve", "--tiny", "--data", str(self.data),
+                "--bind", self.endpoint, *self.extra]
+
+    def start(self, timeout_s: float = 30.0) -> ServeProcess:
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        # output to a file: a worker writing into a pipe nobody reads can fail with a broken pipe
+        log = open(self.data / f"serve-{self.starts}.log", "w")  # noqa: SIM115  handed to the child
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mpod123 serve exited with {self.proc.returncode}: {self.log()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mpod123 serve did not listen within {timeout_s} s: {self.log()[-2000:]}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        path = self.data / f"serve-{self.starts}.log"
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def kill(self) -> None:
+        """SIGKILL by pid (its workers die with it) and wait."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGINT by pid (a clean stop), then SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def object_png(size: int = 96, colour=(220, 120, 40), accent=(40, 90, 200)) -> bytes:
+    """A cut-out object with alpha (a disc with a square), which preprocessing accepts."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((size // 5, size // 5, size - size // 5, size - size // 5), fill=(*colour, 255))
+    d.rectangle((size * 2 // 5, size // 3, size * 3 // 5, size // 2), fill=(*accent, 255))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,87 @@
+"""Draw every MPOD123 panel and the preferences into a real UILayout, in a subprocess.
+
+Background bpy has a window but never redraws, so panels are not drawn by
+themselves. ``WindowManager.popover`` calls its draw function at once with a
+real UILayout; we draw each panel into a column of it. Blender then tries to
+show the popover, which crashes without a GPU, so this script exits from
+inside the draw callback after writing its findings as JSON. Run as
+``python tests/addon_draw_panels.py REPO_ROOT``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import traceback
+from types import SimpleNamespace
+
+sys.path.insert(0, sys.argv[1])
+
+import bpy
+
+
+def _png(w: int, h: int, rgb) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def main() -> None:
+    import addon_utils  # importable only once bpy is imported
+
+    addon_utils.enable("blender_addon", default_set=True, handle_error=lambda exc: (_ for _ in ()).throw(exc))
+    from blender_addon import bridge, panels, preferences
+    from blender_addon.client import Message
+
+    st = bpy.context.window_manager.mpod123
+    st.connection, st.server_name, st.server_version, st.server_gpu = "connected", "mpod123-backend", "1.0", "none"
+    st.last_error = "a long error message that has to be wrapped over several lines of the sidebar panel"
+    for job_id, name in (("a" * 32, "teapot"), ("b" * 32, "vase")):
+        job = st.jobs.add()
+        job.job_id, job.name, job.state = job_id, name, "queued"
+        events = [
+            Message("event", {"kind": "progress", "stage": "outline", "step": 3, "total": 10, "eta_s": 12.0}, job_id=job_id, seq=1),
+            Message("event", {"kind": "preview", "stage": "outline", "step": 3, "width": 16, "height": 8}, [_png(16, 8, (200, 80, 40))], job_id=job_id, seq=2),
+            Message("event", {"kind": "stage_done", "stage": "outline", "steps": 10}, job_id=job_id, seq=3),
+            Message("event", {"kind": "progress", "stage": "detail", "step": 1, "total": 10, "eta_s": 300.0}, job_id=job_id, seq=4),
+            Message("event", {"kind": "preview", "stage": "detail", "step": 1, "width": 16, "height": 8}, [_png(16, 8, (40, 80, 200))], job_id=job_id, seq=5),
+        ]
+        for msg in events:
+            bridge.apply_event(bpy.context, msg)
+    st.jobs[1].state = "failed"
+    results: dict = {"drawn": [], "errors": []}
+
+    def draw(menu, context):
+        try:
+            for cls in panels.CLASSES:
+                for source in ("IMAGE_EDITOR", "FILE", "DATABLOCK") if cls is panels.MPOD123_PT_input else (st.source,):
+                    st.source = source
+                    box = menu.layout.column()
+                    cls.draw(SimpleNamespace(layout=box), context)
+                    results["drawn"].append(cls.bl_idname)
+            prefs = preferences.prefs(context)
+            preferences.draw_preferences(menu.layout.column(), prefs)
+            results["drawn"].append("preferences")
+            if "--canary" in sys.argv:  # proves the test notices a bad property and a bad operator
+                menu.layout.prop(st, "no_such_property")
+                menu.layout.operator("mpod123.no_such_operator")
+        except Exception:  # noqa: BLE001  reported in the JSON
+            results["errors"].append(traceback.format_exc())
+        results["registered"] = {cls.bl_idname: hasattr(bpy.types, cls.bl_idname) for cls in panels.CLASSES}
+        results["category"] = sorted({cls.bl_category for cls in panels.CLASSES})
+        results["previews"] = [st.jobs[0].preview_outline, st.jobs[0].preview_detail]
+        results["preview_icon"] = bpy.data.images[st.jobs[0].preview_outline].preview.icon_id
+        print("RESULT " + json.dumps(results), flush=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+    bpy.context.window_manager.popover(draw)
+    print("RESULT " + json.dumps({"drawn": [], "errors": ["the popover did not call its draw function"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

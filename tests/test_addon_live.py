@@ -1,0 +1,424 @@
+"""The add-on in the real bpy module against a real `mpod123 serve --tiny` on loopback.
+
+Timers never fire in background mode, so the tests call the bridge's drain
+(through ``bridge.wait``) where Blender would tick. Jobs run the backend's
+``--tiny`` job with very few steps; no test depends on the number of events
+or the mesh size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+pytest.importorskip("zmq")
+pytest.importorskip("PIL")
+
+from tests.addon_backend import JOB_TIMEOUT_S, ROOT, ServeProcess, free_port, object_png
+
+ADDON = "blender_addon"
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    import addon_utils
+
+    saved_tmp = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("addon-user"))  # where the add-on keeps results outside an extension
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    mod = addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+    assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
+    from blender_addon import bridge
+
+    yield bridge
+    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    assert not hasattr(bpy.types.WindowManager, "mpod123")
+    tempfile.tempdir = saved_tmp
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc = ServeProcess(tmp_path_factory.mktemp("backend"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def prefs(addon, server):
+    from blender_addon.preferences import prefs as get_prefs
+
+    p = get_prefs(bpy.context)
+    p.address = server.endpoint
+    p.use_local_backend = False
+    p.timeout_s = 10.0
+    p.server_public_key = p.client_public_key = p.client_secret_key = ""
+    st = bpy.context.window_manager.mpod123
+    st.last_error = ""
+    yield p
+    p.address = server.endpoint
+    p.timeout_s = 10.0
+    p.server_public_key = p.client_public_key = p.client_secret_key = ""
+
+
+def _state():
+    return bpy.context.window_manager.mpod123
+
+
+def _write_png(path: Path, **kw) -> Path:
+    path.write_bytes(object_png(**kw))
+    return path
+
+
+def _blender_pixels(image) -> list[tuple[int, int, int]]:
+    """Rows top to bottom as 8-bit RGB (Blender stores them bottom-up, as floats)."""
+    w, h = image.size
+    px = list(image.pixels)
+    rows = [px[(h - 1 - y) * w * 4:(h - y) * w * 4] for y in range(h)]
+    return [tuple(round(row[x * 4 + c] * 255) for c in range(3)) for row in rows for x in range(w)]
+
+
+def _png_pixels(data: bytes) -> list[tuple[int, int, int]]:
+    import io
+
+    from PIL import Image
+
+    raw = Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+    return [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
+
+
+def _events_from_server(endpoint: str, session: str, job_id: str) -> list:
+    """Every event of a job, straight from the backend (an independent client resuming from seq 0)."""
+    from blender_addon.client import AddonClient
+
+    c = AddonClient(endpoint, session=session, timeout_s=10)
+    try:
+        c.resume(job_id, 0)
+        events, deadline = [], time.monotonic() + 30
+        while time.monotonic() < deadline:
+            events += c.drain()
+            if events and events[-1].content["kind"] in ("done", "failed", "cancelled"):
+                return events
+            c.client.sock.poll(100)
+        raise AssertionError(f"the event stream of {job_id} did not end")
+    finally:
+        c.close()
+
+
+def _base_color_image(obj):
+    mat = obj.data.materials[0]
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    link = bsdf.inputs["Base Color"].links[0]
+    assert link.from_node.type == "TEX_IMAGE"
+    return link.from_node.image
+
+
+def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(prefs, server, tmp_path):
+    bridge = sys.modules["blender_addon.bridge"]
+    st = _state()
+    st.jobs.clear()
+    objects_before = set(bpy.data.objects)
+
+    # job 1: an image file
+    st.source, st.filepath = "FILE", str(_write_png(tmp_path / "teapot.png"))
+    st.preset, st.seed, st.steps = "draft", 0, 2
+    bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
+    assert bpy.ops.mpod123.generate() == {"FINISHED"}
+    # job 2, queued behind it: an image datablock
+    image = bpy.data.images.load(str(_write_png(tmp_path / "vase.png", colour=(60, 200, 90))))
+    st.source, st.image, st.steps = "DATABLOCK", image, 1
+    bpy.context.scene.cursor.location = (-2.0, 0.0, 0.5)
+    assert bpy.ops.mpod123.generate() == {"FINISHED"}
+    assert st.connection == "connected" and st.server_name == "mpod123-backend"
+    assert [j.name for j in st.jobs] == ["teapot", "vase"]
+    jobs = {j.name: j.job_id for j in st.jobs}
+
+    t0 = time.monotonic()
+    for job_id in jobs.values():
+        final = bridge.wait(bpy.context, job_id, timeout_s=JOB_TIMEOUT_S)
+        job = next(j for j in st.jobs if j.job_id == job_id)
+        assert final == "imported", (final, job.message, server.log()[-2000:])
+    elapsed = time.monotonic() - t0
+
+    teapot, vase = (next(j for j in st.jobs if j.job_id == jobs[n]) for n in ("teapot", "vase"))
+    for job in (teapot, vase):
+        stages = {s.stage: s for s in job.stages}
+        for stage in ("outline", "detail"):
+            assert stages[stage].done and stages[stage].step == stages[stage].total >= 1, (job.name, stage)
+        assert job.preview_outline and job.preview_detail
+    assert teapot.preview_outline != vase.preview_outline, "each job keeps its own previews"
+    assert teapot.last_seq > 0 and vase.last_seq > 0
+
+    # the previews are Blender images holding the last preview PNG of each stage, as the backend sent it
+    events = _events_from_server(server.endpoint, prefs.session, teapot.job_id)
+    assert [m.seq for m in events] == list(range(1, len(events) + 1))
+    for stage, image_name in (("outline", teapot.preview_outline), ("detail", teapot.preview_detail)):
+        png = [m for m in events if m.content["kind"] == "preview" and m.content["stage"] == stage][-1].buffers[0]
+        img = bpy.data.images[image_name]
+        expected = _png_pixels(png)
+        assert img.size[0] * img.size[1] == len(expected) and img.size[0] > 0
+        got = _blender_pixels(img)
+        assert max(abs(a - b) for pa, pb in zip(got, expected) for a, b in zip(pa, pb)) <= 1, stage
+
+    # each result: one mesh object named after its image, UVs, a textured Base Color, at the cursor of its Generate
+    new = [o for o in bpy.data.objects if o not in objects_before]
+    assert sorted(o.name for o in new) == ["teapot", "vase"], "one object per job, no stray empties"
+    coll = bpy.data.collections["Generated"]
+    for obj, location in ((bpy.data.objects["teapot"], (1.0, 2.0, 3.0)), (bpy.data.objects["vase"], (-2.0, 0.0, 0.5))):
+        assert obj.type == "MESH" and obj.parent is None
+        assert tuple(round(v, 5) for v in obj.location) == location
+        assert list(obj.users_collection) == [coll]
+        assert obj.data.name == obj.name and len(obj.data.polygons) > 0
+        assert len(obj.data.uv_layers) >= 1
+        tex = _base_color_image(obj)
+        assert tex.size[0] > 0 and tex.size[1] > 0 and tex.name.startswith(obj.name)
+        assert max(tex.pixels[:4000]) > 0.0, "the texture has pixels"
+    assert coll.name in bpy.context.scene.collection.children
+    print(f"two tiny jobs (2 and 1 steps) generated and imported in {elapsed:.1f} s")
+
+
+def test_imported_front_faces_blender_minus_y(addon, tmp_path):
+    """The backend's front (+Z in glTF) lands on Blender's -Y: the Front view shows it."""
+    import numpy as np
+
+    from blender_addon.importer import import_glb
+    from mpod123.export.gltf import encode_glb
+
+    # a square base at z=0 with a "nose" vertex pointing to +Z (the front) and one to +Y (up), in glTF coordinates
+    positions = np.array([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0], [0, 0, 1.5], [0, 1.2, 0]],
+                         dtype=np.float32)
+    faces = np.array([[0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4], [0, 2, 1], [0, 3, 2], [2, 3, 5]], dtype=np.uint32)
+    uvs = np.clip(positions[:, :2] + 0.5, 0, 1).astype(np.float32)
+    normals = positions / np.maximum(np.linalg.norm(positions, axis=1, keepdims=True), 1e-6)
+    path = tmp_path / "arrow.glb"
+    path.write_bytes(encode_glb(positions, faces, uvs, normals, object_png(16), name="arrow"))
+
+    obj = import_glb(str(path), "arrow", location=(10.0, 0.0, 0.0))
+    world = [obj.matrix_world @ v.co for v in obj.data.vertices]
+    nose = min(world, key=lambda v: v.y)
+    top = max(world, key=lambda v: v.z)
+    assert (round(nose.x, 4), round(nose.y, 4), round(nose.z, 4)) == (10.0, -1.5, 0.0), "glTF +Z -> Blender -Y"
+    assert (round(top.x, 4), round(top.y, 4), round(top.z, 4)) == (10.0, 0.0, 1.2), "glTF +Y -> Blender +Z"
+    assert _base_color_image(obj).name == "arrow_basecolor"
+    bpy.data.objects.remove(obj)
+
+
+def test_importer_removes_the_empty_parents_and_keeps_world_transforms(addon, tmp_path):
+    from blender_addon.importer import import_glb
+
+    scene = bpy.data.scenes.new("export-src")
+    mesh = bpy.data.meshes.new("m")
+    mesh.from_pydata([(0, 0, 0), (1, 0, 0), (0, 1, 0)], [], [(0, 1, 2)])
+    child = bpy.data.objects.new("Child", mesh)
+    root = bpy.data.objects.new("Root", None)
+    scene.collection.objects.link(root)
+    scene.collection.objects.link(child)
+    root.location, root.scale = (1.0, 2.0, 3.0), (2.0, 2.0, 2.0)
+    child.parent = root
+    path = tmp_path / "parented.glb"
+    window_scene = bpy.context.window.scene
+    bpy.context.window.scene = scene
+    try:
+        bpy.ops.export_scene.gltf(filepath=str(path))
+    finally:
+        bpy.context.window.scene = window_scene
+        bpy.data.scenes.remove(scene)
+        for o in (child, root):
+            bpy.data.objects.remove(o)
+    before = set(bpy.data.objects)
+    obj = import_glb(str(path), "parented.png", location=(0.0, 0.0, 0.0))
+    new = [o for o in bpy.data.objects if o not in before]
+    assert new == [obj] and obj.parent is None and obj.name.startswith("parented.png")
+    assert tuple(round(s, 4) for s in obj.scale) == (2.0, 2.0, 2.0), "the empty's scale is kept"
+    bpy.data.objects.remove(obj)
+
+
+def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
+    bridge = sys.modules["blender_addon.bridge"]
+    st = _state()
+    st.jobs.clear()
+    st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "long.png")), "draft", 200
+    assert bpy.ops.mpod123.generate() == {"FINISHED"}
+    running = st.jobs[0].job_id
+    st.steps = 1
+    assert bpy.ops.mpod123.generate() == {"FINISHED"}
+    queued = st.jobs[1].job_id
+    assert bridge.wait(bpy.context, running, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
+
+    assert bpy.ops.mpod123.cancel(job_id=queued) == {"FINISHED"}
+    assert st.jobs[1].state == "cancelled", "a queued job is cancelled at once"
+    assert bpy.ops.mpod123.cancel(job_id=running) == {"FINISHED"}
+    assert st.jobs[0].state in ("cancelling", "cancelled")
+    t0 = time.monotonic()
+    assert bridge.wait(bpy.context, running, timeout_s=60) == "cancelled"
+    assert time.monotonic() - t0 < 60
+    assert not bpy.data.objects.get("long")
+
+
+def test_a_dead_backend_gives_a_clear_error_within_the_timeout(prefs, tmp_path):
+    prefs.address = f"tcp://127.0.0.1:{free_port()}"
+    prefs.timeout_s = 1.5
+    st = _state()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="not running or not reachable at tcp://127.0.0.1"):
+        bpy.ops.mpod123.connect()
+    assert time.monotonic() - t0 < 1.5 + 3.0, "bounded by the timeout"
+    assert "no answer to hello within" in st.last_error and st.connection == "lost"
+    st.source, st.filepath = "FILE", str(_write_png(tmp_path / "x.png"))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="not running or not reachable"):
+        bpy.ops.mpod123.generate()
+    assert time.monotonic() - t0 < 1.5 * 2 + 3.0
+
+
+def test_a_remote_address_respects_blender_online_access(prefs):
+    assert bpy.app.online_access is False  # the bpy module's default
+    prefs.address = "tcp://192.0.2.10:5555"
+    with pytest.raises(RuntimeError, match="Allow Online Access is off"):
+        bpy.ops.mpod123.connect()
+    assert "Allow Online Access" in _state().last_error
+
+
+def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
+    import zmq
+
+    from backend.security import init_keys
+
+    keys = tmp_path / "keys"
+    made = init_keys(keys, "blender")
+    curve = ServeProcess(tmp_path / "curve-data", extra=("--keys", str(keys)))
+    curve.start()
+    try:
+        public, secret = zmq.auth.load_certificate(made["client_secret"])
+        wrong_server_public, _ = zmq.curve_keypair()
+        prefs.address, prefs.timeout_s = curve.endpoint, 2.0
+        prefs.client_public_key, prefs.client_secret_key = public.decode(), secret.decode()
+        prefs.server_public_key = wrong_server_public.decode()
+        with pytest.raises(RuntimeError, match="server public key is wrong"):
+            bpy.ops.mpod123.connect()
+        prefs.server_public_key = "not-a-key"
+        with pytest.raises(RuntimeError, match="40 Z85 characters"):
+            bpy.ops.mpod123.connect()
+        # the right keys, loaded from the files `mpod123 keys init` wrote
+        prefs.server_key_file, prefs.client_key_file = str(keys / "server.key"), str(made["client_secret"])
+        assert bpy.ops.mpod123.load_keys() == {"FINISHED"}
+        assert bpy.ops.mpod123.connect() == {"FINISHED"}
+        assert _state().connection == "connected"
+    finally:
+        sys.modules["blender_addon.bridge"].disconnect()
+        curve.stop()
+
+
+def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server, tmp_path):
+    bridge = sys.modules["blender_addon.bridge"]
+    st = _state()
+    st.jobs.clear()
+    st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "phoenix.png")), "draft", 2
+    bpy.context.scene.cursor.location = (0.0, 5.0, 0.0)
+    assert bpy.ops.mpod123.generate() == {"FINISHED"}
+    job = st.jobs[0]
+    assert bridge.wait(bpy.context, job.job_id, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
+    seq_before = job.last_seq
+
+    server.kill()
+    deadline = time.monotonic() + 20
+    while st.connection != "lost" and time.monotonic() < deadline:
+        bridge.drain(bpy.context)
+        time.sleep(0.1)
+    assert st.connection == "lost" and "lost the connection" in st.server_message
+    server.start()
+    assert bridge.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S) == "imported", (job.message, server.log()[-2000:])
+    assert st.connection == "connected"
+    status = bridge.get_client(bpy.context).status(job.job_id)
+    assert status["attempts"] == 2 and status["last_seq"] == job.last_seq > seq_before
+    obj = bpy.data.objects[job.object_name]
+    assert obj.name == "phoenix" and tuple(obj.location) == (0.0, 5.0, 0.0)
+
+
+CLIENT_SCRIPT = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from blender_addon.client import AddonClient
+endpoint, session, image, dest = sys.argv[2:6]
+c = AddonClient(endpoint, session=session, timeout_s=10)
+info = c.hello()
+job_id = c.submit(open(image, "rb").read(), {"preset": "draft", "steps": 1})
+t0 = time.monotonic()
+kinds, deadline = [], time.monotonic() + float(sys.argv[6])
+while time.monotonic() < deadline and (not kinds or kinds[-1] not in ("done", "failed", "cancelled")):
+    kinds += [m.content["kind"] for m in c.drain()]
+    c.client.sock.poll(100)
+path = c.fetch(job_id, dest) if kinds and kinds[-1] == "done" else None
+c.close()
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("bpy", "torch", "diffusers", "mpod123", "backend"))
+print(json.dumps({"server": info["server"], "job_id": job_id, "kinds": kinds, "bad": bad,
+                  "size": path.stat().st_size if path else 0, "job_s": time.monotonic() - t0}))
+"""
+
+
+def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, server, tmp_path):
+    """A job submitted outside Blender (or by an earlier session) is imported later with Import Result."""
+    image = _write_png(tmp_path / "lamp.png")
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT), server.endpoint, prefs.session, str(image),
+         str(tmp_path / "lamp.glb"), str(JOB_TIMEOUT_S)],
+        capture_output=True, text=True, check=False, timeout=JOB_TIMEOUT_S + 60,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"bpy-free client: a 1-step tiny job took {res['job_s']:.1f} s")
+    assert res["bad"] == [], "blender_addon.client loads no bpy, torch, mpod123 or backend"
+    assert res["server"] == "mpod123-backend"
+    assert res["kinds"][-1] == "done" and "progress" in res["kinds"] and "preview" in res["kinds"]
+    assert res["size"] > 0 and (tmp_path / "lamp.glb").read_bytes()[:4] == b"glTF"
+
+    st = _state()
+    st.jobs.clear()
+    bpy.context.scene.cursor.location = (0.0, 0.0, 4.0)
+    assert bpy.ops.mpod123.import_result() == {"FINISHED"}
+    job = next(j for j in st.jobs if j.job_id == res["job_id"])
+    assert job.state == "imported"
+    obj = bpy.data.objects[job.object_name]
+    assert obj.name.startswith("MPOD123_") and tuple(obj.location) == (0.0, 0.0, 4.0)
+    # a second Import Result finds nothing new
+    assert bpy.ops.mpod123.import_result() == {"FINISHED"}
+    assert sum(1 for j in st.jobs if j.job_id == res["job_id"]) == 1
+
+
+def test_connect_starts_the_local_backend_and_stop_ends_it(prefs, tmp_path):
+    bridge = sys.modules["blender_addon.bridge"]
+    st = _state()
+    prefs.address = f"tcp://127.0.0.1:{free_port()}"
+    prefs.use_local_backend = True
+    prefs.local_command = f"{sys.executable} -m mpod123.cli serve --tiny --bind {{address}} --data {{data}}"
+    prefs.local_data = str(tmp_path / "local-data")
+    try:
+        assert bpy.ops.mpod123.connect() == {"FINISHED"}
+        pid = st.local_pid
+        assert pid > 0 and bridge.local_running() and st.connection == "connected"
+        assert (tmp_path / "local-data" / "jobs.sqlite").is_file(), "the backend uses the data folder from the preferences"
+        assert bpy.ops.mpod123.stop_backend() == {"FINISHED"}
+        assert st.local_pid == 0 and not bridge.local_running()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        # a command that cannot start gives a clear error
+        prefs.local_command = "no-such-mpod123-command serve --bind {address}"
+        with pytest.raises(RuntimeError, match="cannot start the local backend"):
+            bpy.ops.mpod123.connect()
+    finally:
+        bridge.stop_local()
+        bridge.disconnect()
+        prefs.use_local_backend = False
+        prefs.local_command = "mpod123 serve --bind {address} --data {data}"
