@@ -25,6 +25,10 @@ MODULES = [
     "mpod123.stages",
     "mpod123.reconstruct",
     "mpod123.cli",
+    "mpod123.evaluation",
+    "mpod123.evaluation.commands",
+    "mpod123.preprocess",
+    "mpod123.pipeline",
 ]
 
 
