@@ -22,10 +22,12 @@ stay importable without anything outside the standard library.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 MAGIC = b"MPOD123"
 PROTOCOL_VERSION = "1.0"
@@ -193,3 +195,23 @@ def error_reply(exc: ProtocolError, parent: Message | None = None, session: str 
         job_id=parent.job_id if parent else None,
         session=session,
     )
+
+
+LOCAL_TRANSPORTS = ("ipc://", "inproc://")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ endpoint stays on this machine (ipc://, inproc:// or a loopback tcp:// host).
+
+    Shared by the server's bind policy and clients' online-access checks."""
+    if address.startswith(LOCAL_TRANSPORTS):
+        return True
+    if not address.startswith("tcp://"):
+        return False
+    host = urlparse(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a host name: not provably local

@@ -21,37 +21,21 @@ message that names this cause.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-LOCAL_TRANSPORTS = ("ipc://", "inproc://")
+from .protocol import LOCAL_TRANSPORTS, is_loopback  # noqa: F401  (part of this module's API)
+
 
 
 class SecurityError(RuntimeError):
     """A refused security setting; the message says how to set it up."""
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a ZeroMQ endpoint only listens on this machine."""
-    if address.startswith(LOCAL_TRANSPORTS):
-        return True
-    if not address.startswith("tcp://"):
-        return False
-    host = urlparse(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', an interface name or a host name: not provably local
 
 
 def check_bind(address: str, keys_dir: str | Path | None) -> None:

@@ -24,18 +24,16 @@ Everything raises :class:`BackendError` (the backend said no) or
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .vendor import protocol
 from .vendor.client import BackendError, BackendTimeout, Client
-from .vendor.protocol import Message
+from .vendor.protocol import Message, is_loopback
 
 __all__ = [
     "FINAL_KINDS",
@@ -56,21 +54,6 @@ _MONITORED = (
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH,
 )
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether an endpoint stays on this machine (ipc://, inproc:// or a loopback tcp:// host)."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = urlparse(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_key(text: str, what: str) -> bytes:

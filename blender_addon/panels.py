@@ -183,11 +183,4 @@ def _wrap(text: str, width: int) -> list[str]:
 CLASSES = (MPOD123_PT_main, MPOD123_PT_input, MPOD123_PT_job, MPOD123_PT_server, MPOD123_PT_progress, MPOD123_PT_previews)
 
 
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

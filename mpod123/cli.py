@@ -101,13 +101,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> str:
-    import torch
+    from .devices import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
-    return name
+    return str(resolve_device(name))
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..images import grid_image, png_bytes
 from ..metrics import mask_from_alpha, psnr, silhouette_iou, ssim
+from ..devices import resolve_device
 from .config import EvalConfig, EvalInputError, WeightsUnavailable
 from .turntable import Turntable, render_turntable
 
@@ -48,15 +49,6 @@ class EvalModels:
     vgg_name: str = ""
     unavailable: dict[str, str] = field(default_factory=dict)
     """metric name -> reason."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device here; use --device cpu or auto")
-    return device
 
 
 def load_models(cfg: EvalConfig, device: torch.device) -> EvalModels:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..config import PipelineConfig, from_dict, to_dict
+from ..devices import resolve_device
 from ..progress import Cancelled, CancelToken, Event, Preview, Progress, ProgressCallback, Result, StageDone, emit
 
 RUN_FILE = "run.json"
@@ -70,15 +71,6 @@ class RunResult:
     glb: Path
     workdir: Path
     record: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"--device {name}: this machine has no CUDA device (use --device cpu, or auto)")
-    return device
 
 
 def check_writable(path: Path) -> None:
