@@ -385,11 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .dataset import DatasetError
-    from .stages import CheckpointError
-    from .stages.runner import RunError
+    errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+    if args.command != "batch":  # batch drives bpy and the backend, and never needs torch
+        from .dataset import DatasetError
+        from .stages import CheckpointError
+        from .stages.runner import RunError
 
-    errors: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, RunError, ValueError, FileNotFoundError)
+        errors += (DatasetError, CheckpointError, RunError)
     if args.command in ("serve", "keys", "client"):
         from backend.client import BackendError, BackendTimeout
         from backend.security import SecurityError

@@ -1,0 +1,7 @@
+"""``python -m blender_batch PHOTOS --out ASSETS``: the batch command on its own."""
+
+import sys
+
+from .commands import main
+
+sys.exit(main())
