@@ -334,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, help="concurrent jobs (default: one per visible GPU, one without GPUs)")
     srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
-    srv.add_argument("--job", default="backend.demo:demo_job",
-                     help="job function as module:function (the default is the demo job until the pipeline lands)")
+    srv.add_argument("--job", default="backend.pipeline_job:pipeline_job",
+                     help="job function as module:function (default: the pipeline; backend.demo:demo_job is a stand-in)")
     srv.add_argument("--zero123", help="Zero-1-to-3 weights for the pipeline job: hub id or local folder")
     srv.add_argument("--sd", help="Stable Diffusion 1.x weights for the pipeline job: hub id or local folder")
     srv.add_argument("--embedding", help="a fixed <e> embedding file for every job (skips textual inversion)")
