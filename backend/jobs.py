@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS events (
     blob BLOB,
     PRIMARY KEY (job_id, seq)
 );
+CREATE TABLE IF NOT EXISTS cursors (
+    job_id TEXT PRIMARY KEY REFERENCES jobs(job_id) ON DELETE CASCADE,
+    runner TEXT NOT NULL,
+    position INTEGER NOT NULL
+);
 """
 
 
@@ -218,10 +223,16 @@ class JobStore:
             )
         return self.get(row[0])
 
-    def recover(self) -> list[Job]:
-        """After a restart: re-queue jobs left running, or fail those out of attempts."""
+    def recover(self, keep: frozenset[str] = frozenset()) -> list[Job]:
+        """After a restart: re-queue jobs left running, or fail those out of attempts.
+
+        Jobs in ``keep`` are left running: an executor whose jobs outlive the
+        backend (a Ray cluster) has reattached to them.
+        """
         changed = []
         for job in self.list(states=("running",)):
+            if job.job_id in keep:
+                continue
             if job.attempts < self.max_attempts:
                 changed.append(self.set_state(job.job_id, "queued", "re-queued after the backend restarted"))
             else:
@@ -288,19 +299,54 @@ class JobStore:
         db.execute("UPDATE jobs SET last_seq=?, updated=? WHERE job_id=?", (seq, time.time(), job_id))
         return seq
 
-    def append_event(self, job_id: str, kind: str, content: dict[str, Any], blob: bytes | None = None) -> int:
-        """Store an event and return its sequence number (1, 2, 3, ... per job)."""
-        with self._tx() as db:
-            return self._insert_event(db, job_id, kind, content, blob)
+    def append_event(
+        self, job_id: str, kind: str, content: dict[str, Any], blob: bytes | None = None, cursor: tuple[str, int] | None = None
+    ) -> int:
+        """Store an event and return its sequence number (1, 2, 3, ... per job).
 
-    def finish(self, job_id: str, state: str, kind: str, content: dict[str, Any], error: str | None = None) -> int:
+        ``cursor`` = (runner, position) is stored in the same transaction: how far
+        an executor has read a remote runner's own event list, so that after a
+        backend restart it resumes reading exactly after the last stored event.
+        """
+        with self._tx() as db:
+            seq = self._insert_event(db, job_id, kind, content, blob)
+            if cursor is not None:
+                self._put_cursor(db, job_id, *cursor)
+            return seq
+
+    # -------------------------------------------------------------- cursors
+    def _put_cursor(self, db: sqlite3.Connection, job_id: str, runner: str, position: int) -> None:
+        db.execute(
+            "INSERT INTO cursors (job_id, runner, position) VALUES (?,?,?) "
+            "ON CONFLICT(job_id) DO UPDATE SET runner=excluded.runner, position=excluded.position",
+            (job_id, runner, position),
+        )
+
+    def set_cursor(self, job_id: str, runner: str, position: int) -> None:
+        """Record that ``runner`` (a remote job runner's name) has been read up to ``position``."""
+        with self._tx() as db:
+            self._put_cursor(db, job_id, runner, position)
+
+    def cursor(self, job_id: str) -> tuple[str, int] | None:
+        """(runner, position) of the job's remote runner, or None if it never had one."""
+        with self._lock:
+            row = self._db.execute("SELECT runner, position FROM cursors WHERE job_id=?", (job_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def finish(
+        self, job_id: str, state: str, kind: str, content: dict[str, Any], error: str | None = None,
+        cursor: tuple[str, int] | None = None,
+    ) -> int:
         """Move a job to a terminal ``state`` and store its final event in one transaction,
         so a client that sees the event always finds the job in that state."""
         if state not in TERMINAL:
             raise JobStoreError(f"{state} is not a terminal state")
         with self._tx() as db:
             self._move(db, job_id, state, error)
-            return self._insert_event(db, job_id, kind, content, None)
+            seq = self._insert_event(db, job_id, kind, content, None)
+            if cursor is not None:
+                self._put_cursor(db, job_id, *cursor)
+            return seq
 
     def events_since(self, job_id: str, last_seq: int, limit: int = 1000) -> list[Event]:
         """Events with seq > ``last_seq``, in order (what a resuming client missed)."""

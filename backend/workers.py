@@ -96,21 +96,35 @@ def run_job(
         ctx = JobContext(job_id, store.image(job_id), job.options, workdir, store)
         try:
             result = Path(resolve_job_fn(job_fn)(ctx))
-            final = Path(data_dir) / "results" / f"{job_id}{result.suffix}"
-            final.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result, final.with_name(final.name + ".tmp"))
-            os.replace(final.with_name(final.name + ".tmp"), final)
-            digest, size = file_digest(final)
-            store.set_result(job_id, str(final), digest, size)
-            store.finish(job_id, "done", "done", {"size": size, "sha256": digest})
+            publish_result(store, data_dir, job_id, result.suffix, lambda tmp: shutil.copyfile(result, tmp))
         except JobCancelled as exc:
             store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
         except Exception as exc:  # the job's failure, reported to the client
             store.append_event(job_id, "log", {"text": traceback.format_exc()[-4000:]})
-            reason = f"{type(exc).__name__}: {exc}"
-            store.finish(job_id, "failed", "failed", {"ename": type(exc).__name__, "evalue": str(exc)}, reason)
+            fail_job(store, job_id, type(exc).__name__, str(exc))
     finally:
         store.close()
+
+
+def publish_result(
+    store: JobStore, data_dir: str | Path, job_id: str, suffix: str, write: Callable[[Path], object],
+    cursor: tuple[str, int] | None = None,
+) -> None:
+    """Put a job's result in the results folder (``write`` fills a temporary file, renamed
+    atomically once complete) and finish the job as done with its size and sha256."""
+    final = Path(data_dir) / "results" / f"{job_id}{suffix}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, final)
+    digest, size = file_digest(final)
+    store.set_result(job_id, str(final), digest, size)
+    store.finish(job_id, "done", "done", {"size": size, "sha256": digest}, cursor=cursor)
+
+
+def fail_job(store: JobStore, job_id: str, ename: str, evalue: str, cursor: tuple[str, int] | None = None) -> None:
+    """Finish a job as failed, with the reason the client is shown."""
+    store.finish(job_id, "failed", "failed", {"ename": ename, "evalue": evalue}, f"{ename}: {evalue}", cursor=cursor)
 
 
 @dataclass
@@ -173,6 +187,10 @@ class LocalExecutor:
                 run.process.kill()
                 run.process.join(timeout=5)
 
+    def recover(self) -> list:
+        """After a restart: local workers died with the backend, so every running job is re-queued (or failed)."""
+        return self.store.recover()
+
     def worker_pids(self) -> dict[str, int]:
         running = dict(self._running)  # a snapshot: the dispatcher thread changes the dict
         return {job_id: run.process.pid for job_id, run in running.items() if run.process.pid}
@@ -209,8 +227,7 @@ class LocalExecutor:
                 proc.kill()
                 proc.join(timeout=5)
                 del self._running[job_id]
-                reason = f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it"
-                self.store.finish(job_id, "failed", "failed", {"ename": "Watchdog", "evalue": reason}, reason)
+                fail_job(self.store, job_id, "Watchdog", f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it")
         while len(self._running) < self.workers:
             job = self.store.claim_next()
             if job is None:
@@ -238,5 +255,4 @@ class LocalExecutor:
             self.store.append_event(job_id, "log", {"text": f"worker exited with code {exitcode}; re-queued"})
             self.store.set_state(job_id, "queued", f"worker exited with code {exitcode}; re-queued")
         else:
-            reason = f"worker exited with code {exitcode} on attempt {attempts}; giving up"
-            self.store.finish(job_id, "failed", "failed", {"ename": "WorkerDied", "evalue": reason}, reason)
+            fail_job(self.store, job_id, "WorkerDied", f"worker exited with code {exitcode} on attempt {attempts}; giving up")

@@ -38,3 +38,12 @@ def tiny_cfg():
 
 def requires_cuda(reason: str = "needs a CUDA device"):
     return pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray for the whole session (starting one takes seconds): two CPUs, a small object store."""
+    ray = pytest.importorskip("ray", reason="the Ray executor's tests need ray: pip install 'mpod123[ray]'")
+    ray.init(address="local", num_cpus=2, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

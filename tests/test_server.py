@@ -1,4 +1,8 @@
-"""The backend over real ZeroMQ sockets on loopback, with a real SQLite store and worker processes."""
+"""The backend over real ZeroMQ sockets on loopback, with a real SQLite store and worker processes.
+
+The client-level tests run once per executor: local worker processes, and a
+local Ray (``num_cpus=2``) where each job is a Ray actor.
+"""
 
 from __future__ import annotations
 
@@ -77,24 +81,39 @@ class Client:
 
 
 class Backend:
-    def __init__(self, tmp_path, **executor_kw):
+    def __init__(self, tmp_path, executor="local", **executor_kw):
         self.tmp = tmp_path
+        self.kind = executor
         self.store = JobStore(tmp_path / "jobs.sqlite", max_attempts=executor_kw.pop("max_attempts", 2))
-        self.store.recover()
-        self.executor = LocalExecutor(self.store, tmp_path / "data", ExecutorConfig(**executor_kw))
+        cfg = ExecutorConfig(**executor_kw)
+        if executor == "ray":
+            from backend.ray_executor import RayConfig, RayExecutor
+
+            self.executor = RayExecutor(self.store, tmp_path / "data", cfg, RayConfig(num_gpus=0, namespace="mpod123-tests"))
+        else:
+            self.executor = LocalExecutor(self.store, tmp_path / "data", cfg)
+        self.recovered = self.executor.recover()
         self.server = Server(self.store, ServerConfig(bind="tcp://127.0.0.1:0"))
         self.endpoint = self.server.start()
         self.executor.start()
 
-    def stop(self):
-        self.executor.stop()
+    def stop(self, kill=True):
+        self.executor.stop(kill=kill)
         self.server.stop()
         self.store.close()
 
 
+@pytest.fixture(params=["local", "ray"])
+def executor(request):
+    """Which executor runs the jobs; "ray" starts the session's local Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_runtime")
+    return request.param
+
+
 @pytest.fixture
-def backend(tmp_path):
-    b = Backend(tmp_path)
+def backend(tmp_path, executor):
+    b = Backend(tmp_path, executor)
     yield b
     b.stop()
 
@@ -213,22 +232,26 @@ def test_a_killed_worker_requeues_and_the_job_still_completes(backend):
     c.close()
 
 
-def test_a_worker_killed_on_its_last_attempt_fails_the_job(tmp_path):
-    b = Backend(tmp_path, max_attempts=1)
+def test_a_worker_killed_on_its_last_attempt_fails_the_job(tmp_path, executor):
+    b = Backend(tmp_path, executor, max_attempts=1)
     try:
         c = Client(b.endpoint)
         job_id, _ = _submit(c, {"steps": 50, "step_s": 0.05})
         c.wait_for("progress", job_id)
         os.kill(b.executor.worker_pids()[job_id], signal.SIGKILL)
         failed = c.wait_for("failed", job_id, timeout=30)
-        assert failed.content["ename"] == "WorkerDied" and "-9" in failed.content["evalue"]
+        assert failed.content["ename"] == "WorkerDied" and "giving up" in failed.content["evalue"]
+        if executor == "local":
+            assert "-9" in failed.content["evalue"], "the exit code says it was killed"
+        else:
+            assert "died" in failed.content["evalue"]
         c.close()
     finally:
         b.stop()
 
 
-def test_the_watchdog_fails_a_silent_job(tmp_path):
-    b = Backend(tmp_path, watchdog_s=0.5)
+def test_the_watchdog_fails_a_silent_job(tmp_path, executor):
+    b = Backend(tmp_path, executor, watchdog_s=0.5)
     try:
         c = Client(b.endpoint)
         job_id, _ = _submit(c, {"steps": 2, "step_s": 3.0})
@@ -248,15 +271,15 @@ def test_a_failing_job_reports_why(backend):
     c.close()
 
 
-def test_a_restarted_backend_finishes_interrupted_jobs_and_keeps_their_events(tmp_path):
-    b = Backend(tmp_path)
+def test_a_restarted_backend_finishes_interrupted_jobs_and_keeps_their_events(tmp_path, executor):
+    b = Backend(tmp_path, executor)
     c = Client(b.endpoint)
     job_id, _ = _submit(c, {"steps": 30, "step_s": 0.05})
     c.wait_for("progress", job_id)
     before = [e.seq for e in b.store.events_since(job_id, 0)]
     b.stop()  # workers killed with the backend
     c.close()
-    b2 = Backend(tmp_path)
+    b2 = Backend(tmp_path, executor)
     try:
         c2 = Client(b2.endpoint)
         c2.request("resume", {"last_seq": 0}, job_id=job_id)
