@@ -7,7 +7,12 @@ UV-unwrapped, with a baked base-colour texture), so clients can import it;
 with ``options["result_bytes"]`` it is a file of that many deterministic bytes
 instead, for transfer tests and benchmarks. With
 ``options["step_s"]`` it sleeps that long per step, so tests can kill it
-mid-job. ``options["fail_at"]`` makes it raise at that step.
+mid-job. ``options["fail_at"]`` makes it raise at that step, and
+``options["ignore_cancel"]`` makes it deaf to cancel (so that the forced stop is tested).
+
+Like the pipeline, it leaves a checkpoint in its work folder after each stage
+(``<stage>.done``) and skips finished stages when it runs again, saying so in
+a log event: a re-queued job resumes rather than restarts.
 """
 
 from __future__ import annotations
@@ -39,25 +44,37 @@ def demo_job(ctx: JobContext) -> str:
     step_s = float(ctx.options.get("step_s", 0.0))
     fail_at = ctx.options.get("fail_at")
     for stage, colour in (("outline", (200, 80, 40)), ("detail", (40, 80, 200))):
+        checkpoint = ctx.workdir / f"{stage}.done"
+        if checkpoint.exists():
+            ctx.emit("log", {"text": f"resumed: stage {stage} was already done"})
+            continue
         for step in range(1, steps + 1):
-            ctx.check_cancel()
+            if not ctx.options.get("ignore_cancel"):
+                ctx.check_cancel()
             if fail_at is not None and int(fail_at) == step and stage == "outline":
                 raise RuntimeError(f"demo failure at step {step}")
             if step_s:
                 time.sleep(step_s)
             ctx.emit("progress", {"stage": stage, "step": step, "total": steps, "losses": {"demo": 1.0 / step}})
         ctx.emit("preview", {"stage": stage, "step": steps, "width": 8, "height": 4}, _png(8, 4, colour))
+        checkpoint.write_text(f"{stage} finished after {steps} steps\n")
         ctx.emit("stage_done", {"stage": stage, "steps": steps})
     out = ctx.workdir / "result.glb"
     if "result_bytes" not in ctx.options:
         return _textured_glb(out)
     size = int(ctx.options["result_bytes"])
-    seed = hashlib.sha256(ctx.job_id.encode()).digest()
     with open(out, "wb") as f:
-        block = (seed * (65536 // len(seed) + 1))[:65536]
+        block = pattern_block(ctx.job_id)
         for start in range(0, size, len(block)):
             f.write(block[: min(len(block), size - start)])
     return str(out)
+
+
+def pattern_block(job_id: str) -> bytes:
+    """64 KiB derived from the job id: a ``result_bytes`` result is this block repeated, so a
+    test can tell one job's result from another's."""
+    seed = hashlib.sha256(job_id.encode()).digest()
+    return (seed * (65536 // len(seed) + 1))[:65536]
 
 
 def _textured_glb(out) -> str:

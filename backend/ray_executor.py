@@ -122,6 +122,24 @@ class RayJobContext(JobContext):
             raise JobCancelled("cancelled by the client")
 
 
+STALE_WORKDIR_S = 24 * 3600.0
+
+
+def _fresh_workdir(job_id: str) -> Path:
+    """A work folder on this worker's disk. Folders that a killed actor could not remove (its
+    job's earlier attempts, or anything untouched for a day) are removed here."""
+    root = Path(tempfile.gettempdir()) / "mpod123-ray-jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in root.iterdir():
+        try:
+            if old.name.startswith(f"{job_id}-") or now - old.stat().st_mtime > STALE_WORKDIR_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # another actor removed it first
+    return Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=root))
+
+
 class JobRunner:
     """One job on a Ray worker (wrapped by ``ray.remote`` as a threaded, detached actor).
 
@@ -142,7 +160,7 @@ class JobRunner:
         self._closed_streams: set[str] = set()
         self._checkpoint_max = int(checkpoint_max_mb * 2**20)
         self._linger_s = linger_s
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"mpod123-{job_id}-"))
+        self.workdir = _fresh_workdir(job_id)
         if checkpoint:
             unpack_folder(checkpoint, self.workdir)
         ctx = RayJobContext(job_id, image, options, self.workdir, None, runner=self)  # type: ignore[arg-type]

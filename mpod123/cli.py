@@ -205,22 +205,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             os.environ[env] = str(getattr(args, name))
     data = Path(args.data)
     store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts)
-    recovered = store.recover()
+    job_fn = TINY_JOB if args.tiny else args.job
+    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)
+    if args.executor == "ray":
+        try:
+            from backend.ray_executor import RayConfig, RayExecutor
+        except ImportError as exc:
+            raise ValueError(f"--executor ray needs Ray ({exc}); install it with: pip install 'mpod123[ray]'") from None
+        gpus = args.ray_gpus if args.ray_gpus is not None else (0.0 if args.tiny else 1.0)
+        ray_cfg = RayConfig(address=args.ray_address, num_gpus=gpus, num_cpus=args.ray_cpus, namespace=args.ray_namespace)
+        executor = RayExecutor(store, data, executor_cfg, ray_cfg)
+    else:
+        executor = LocalExecutor(store, data, executor_cfg)
+    recovered = executor.recover()  # a Ray executor reattaches to jobs still running on the cluster
     ctx = zmq.Context.instance()
     security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
     info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": TINY_JOB if args.tiny else args.job, "executor": args.executor}
     server = Server(store, ServerConfig(bind=args.bind, info=info), ctx, security.configure if security else None)
     endpoint = server.start()
-    job_fn = TINY_JOB if args.tiny else args.job
-    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)
-    if args.executor == "ray":
-        try:
-            from backend.ray_executor import RayExecutor
-        except ImportError as exc:
-            raise ValueError(f"--executor ray needs Ray ({exc}); install it with: pip install 'mpod123[ray]'") from None
-        executor = RayExecutor(store, data, executor_cfg, address=args.ray_address)
-    else:
-        executor = LocalExecutor(store, data, executor_cfg)
     executor.start()
     print(
         f"mpod123 backend on {endpoint} ({'CURVE' if security else 'loopback, no keys'}), "
@@ -342,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--tiny", action="store_true",
                      help="run jobs with tiny random local models (no weights needed): for testing clients")
     srv.add_argument("--executor", default="local", choices=["local", "ray"], help="where jobs run (default: local processes)")
-    srv.add_argument("--ray-address", help="join this Ray cluster (default: start an embedded local Ray)")
+    srv.add_argument("--ray-address", help="join this Ray cluster, e.g. HOST:6379 (default: start an embedded local Ray)")
+    srv.add_argument("--ray-gpus", type=float, help="GPUs per job on Ray (default 1; 0 with --tiny)")
+    srv.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per job on Ray (default 1)")
+    srv.add_argument("--ray-namespace", default="mpod123", help="Ray namespace of the job actors (one per front door)")
     srv.add_argument("--watchdog", type=float, default=600.0, help="fail a job silent for this many seconds")
     srv.add_argument("--max-attempts", type=int, default=2, help="runs of a job before a crash fails it")
     srv.set_defaults(func=_cmd_serve)

@@ -22,7 +22,6 @@ from mpod123.export import read_mesh  # noqa: E402
 from mpod123.export.gltf import validate_glb  # noqa: E402
 from mpod123.pipeline import generate  # noqa: E402
 from mpod123.progress import Cancelled, CancelToken, Preview, Progress, Result, StageDone  # noqa: E402
-from mpod123.stages.runner import RunError  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,6 @@ import hashlib
 import os
 import signal
 import time
-import uuid
 
 import pytest
 
@@ -18,89 +17,10 @@ zmq = pytest.importorskip("zmq")
 
 from backend import protocol  # noqa: E402
 from backend.jobs import JobStore  # noqa: E402
-from backend.protocol import MAGIC, Message  # noqa: E402
+from backend.protocol import MAGIC  # noqa: E402
 from backend.server import Server, ServerConfig  # noqa: E402
 from backend.workers import ExecutorConfig, LocalExecutor  # noqa: E402
-
-
-class Client:
-    """A minimal DEALER client for the tests (the add-on's client comes with the add-on)."""
-
-    def __init__(self, endpoint: str, session: str = "alice") -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.session = session
-        self.events: list[Message] = []
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-    def send(self, msg_type, content=None, buffers=(), job_id=None) -> None:
-        msg = Message(msg_type, content or {}, list(buffers), job_id=job_id, session=self.session)
-        self.sock.send_multipart(protocol.encode(msg))
-
-    def recv(self, timeout: float = 10.0) -> Message:
-        if not self.sock.poll(int(timeout * 1000)):
-            raise TimeoutError("no reply from the server")
-        return protocol.decode(self.sock.recv_multipart())
-
-    def request(self, msg_type, content=None, buffers=(), job_id=None, timeout=10.0) -> Message:
-        self.send(msg_type, content, buffers, job_id)
-        deadline = time.time() + timeout
-        while True:
-            msg = self.recv(max(0.01, deadline - time.time()))
-            if msg.msg_type == "event":
-                self.events.append(msg)
-                continue
-            return msg
-
-    def wait_for(self, kind: str, job_id: str, timeout: float = 30.0) -> Message:
-        deadline = time.time() + timeout
-        for msg in self.events:
-            if msg.job_id == job_id and msg.content["kind"] == kind:
-                return msg
-        while time.time() < deadline:
-            msg = self.recv(max(0.01, deadline - time.time()))
-            if msg.msg_type == "event":
-                self.events.append(msg)
-                if msg.job_id == job_id and msg.content["kind"] == kind:
-                    return msg
-        raise TimeoutError(f"no {kind} event for {job_id}")
-
-    def download(self, job_id: str, chunk: int = 1 << 20) -> bytes:
-        info = self.request("result_info", job_id=job_id)
-        assert info.msg_type == "result_info_reply", info.content
-        data = b""
-        while len(data) < info.content["size"]:
-            reply = self.request("fetch_chunk", {"offset": len(data), "length": chunk}, job_id=job_id)
-            assert reply.msg_type == "chunk" and reply.content["offset"] == len(data)
-            data += reply.buffers[0]
-        assert hashlib.sha256(data).hexdigest() == info.content["sha256"]
-        return data
-
-
-class Backend:
-    def __init__(self, tmp_path, executor="local", **executor_kw):
-        self.tmp = tmp_path
-        self.kind = executor
-        self.store = JobStore(tmp_path / "jobs.sqlite", max_attempts=executor_kw.pop("max_attempts", 2))
-        cfg = ExecutorConfig(**executor_kw)
-        if executor == "ray":
-            from backend.ray_executor import RayConfig, RayExecutor
-
-            self.executor = RayExecutor(self.store, tmp_path / "data", cfg, RayConfig(num_gpus=0, namespace="mpod123-tests"))
-        else:
-            self.executor = LocalExecutor(self.store, tmp_path / "data", cfg)
-        self.recovered = self.executor.recover()
-        self.server = Server(self.store, ServerConfig(bind="tcp://127.0.0.1:0"))
-        self.endpoint = self.server.start()
-        self.executor.start()
-
-    def stop(self, kill=True):
-        self.executor.stop(kill=kill)
-        self.server.stop()
-        self.store.close()
+from tests.backend_harness import Backend, Client, submit_job  # noqa: E402
 
 
 @pytest.fixture(params=["local", "ray"])
@@ -118,17 +38,6 @@ def backend(tmp_path, executor):
     b.stop()
 
 
-def _job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _submit(client, options, job_id=None):
-    job_id = job_id or _job_id()
-    reply = client.request("submit", {"options": options}, [b"\x89PNG fake image"], job_id=job_id)
-    assert reply.msg_type == "ack", reply.content
-    return job_id, reply
-
-
 def test_hello(backend):
     c = Client(backend.endpoint)
     reply = c.request("hello", {"client": "test"})
@@ -138,7 +47,7 @@ def test_hello(backend):
 
 def test_a_jobs_whole_life(backend):
     c = Client(backend.endpoint)
-    job_id, ack = _submit(c, {"steps": 3, "result_bytes": 3_000_000})
+    job_id, ack = submit_job(c, {"steps": 3, "result_bytes": 3_000_000})
     assert ack.content["created"] and ack.content["state"] == "queued"
     done = c.wait_for("done", job_id)
     events = [m for m in c.events if m.job_id == job_id]
@@ -165,8 +74,8 @@ def test_malformed_messages_get_error_replies_and_the_server_lives(backend):
 
 def test_the_same_job_id_twice_runs_once(backend):
     c = Client(backend.endpoint)
-    job_id, first = _submit(c, {"steps": 2})
-    _, second = _submit(c, {"steps": 2}, job_id=job_id)
+    job_id, first = submit_job(c, {"steps": 2})
+    _, second = submit_job(c, {"steps": 2}, job_id=job_id)
     assert first.content["created"] and not second.content["created"]
     c.wait_for("done", job_id)
     time.sleep(0.3)
@@ -178,7 +87,7 @@ def test_the_same_job_id_twice_runs_once(backend):
 
 def test_another_client_cannot_see_or_cancel_a_job(backend):
     alice, mallory = Client(backend.endpoint, "alice"), Client(backend.endpoint, "mallory")
-    job_id, _ = _submit(alice, {"steps": 2})
+    job_id, _ = submit_job(alice, {"steps": 2})
     for msg_type in ("status", "cancel", "result_info"):
         assert mallory.request(msg_type, job_id=job_id).content["ename"] == "UnknownJob"
     assert mallory.request("resume", {"last_seq": 0}, job_id=job_id).content["ename"] == "UnknownJob"
@@ -190,7 +99,7 @@ def test_another_client_cannot_see_or_cancel_a_job(backend):
 
 def test_resume_after_a_disconnect_has_no_gaps_or_duplicates(backend):
     c = Client(backend.endpoint)
-    job_id, _ = _submit(c, {"steps": 6, "step_s": 0.05})
+    job_id, _ = submit_job(c, {"steps": 6, "step_s": 0.05})
     first = c.wait_for("progress", job_id)
     seen = [m.seq for m in c.events if m.job_id == job_id]
     c.close()
@@ -207,7 +116,7 @@ def test_resume_after_a_disconnect_has_no_gaps_or_duplicates(backend):
 
 def test_cancel_stops_a_running_job_within_seconds(backend):
     c = Client(backend.endpoint)
-    job_id, _ = _submit(c, {"steps": 200, "step_s": 0.05})
+    job_id, _ = submit_job(c, {"steps": 200, "step_s": 0.05})
     c.wait_for("progress", job_id)
     t0 = time.time()
     assert c.request("cancel", job_id=job_id).msg_type == "cancel_reply"
@@ -218,9 +127,38 @@ def test_cancel_stops_a_running_job_within_seconds(backend):
     c.close()
 
 
+def test_a_job_deaf_to_cancel_is_stopped_by_force_after_the_grace_period(tmp_path, executor):
+    b = Backend(tmp_path, executor, cancel_grace_s=1.0)
+    try:
+        c = Client(b.endpoint)
+        job_id, _ = submit_job(c, {"steps": 200, "step_s": 0.05, "ignore_cancel": True})
+        c.wait_for("progress", job_id)
+        pid = b.executor.worker_pids()[job_id]
+        t0 = time.time()
+        c.request("cancel", job_id=job_id)
+        cancelled = c.wait_for("cancelled", job_id, timeout=20)
+        assert time.time() - t0 < 8
+        assert "grace period" in cancelled.content["reason"]
+        deadline = time.time() + 10
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the worker was killed, not left running"
+        c.close()
+    finally:
+        b.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has already exited
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def test_a_killed_worker_requeues_and_the_job_still_completes(backend):
     c = Client(backend.endpoint)
-    job_id, _ = _submit(c, {"steps": 20, "step_s": 0.05})
+    job_id, _ = submit_job(c, {"steps": 20, "step_s": 0.05})
     c.wait_for("progress", job_id)
     pid = backend.executor.worker_pids()[job_id]
     os.kill(pid, signal.SIGKILL)
@@ -236,7 +174,7 @@ def test_a_worker_killed_on_its_last_attempt_fails_the_job(tmp_path, executor):
     b = Backend(tmp_path, executor, max_attempts=1)
     try:
         c = Client(b.endpoint)
-        job_id, _ = _submit(c, {"steps": 50, "step_s": 0.05})
+        job_id, _ = submit_job(c, {"steps": 50, "step_s": 0.05})
         c.wait_for("progress", job_id)
         os.kill(b.executor.worker_pids()[job_id], signal.SIGKILL)
         failed = c.wait_for("failed", job_id, timeout=30)
@@ -254,7 +192,7 @@ def test_the_watchdog_fails_a_silent_job(tmp_path, executor):
     b = Backend(tmp_path, executor, watchdog_s=0.5)
     try:
         c = Client(b.endpoint)
-        job_id, _ = _submit(c, {"steps": 2, "step_s": 3.0})
+        job_id, _ = submit_job(c, {"steps": 2, "step_s": 3.0})
         failed = c.wait_for("failed", job_id, timeout=30)
         assert failed.content["ename"] == "Watchdog"
         c.close()
@@ -264,7 +202,7 @@ def test_the_watchdog_fails_a_silent_job(tmp_path, executor):
 
 def test_a_failing_job_reports_why(backend):
     c = Client(backend.endpoint)
-    job_id, _ = _submit(c, {"steps": 3, "fail_at": 2})
+    job_id, _ = submit_job(c, {"steps": 3, "fail_at": 2})
     failed = c.wait_for("failed", job_id)
     assert "demo failure" in failed.content["evalue"]
     assert c.request("status", job_id=job_id).content["state"] == "failed"
@@ -274,7 +212,7 @@ def test_a_failing_job_reports_why(backend):
 def test_a_restarted_backend_finishes_interrupted_jobs_and_keeps_their_events(tmp_path, executor):
     b = Backend(tmp_path, executor)
     c = Client(b.endpoint)
-    job_id, _ = _submit(c, {"steps": 30, "step_s": 0.05})
+    job_id, _ = submit_job(c, {"steps": 30, "step_s": 0.05})
     c.wait_for("progress", job_id)
     before = [e.seq for e in b.store.events_since(job_id, 0)]
     b.stop()  # workers killed with the backend
