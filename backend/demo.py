@@ -8,7 +8,8 @@ with ``options["result_bytes"]`` it is a file of that many deterministic bytes
 instead, for transfer tests and benchmarks. With
 ``options["step_s"]`` it sleeps that long per step, so tests can kill it
 mid-job. ``options["fail_at"]`` makes it raise at that step, and
-``options["ignore_cancel"]`` makes it deaf to cancel (so that the forced stop is tested).
+``options["ignore_cancel"]`` makes it deaf to cancel (so that the forced stop is tested);
+``options["stamp"]`` adds the wall-clock time of each progress event (``t_emit``).
 
 Like the pipeline, it leaves a checkpoint in its work folder after each stage
 (``<stage>.done``) and skips finished stages when it runs again, saying so in
@@ -55,7 +56,10 @@ def demo_job(ctx: JobContext) -> str:
                 raise RuntimeError(f"demo failure at step {step}")
             if step_s:
                 time.sleep(step_s)
-            ctx.emit("progress", {"stage": stage, "step": step, "total": steps, "losses": {"demo": 1.0 / step}})
+            progress = {"stage": stage, "step": step, "total": steps, "losses": {"demo": 1.0 / step}}
+            if ctx.options.get("stamp"):
+                progress["t_emit"] = time.time()  # for latency benchmarks
+            ctx.emit("progress", progress)
         ctx.emit("preview", {"stage": stage, "step": steps, "width": 8, "height": 4}, _png(8, 4, colour))
         checkpoint.write_text(f"{stage} finished after {steps} steps\n")
         ctx.emit("stage_done", {"stage": stage, "steps": steps})

@@ -403,7 +403,7 @@ class RayExecutor:
         env = {k: v for k, v in os.environ.items() if k.startswith(self.ray_cfg.env_prefixes)}
         actor = self._remote.options(
             name=name, namespace=self.ray_cfg.namespace, lifetime="detached", max_restarts=0, max_concurrency=8,
-            num_gpus=self.ray_cfg.num_gpus, num_cpus=self.ray_cfg.num_cpus, runtime_env={"env_vars": env},
+            num_gpus=self.ray_cfg.num_gpus, num_cpus=self.ray_cfg.num_cpus, runtime_env={"env_vars": env} if env else None,
         ).remote(
             job.job_id, self.store.image(job.job_id), job.options, self.cfg.job_fn, checkpoint,
             self.ray_cfg.checkpoint_max_mb, self.ray_cfg.linger_s,

@@ -55,7 +55,8 @@ def test_a_sigkilled_server_restarts_and_the_job_completes_with_all_its_events(t
         proc.wait(timeout=10)
 
 
-def test_fifty_jobs_from_five_clients_all_finish_with_no_event_lost_or_repeated(tmp_path):
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_fifty_jobs_from_five_clients_all_finish_with_no_event_lost_or_repeated(tmp_path, kind, request):
     from backend.jobs import JobStore
     from backend.server import Server, ServerConfig
     from backend.workers import ExecutorConfig, LocalExecutor
@@ -63,7 +64,14 @@ def test_fifty_jobs_from_five_clients_all_finish_with_no_event_lost_or_repeated(
     store = JobStore(tmp_path / "jobs.sqlite")
     server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))
     endpoint = server.start()
-    executor = LocalExecutor(store, tmp_path / "data", ExecutorConfig(workers=2, poll_s=0.02))
+    cfg = ExecutorConfig(workers=2, poll_s=0.02)
+    if kind == "ray":
+        request.getfixturevalue("ray_runtime")
+        from backend.ray_executor import RayConfig, RayExecutor
+
+        executor = RayExecutor(store, tmp_path / "data", cfg, RayConfig(num_gpus=0, namespace="mpod123-tests"))
+    else:
+        executor = LocalExecutor(store, tmp_path / "data", cfg)
     executor.start()
     try:
         clients = [Client(endpoint, session=f"user{i}", timeout_s=20) for i in range(5)]
@@ -87,6 +95,6 @@ def test_fifty_jobs_from_five_clients_all_finish_with_no_event_lost_or_repeated(
         for c in clients:
             c.close()
     finally:
-        executor.stop()
+        executor.stop(kill=True)
         server.stop()
         store.close()
