@@ -84,7 +84,7 @@ def main() -> None:
     zero123_step()
     rows.append(_row("zero123", *_peak(dev, lambda: step_seconds(zero123_step, dev, args.steps)),
                      render=128, model_size=z.image_size, dtype=str(z.dtype)))
-    del z
+    z = None  # free the Zero123 models before loading SD
     if dev.startswith("cuda"):
         torch.cuda.empty_cache()
 

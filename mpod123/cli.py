@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 import warnings
@@ -189,6 +190,10 @@ def _gpu_names() -> list[str]:
     return names
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
@@ -230,6 +235,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
+        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a clean stop too
         serve_forever(server, executor)
     except KeyboardInterrupt:
         pass

@@ -150,3 +150,28 @@ def test_finish_stores_the_state_and_its_event_together(store):
     assert store.get("j1").last_seq == seq, "a refused finish stores no event"
     with pytest.raises(JobStoreError, match="terminal"):
         store.finish("j1", "running", "x", {})
+
+
+def test_a_runners_read_position_is_stored_with_its_event_or_not_at_all(store):
+    store.submit("j", "a", {}, b"")
+    store.claim_next()
+    assert store.cursor("j") is None
+    store.set_cursor("j", "runner-1", 0)
+    assert store.append_event("j", "progress", {"step": 1}, cursor=("runner-1", 1)) == 1
+    assert store.cursor("j") == ("runner-1", 1)
+    with pytest.raises(sqlite3.ProgrammingError):  # a value SQLite cannot store: the transaction rolls back
+        store.append_event("j", "progress", {"step": 2}, cursor=("runner-1", object()))
+    assert store.cursor("j") == ("runner-1", 1) and store.get("j").last_seq == 1, "neither the event nor the cursor"
+    store.finish("j", "done", "done", {}, cursor=("runner-1", 2))
+    assert store.cursor("j") == ("runner-1", 2) and store.get("j").state == "done"
+    store.delete("j")
+    assert store.cursor("j") is None, "the cursor goes with its job"
+
+
+def test_recover_leaves_reattached_jobs_running(store):
+    for name in ("live", "dead"):
+        store.submit(name, "a", {}, b"")
+        store.claim_next()
+    changed = store.recover(keep=frozenset({"live"}))
+    assert [j.job_id for j in changed] == ["dead"] and store.get("dead").state == "queued"
+    assert store.get("live").state == "running" and store.get("live").attempts == 1
