@@ -66,7 +66,7 @@ def test_two_jobs_run_at_once_each_with_ordered_events_and_its_own_result(tmp_pa
     try:
         c = Client(b.endpoint)
         size = 300_000
-        jobs = [submit_job(c, {"steps": 8, "step_s": 0.1, "result_bytes": size})[0] for _ in range(2)]
+        jobs = [submit_job(c, {"steps": 15, "step_s": 0.1, "result_bytes": size})[0] for _ in range(2)]
         pids = {}
         deadline = time.time() + 30
         while len(pids) < 2 and time.time() < deadline:
@@ -81,8 +81,8 @@ def test_two_jobs_run_at_once_each_with_ordered_events_and_its_own_result(tmp_pa
         for job_id in jobs:
             events = _events(c, job_id)
             _assert_gap_free(events)
-            assert _progress_steps(events, "outline") == list(range(1, 9))
-            assert _progress_steps(events, "detail") == list(range(1, 9))
+            assert _progress_steps(events, "outline") == list(range(1, 16))
+            assert _progress_steps(events, "detail") == list(range(1, 16))
             block = pattern_block(job_id)
             assert c.download(job_id) == (block * (size // len(block) + 1))[:size], "each job got its own result"
         c.close()
