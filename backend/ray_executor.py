@@ -158,6 +158,7 @@ class JobRunner:
         self._cond = threading.Condition()
         self._finished = False
         self._closed_streams: set[str] = set()
+        self._last_checkpoint: int | None = None
         self._checkpoint_max = int(checkpoint_max_mb * 2**20)
         self._linger_s = linger_s
         self.workdir = _fresh_workdir(job_id)
@@ -200,8 +201,10 @@ class JobRunner:
             self.post("log", {"text": f"stage {stage} checkpoint is {len(data) / 2**20:.0f} MB, over the limit; not sent"})
             return
         with self._cond:
-            self._events = [(k, c, None if k == CHECKPOINT else b) for k, c, b in self._events]
-        self.post(CHECKPOINT, {"stage": stage, "size": len(data)}, data)
+            if self._last_checkpoint is not None:  # superseded: free its bytes
+                kind, content, _ = self._events[self._last_checkpoint]
+                self._events[self._last_checkpoint] = (kind, content, None)
+            self._last_checkpoint = self.post(CHECKPOINT, {"stage": stage, "size": len(data)}, data)
 
     # ---------------------------------------------------- actor methods
     def info(self) -> dict[str, Any]:
@@ -219,8 +222,7 @@ class JobRunner:
                     while len(self._events) <= position and not self._finished and token not in self._closed_streams:
                         self._cond.wait(0.1)
                         if ray.get_runtime_context().is_canceled():
-                            self.cancel_requested.set()
-                            return
+                            return  # the finally below passes the cancel on to the job
                     batch = self._events[position:]
                     done = self._finished
                 if token in self._closed_streams:
@@ -371,9 +373,7 @@ class RayExecutor:
             if self.store.cancel_requested(run.job_id):
                 if run.cancel_sent is None and run.stream is not None:
                     run.cancel_sent = now
-                    ray.cancel(run.stream)  # cooperative: the actor stops the job at its next step
-                elif run.cancel_sent is not None and now - run.cancel_sent > self.cfg.cancel_grace_s:
-                    self._kill(run, "cancelled", "killed after the cancel grace period")
+                    ray.cancel(run.stream)  # cooperative; the reading thread enforces the grace period
                 continue
             if now - max(job.updated, run.started) > self.cfg.watchdog_s:
                 self._kill(run, "failed", f"no progress for {self.cfg.watchdog_s:.0f} s; the watchdog stopped it")
@@ -443,7 +443,12 @@ class RayExecutor:
             if outcome == "cancel-sent":
                 # the stream was cancelled: give the job the grace period to stop by itself, then
                 # read its last items (normally its "_cancelled", or its result if it was faster)
-                if ray.get(run.actor.wait_stopped.remote(self.cfg.cancel_grace_s), timeout=self.cfg.cancel_grace_s + 30):
+                try:
+                    grace = self.cfg.cancel_grace_s
+                    stopped = ray.get(run.actor.wait_stopped.remote(grace), timeout=grace + 30)
+                except (RayActorError, GetTimeoutError):
+                    stopped = False
+                if stopped:
                     outcome = self._read_stream(run)
                 else:
                     self._kill(run, "cancelled", "killed after the cancel grace period")
