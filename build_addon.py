@@ -12,7 +12,13 @@ Steps:
 2. Download the pinned pyzmq wheels with ``pip download`` into
    ``blender_addon/wheels/``: cp311 (Blender 4.2-5.0) and cp312-abi3
    (Blender 5.1+) for each platform.
-3. Stage a copy of the add-on whose manifest lists exactly the chosen wheels
+3. Build this project's own wheel (pure Python: ``mpod123``, ``backend``)
+   with ``pip wheel`` from a clean copy of the sources, and put it in the
+   staged add-on as a plain file, ``backend_wheel/mpod123-VERSION-py3-none-any.whl``.
+   It is not a manifest wheel: Blender's own Python never loads torch;
+   Install Backend installs it into a managed environment (see
+   ``blender_addon/backend_env.py``). torch stays out of the zip.
+4. Stage a copy of the add-on whose manifest lists exactly the chosen wheels
    and platforms, validate it with Blender's extension tool and build it with
    ``--split-platforms``.
 
@@ -132,6 +138,44 @@ def get_wheels(platforms: list[str], offline: bool) -> list[Path]:
     return found
 
 
+# ------------------------------------------------------------------ our wheel
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "mpod123", "backend", "blender_addon", "blender_batch")
+"""What ``pip wheel`` needs of the checkout (copied, so no build files land in the source tree)."""
+BACKEND_WHEEL_DIR = "backend_wheel"
+
+
+def build_project_wheel(dest: Path, source: Path = ROOT) -> Path:
+    """This project's pure-Python wheel, built with pip (build isolation fetches setuptools and wheel)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mpod123-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in WHEEL_SOURCES:
+            path = source / name
+            if path.is_dir():
+                shutil.copytree(path, src / name, ignore=shutil.ignore_patterns(
+                    "__pycache__", "*.pyc", "*.egg-info", "wheels", "*.zip", "*.whl", BACKEND_WHEEL_DIR))
+            elif path.is_file():
+                shutil.copy2(path, src / name)
+            else:
+                raise BuildError(f"{path} is missing: build from a full checkout of the repository")
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--wheel-dir", str(out),
+               "--disable-pip-version-check", "--quiet"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        wheels = sorted(out.glob("mpod123-*.whl"))
+        if proc.returncode != 0 or len(wheels) != 1:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise BuildError("pip could not build the mpod123 wheel: " + " / ".join(tail) +
+                             "\nBuilding needs setuptools and wheel from the package index (or installed, with "
+                             "PIP_NO_BUILD_ISOLATION=0 unset).")
+        if not wheels[0].name.endswith("-py3-none-any.whl"):
+            raise BuildError(f"the mpod123 wheel must be pure Python, got {wheels[0].name}")
+        target = dest / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
+
+
 # ------------------------------------------------------------------ build
 def blender_ext_path(explicit: str | None = None) -> Path:
     """Blender's extension command-line tool, from --blender-ext or the installed bpy wheel."""
@@ -169,11 +213,15 @@ def staged_manifest(text: str, wheels: list[str], platforms: list[str]) -> str:
     return text
 
 
-def stage(dest: Path, wheels: list[Path], platforms: list[str]) -> Path:
-    """A copy of the add-on with only the chosen wheels, its manifest listing them."""
+def stage(dest: Path, wheels: list[Path], platforms: list[str], project_wheel: Path | None = None) -> Path:
+    """A copy of the add-on with only the chosen wheels, its manifest listing them, and our own wheel as a file."""
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(ADDON, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "wheels", "*.zip"))
+    shutil.copytree(ADDON, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "wheels", "*.zip",
+                                                                BACKEND_WHEEL_DIR))
+    if project_wheel is not None:
+        (dest / BACKEND_WHEEL_DIR).mkdir()
+        shutil.copy2(project_wheel, dest / BACKEND_WHEEL_DIR / project_wheel.name)
     (dest / "wheels").mkdir()
     for wheel in wheels:
         shutil.copy2(wheel, dest / "wheels" / wheel.name)
@@ -207,7 +255,8 @@ def build(out: Path, platforms: list[str], offline: bool = False, blender_ext: s
     tool = blender_ext_path(blender_ext)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mpod123-addon-") as tmp:
-        staged = stage(Path(tmp) / "mpod123", wheels, platforms)
+        project_wheel = build_project_wheel(Path(tmp) / "project-wheel")
+        staged = stage(Path(tmp) / "mpod123", wheels, platforms, project_wheel)
         validate(tool, staged)
         started = time.time() - 1.0
         run_tool(tool, "build", "--source-dir", str(staged), "--output-dir", str(out), "--split-platforms")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 
 def _modules():
-    from . import operators, panels, preferences, properties
+    from . import operators, operators_backend, panels, preferences, properties
 
-    return (preferences, properties, operators, panels)
+    return (preferences, properties, operators, operators_backend, panels)
 
 
 def register() -> None:

@@ -18,7 +18,6 @@ import atexit
 import collections
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -246,10 +245,12 @@ def local_running() -> bool:
 
 
 def local_command(context=None) -> list[str]:
+    """The argument list (never a shell string) that starts the local backend; see operators_backend."""
+    from . import operators_backend
+
     p = prefs(context)
     data = p.local_data or str(user_dir("backend"))
-    text = p.local_command.replace("{address}", shlex.quote(p.address)).replace("{data}", shlex.quote(bpy.path.abspath(data)))
-    return shlex.split(text, posix=os.name != "nt")
+    return operators_backend.local_command(p, bpy.path.abspath(data))
 
 
 def start_local(context=None) -> int:
@@ -260,12 +261,17 @@ def start_local(context=None) -> int:
         raise BridgeError(f"a local backend only listens on this computer; {p.address} is not a loopback address")
     if local_running():
         return _local.pid
-    cmd = local_command(context)
+    from .backend_env import EnvError, backend_environment, child_popen_options
+
+    try:
+        cmd = local_command(context)
+    except EnvError as exc:
+        raise BridgeError(f"cannot start the local backend: {exc}") from None
     log_path = user_dir("backend") / "backend.log"
     _local_log = open(log_path, "w")  # noqa: SIM115  stays open while the backend runs
     try:
         _local = subprocess.Popen(cmd, stdout=_local_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=os.name != "nt")
+                                  env=backend_environment(), **child_popen_options())
     except OSError as exc:
         _local_log.close()
         raise BridgeError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import bridge
+from . import bridge, operators_backend
 from .preferences import prefs
 from .properties import active_job, state
 
@@ -96,6 +96,8 @@ class MPOD123_PT_server(_Sidebar, bpy.types.Panel):
         blocked = bridge.online_blocker(p.address)
         for line in _wrap(blocked or st.server_message, 48):
             col.label(text=line, icon="ERROR" if line else "NONE")
+        if p.use_local_backend and not (p.local_command or "").strip():
+            operators_backend.draw_status(layout.column(align=True))  # the managed backend: one line (and a bar while installing)
         row = layout.row(align=True)
         row.operator("mpod123.connect", icon="LINKED")
         if st.local_pid:

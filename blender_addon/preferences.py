@@ -12,7 +12,8 @@ import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
-DEFAULT_LOCAL_COMMAND = "mpod123 serve --bind {address} --data {data}"
+DEFAULT_LOCAL_COMMAND = ""
+"""Empty: start the managed backend (Install Backend); an expert's command otherwise."""
 
 
 class MPOD123_Preferences(bpy.types.AddonPreferences):
@@ -30,8 +31,9 @@ class MPOD123_Preferences(bpy.types.AddonPreferences):
     )
     local_command: StringProperty(
         name="Local Command", default=DEFAULT_LOCAL_COMMAND,
-        description="Command that starts the backend; {address} and {data} are filled in. Use the full path of "
-                    "mpod123 if it is not on PATH, e.g. /path/to/venv/bin/mpod123 serve --bind {address} --data {data}",
+        description="Empty: the managed backend (Install Backend below). Otherwise a command that starts a backend "
+                    "you installed yourself, run without a shell; {address}, {data} and {python} (the managed "
+                    "environment's Python) are filled in, e.g. /path/to/venv/bin/mpod123 serve --bind {address} --data {data}",
     )
     local_data: StringProperty(
         name="Local Data Folder", subtype="DIR_PATH", default="",
@@ -73,6 +75,28 @@ class MPOD123_Preferences(bpy.types.AddonPreferences):
         name="Import When Done", default=True,
         description="Import each finished result at once (otherwise use Import Result)",
     )
+    # ---- the managed backend (Install Backend)
+    torch_requirement: StringProperty(
+        name="Torch Requirement", default="torch",
+        description="What pip installs for torch, e.g. torch or torch==2.13.0 (a studio can pin a version)",
+    )
+    torch_index_url: StringProperty(
+        name="Torch Index URL", default="",
+        description="Package index for torch only (e.g. PyTorch's CUDA or ROCm wheel index, or a studio mirror); "
+                    "empty: pip's default",
+    )
+    pip_args: StringProperty(
+        name="Extra pip Arguments", default="",
+        description="Added to every pip run of the install, e.g. --proxy http://proxy:3128 or --find-links /mirror",
+    )
+    backend_python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH", default="",
+        description="The Python the backend environment is made with (empty: the one Blender ships)",
+    )
+    serve_args: StringProperty(
+        name="Serve Arguments", default="",
+        description="Extra arguments for the managed backend's `mpod123 serve`, e.g. --workers 2 or --sd /models/sd15",
+    )
     session: StringProperty(
         name="Session", default="", options={"HIDDEN"},
         description="This Blender's identity on a loopback backend (lets a later session import its results)",
@@ -95,6 +119,9 @@ def draw_preferences(layout, p) -> None:
     sub.prop(p, "local_command")
     sub.prop(p, "local_data")
     sub.prop(p, "start_timeout_s")
+    from . import operators_backend
+
+    operators_backend.draw_managed_backend(layout, p)
     box = layout.box()
     box.label(text="Keys (from `mpod123 keys init`)")
     box.prop(p, "server_key_file")

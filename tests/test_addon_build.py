@@ -100,10 +100,32 @@ def test_the_zip_holds_the_addon_the_vendored_modules_and_only_linux_wheels(linu
     for module in ("__init__.py", "client.py", "bridge.py", "importer.py", "operators.py", "panels.py",
                    "preferences.py", "properties.py", "vendor/client.py", "blender_manifest.toml"):
         assert module in names
-    wheels = sorted(n for n in names if n.endswith(".whl"))
+    wheels = sorted(n for n in names if n.startswith("wheels/") and n.endswith(".whl"))
     assert len(wheels) == 2 and all("x86_64" in w for w in wheels), wheels
     assert not any("__pycache__" in n for n in names)
     assert 'platforms = ["linux-x64"]' in manifest
+
+
+def test_the_zip_carries_the_backend_wheel_as_a_file_not_a_manifest_wheel(linux_zip, tmp_path):
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with zipfile.ZipFile(linux_zip) as z:
+        ours = [n for n in z.namelist() if n.startswith("backend_wheel/")]
+        assert ours == [f"backend_wheel/mpod123-{version}-py3-none-any.whl"], ours
+        manifest = tomllib.loads(z.read("blender_manifest.toml").decode())
+        (tmp_path / "w.whl").write_bytes(z.read(ours[0]))
+    assert not any("mpod123-" in w for w in manifest["wheels"]), "Blender's own Python must never install it"
+    with zipfile.ZipFile(tmp_path / "w.whl") as w:
+        names = set(w.namelist())
+        meta = w.read(f"mpod123-{version}.dist-info/METADATA").decode()
+        wheel_info = w.read(f"mpod123-{version}.dist-info/WHEEL").decode()
+    for module in ("mpod123/__main__.py", "mpod123/cli.py", "backend/server.py", "backend/pipeline_job.py"):
+        assert module in names, module
+    assert "Root-Is-Purelib: true" in wheel_info and not any(n.endswith((".so", ".pyd")) for n in names)
+    assert "Requires-Dist: torch" in meta, "torch comes from the install's own step, but the wheel still declares it"
+    assert not any(n.endswith(".pyc") or "__pycache__" in n for n in names)
+    assert linux_zip.stat().st_size < 5 << 20, "torch stays out of the zip: it stays small"
 
 
 INSTALL_SCRIPT = r"""
