@@ -78,6 +78,8 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     models = ModelSources(**{k: os.environ.get(v) or None for k, v in ENV_MODELS.items()})
     cfg = configure(preset, seed, models, tiny, cfg)
     cancel = CancelToken()
+    if not tiny:
+        fetch_weights(ctx, cfg.zero123.model, cfg.sd.model)
 
     def content(event) -> dict[str, Any]:
         data = to_dict(event)
@@ -103,6 +105,25 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     except Cancelled as exc:
         raise JobCancelled(str(exc) or "cancelled by the client") from None
     return str(result.glb)
+
+
+def fetch_weights(ctx: JobContext, zero123: str, sd: str) -> None:
+    """Missing weights are a visible step: progress events (stage ``weights``, in MB) while they download.
+
+    Every event also feeds the watchdog. With no weights and no way to get them
+    (no network, no mirror) this raises ModelNotFound at once, with the fix.
+    """
+    from mpod123 import models
+
+    def on_progress(p) -> None:
+        ctx.emit("progress", {"stage": "weights", "step": p.done_bytes >> 20, "total": max(1, p.total_bytes >> 20),
+                              "message": p.text(), "model": p.name})
+        ctx.check_cancel()
+
+    for spec in models.pipeline_models(zero123, sd):
+        if not models.status(spec).ready:
+            ctx.emit("log", {"text": f"{spec.what} weights ({spec.source}) are not here yet: getting them"})
+            models.ensure(spec, models.throttled(on_progress, 1.0))
 
 
 def pipeline_job(ctx: JobContext) -> str:

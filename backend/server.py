@@ -173,6 +173,9 @@ class Server:
     # -------------------------------------------------------------- handlers
     def _hello(self, identity: bytes, owner: str, msg: Message) -> Message:
         content = {"server": SERVER_NAME, "versions": list(protocol.SUPPORTED_VERSIONS), "version": _package_version()}
+        from mpod123.doctor import hello_summary  # "GPU: ..., models: ready | will download N GB" (cached, no torch)
+
+        content["summary"] = hello_summary(self.cfg.info)
         return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
 
     def _submit(self, identity: bytes, owner: str, msg: Message) -> Message:

@@ -486,8 +486,9 @@ class Installer:
         root.mkdir(parents=True, exist_ok=True)
         self.env.marker.unlink(missing_ok=True)
         self.env.status_file.unlink(missing_ok=True)
-        with open(self.env.log, "w", encoding="utf-8") as log:
-            log.write(f"MPOD123 backend install log, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        with open(self.env.log, "a", encoding="utf-8") as log:  # every run's log is kept, the newest last
+            log.write(f"\n==== MPOD123 backend {'repair' if self.plan.repair else 'install'}, "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         plan_path = root / PLAN
         plan_path.write_text(json.dumps(asdict(self.plan), indent=1))
         env = backend_environment()

@@ -193,6 +193,8 @@ def _update_server_status(context, info: dict | None = None) -> None:
         st.server_version = str(info.get("version") or info.get("server_version") or ", ".join(info.get("versions", [])))
         gpu = info.get("gpu") or info.get("gpus") or info.get("device") or ""
         st.server_gpu = ", ".join(map(str, gpu)) if isinstance(gpu, (list, tuple)) else str(gpu or "not reported")
+        if isinstance(info.get("summary"), str) and info["summary"].startswith("GPU: "):
+            st.server_gpu = info["summary"][5:300]  # the panel reads "GPU: <name>, models: ready | will download N GB"
 
 
 def connect(context=None) -> dict:

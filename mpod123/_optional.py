@@ -77,6 +77,11 @@ def _why_unavailable(name: str, device: torch.device) -> str | None:
         return f"{acc.module} needs a CUDA device, and this run is on {device.type}"
     if probe(name) is None:
         return f"{acc.module} is not importable ({_probed[name]}); install it with: {acc.install_hint}"
+    from .accel_selftest import check  # a parity self-test against the torch twin, once per process
+
+    failed = check(name, device)
+    if failed:
+        return f"{acc.module} failed its parity self-test against the torch path ({failed})"
     return None
 
 

@@ -291,7 +291,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 TINY_JOB = "backend.pipeline_job:tiny_pipeline_job"
 """The job ``serve --tiny`` runs."""
 
-COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands")
+COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands", "mpod123.setup_commands")
 """Modules with a ``register(subparsers)`` that adds their commands."""
 
 

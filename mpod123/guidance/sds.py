@@ -19,9 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-class ModelNotFound(FileNotFoundError):
-    """Weights that are not on this machine; the message says how to get or point at them."""
+from ..models import ModelNotFound, missing_offline  # the weights' catalog (a leaf module, no torch)
 
 
 def hf_cache_dir() -> str:
@@ -37,6 +35,10 @@ def load_component(cls, source: str, subfolder: str | None, dtype: torch.dtype |
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if subfolder:
         kwargs["subfolder"] = subfolder
+    why = missing_offline(source, subfolder)  # not here and no network: say so now, not after the hub's retries
+    if why:
+        raise ModelNotFound(f"cannot load the {what} model {source!r}: {why}. Run `mpod123 models download` where "
+                            f"there is internet, or set {switch} to a local folder.")
     try:
         return cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -44,7 +46,7 @@ def load_component(cls, source: str, subfolder: str | None, dtype: torch.dtype |
         raise ModelNotFound(
             f"cannot load {part}the {what} model {source!r} ({exc}). Looked in the folder if it is one, "
             f"else in the Hugging Face cache ({hf_cache_dir()}). Download it where there is internet "
-            f"(`huggingface-cli download {source}`), or set {switch} to a local folder."
+            f"(`mpod123 models download`, or `huggingface-cli download {source}`), or set {switch} to a local folder."
         ) from None
 
 
