@@ -33,7 +33,13 @@ from urllib.parse import urlparse
 GB = 1e9
 MIRROR_ENV = "MPOD123_MODELS_MIRROR"
 """A folder with ``<org>/<name>/`` copies of hub repositories, used before the hub."""
-LOCAL_REVISION = "local-mirror"
+def local_revision(repo_id: str) -> str:
+    """The snapshot name of a copied model: 40 hex digits, as the hub library expects of a commit."""
+    import hashlib
+
+    return hashlib.sha1(f"mpod123 local copy of {repo_id}".encode()).hexdigest()
+
+
 WEIGHTLESS = ("scheduler", "tokenizer")
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin")
@@ -221,7 +227,7 @@ def mirror_folder(spec: ModelSpec, mirror: str | Path | None = None) -> Path | N
 
 def copy_from_folder(spec: ModelSpec, src: Path, on_progress: ProgressFn | None = None, cache: Path | None = None,
                      chunk: int = 8 << 20) -> Path:
-    """Copy a repository folder into the hub cache's layout (``refs/main`` -> ``snapshots/local-mirror``).
+    """Copy a repository folder into the hub cache's layout (``refs/main`` -> ``snapshots/<local revision>``).
 
     Resumable: finished files (same size) are skipped and a ``.incomplete``
     file continues from where it stopped. ``refs/main`` is written last, so a
@@ -233,7 +239,7 @@ def copy_from_folder(spec: ModelSpec, src: Path, on_progress: ProgressFn | None 
         raise ModelNotFound(f"{src} does not hold the {spec.what or spec.role} model: it lacks "
                             f"{', '.join(missing_components(src, spec.components))}")
     repo = repo_folder(spec.source, cache)
-    dest = repo / "snapshots" / LOCAL_REVISION
+    dest = repo / "snapshots" / local_revision(spec.source)
     total = sum(files.values())
     done = 0
     for name, size in sorted(files.items()):
@@ -254,7 +260,7 @@ def copy_from_folder(spec: ModelSpec, src: Path, on_progress: ProgressFn | None 
                     on_progress(DownloadProgress(spec.role, spec.name, done, total, name))
         os.replace(part, target)
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(LOCAL_REVISION)
+    (repo / "refs" / "main").write_text(local_revision(spec.source))
     if on_progress:
         on_progress(DownloadProgress(spec.role, spec.name, total, total, ""))
     return dest
