@@ -58,6 +58,8 @@ def _quiet_libraries() -> None:
 
 
 def _run(ctx: JobContext, tiny: bool) -> str:
+    if not tiny:  # before the model libraries load: missing weights and no network fail in a second
+        fetch_weights(ctx, os.environ.get(ENV_MODELS["zero123"]), os.environ.get(ENV_MODELS["sd"]))
     _quiet_libraries()
     from mpod123.config import pipeline_preset
     from mpod123.pipeline import ModelSources, configure
@@ -78,8 +80,6 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     models = ModelSources(**{k: os.environ.get(v) or None for k, v in ENV_MODELS.items()})
     cfg = configure(preset, seed, models, tiny, cfg)
     cancel = CancelToken()
-    if not tiny:
-        fetch_weights(ctx, cfg.zero123.model, cfg.sd.model)
 
     def content(event) -> dict[str, Any]:
         data = to_dict(event)
@@ -107,7 +107,7 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     return str(result.glb)
 
 
-def fetch_weights(ctx: JobContext, zero123: str, sd: str) -> None:
+def fetch_weights(ctx: JobContext, zero123: str | None, sd: str | None) -> None:
     """Missing weights are a visible step: progress events (stage ``weights``, in MB) while they download.
 
     Every event also feeds the watchdog. With no weights and no way to get them
