@@ -1,0 +1,106 @@
+"""The managed-backend operators in the real bpy module, quickly (the full install is in test_backend_install_e2e)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+ADDON = "blender_addon"
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    import addon_utils
+
+    saved_tmp = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("addon-user"))  # the add-on's user folder outside an extension
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+    from blender_addon import operators_backend
+
+    yield operators_backend
+    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    tempfile.tempdir = saved_tmp
+
+
+@pytest.fixture
+def prefs(addon):
+    from blender_addon.preferences import prefs as get_prefs
+
+    p = get_prefs(bpy.context)
+    saved = (p.local_command, p.use_local_backend, p.address, p.serve_args)
+    yield p
+    p.local_command, p.use_local_backend, p.address, p.serve_args = saved
+    bpy.context.preferences.system.use_online_access = False
+
+
+def test_with_online_access_off_install_says_what_to_click_and_creates_nothing(addon, prefs):
+    root = addon.backend_root(create=False)
+    assert not root.exists()
+    bpy.context.preferences.system.use_online_access = False
+    assert bpy.app.online_access is False
+    for op in (bpy.ops.mpod123.install_backend, bpy.ops.mpod123.repair_backend):
+        with pytest.raises(RuntimeError, match=r"Allow Online Access is off: turn it on in Edit > Preferences > System > Network"):
+            op(wait=True)
+    assert not root.exists(), "nothing was created"
+    assert addon.status_line() == "Backend not installed: click Install Backend in the add-on preferences"
+
+
+def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
+    from blender_addon import bridge
+
+    from tests.addon_backend import free_port
+
+    prefs.address = f"tcp://127.0.0.1:{free_port()}"
+    prefs.use_local_backend = True
+    prefs.local_command = ""
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot start the local backend: the backend is not installed: "
+                                               r"Edit > Preferences > Add-ons > MPOD123 > Install Backend"):
+            bpy.ops.mpod123.connect()
+        assert not bridge.local_running()
+    finally:
+        bridge.disconnect()
+
+
+def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, tmp_path):
+    """A usable environment (its marker and interpreter): the command is its Python, arguments intact."""
+    from blender_addon import bridge
+
+    env = addon.managed_env()
+    try:
+        env.python.parent.mkdir(parents=True, exist_ok=True)
+        env.python.symlink_to(sys.executable)
+        env.marker.write_text(json.dumps({"torch": "2.13.0+cpu", "wheel_version": "0.1.0", "build": {"variant": "cpu"}}))
+        prefs.local_command = ""
+        prefs.address = "tcp://127.0.0.1:5999"
+        prefs.serve_args = '--tiny --sd "/models/my sd"'
+        data = tmp_path / "data with spaces" / "it's"
+        prefs.local_data = str(data)
+        cmd = bridge.local_command()
+        assert cmd == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999", "--data", str(data),
+                       "--tiny", "--sd", "/models/my sd"]
+        assert addon.status_line() == "Backend ready: torch 2.13.0+cpu (cpu), mpod123 0.1.0"
+        # an older default command from saved preferences means the managed backend too
+        prefs.local_command = "mpod123 serve --bind {address} --data {data}"
+        assert bridge.local_command()[0] == str(env.python)
+        # an expert's command, with the managed Python as {python}
+        prefs.local_command = "{python} -m mpod123 serve --bind {address} --data {data} --workers 2"
+        assert bridge.local_command() == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999",
+                                          "--data", str(data), "--workers", "2"]
+        assert bpy.ops.mpod123.remove_backend() == {"FINISHED"}
+        assert not env.dir.exists() and addon.status_line().startswith("Backend not installed")
+    finally:
+        prefs.local_data = ""
+        if env.dir.exists():
+            env.remove()
