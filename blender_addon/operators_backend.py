@@ -13,7 +13,6 @@ Installing downloads torch and the backend's packages, so it needs Blender's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict

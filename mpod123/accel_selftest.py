@@ -56,8 +56,8 @@ def _kaolin(device: torch.device) -> None:
 
 
 def _nerfacc(device: torch.device) -> None:
-    from .config import HashGridConfig, NeRFFieldConfig, OccupancyGridConfig, RenderConfig
     from .camera import orbit_cameras
+    from .config import HashGridConfig, NeRFFieldConfig, OccupancyGridConfig, RenderConfig
     from .fields.nerf_field import NeRFField
     from .rendering.occupancy_grid import OccupancyGrid
     from .rendering.volume_renderer import VolumeRenderer

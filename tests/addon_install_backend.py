@@ -13,7 +13,6 @@ Everything measured goes into OUT.json; the test asserts on it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

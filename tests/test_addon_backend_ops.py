@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -58,7 +57,6 @@ def test_with_online_access_off_install_says_what_to_click_and_creates_nothing(a
 
 def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
     from blender_addon import bridge
-
     from tests.addon_backend import free_port
 
     prefs.address = f"tcp://127.0.0.1:{free_port()}"

@@ -23,9 +23,8 @@ import pytest
 pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 
-from tests.addon_backend import ROOT, free_port, object_png
-
 import build_addon
+from tests.addon_backend import ROOT, free_port, object_png
 
 
 def _torch_pin() -> str:
