@@ -212,7 +212,8 @@ def detect_torch_build(
         variant = f"rocm{mm.group(1)}.{mm.group(2)}" if mm else "rocm"
         return TorchBuild("rocm", variant, f"AMD GPU, ROCm {version or 'version unknown'}",
                           f"PyTorch's wheel index for {variant} (its URL ends in /whl/{variant})")
-    return TorchBuild("cpu", "cpu", "no NVIDIA or AMD GPU found")
+    hint = "PyTorch's CPU wheel index (its URL ends in /whl/cpu) for a smaller download" if system == "Linux" else ""
+    return TorchBuild("cpu", "cpu", "no NVIDIA or AMD GPU found", hint)
 
 
 # ------------------------------------------------------------------ pip progress

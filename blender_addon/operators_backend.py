@@ -231,7 +231,9 @@ class _InstallOperator:
                 root=str(backend_root(create=True)), python=bpy.path.abspath(p.backend_python) if p.backend_python else sys.executable,
                 wheel=str(wheel), torch_requirement=p.torch_requirement.strip() or "torch",
                 torch_index_url=p.torch_index_url.strip(), pip_args=be.split_command(p.pip_args or ""),
-                repair=self.repair and managed_env().python.is_file(), build=asdict(torch_build()),
+                # an upgrade (the add-on carries a newer wheel) reinstalls in place, like Repair: torch stays
+                repair=(self.repair or managed_env().needs_upgrade(wheel)) and managed_env().python.is_file(),
+                build=asdict(torch_build()),
             )
             _installer = be.Installer(plan).start()
         except (be.EnvError, OSError) as exc:

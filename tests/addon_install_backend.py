@@ -94,6 +94,8 @@ try:
     out["env_info"] = env.info()
     out["status_line"] = ob.status_line()
     out["log_kept"] = env.log.is_file() and "CANCELLED" in env.log.read_text() and "usable:" in env.log.read_text()
+    out["check_result"] = sorted(bpy.ops.mpod123.check_backend())
+    out["check_lines"] = ob.check_lines()
     progress = [f for f, _ in seen]
     out["progress_monotone"] = progress == sorted(progress) and len(set(progress)) > 2
 
@@ -109,6 +111,7 @@ try:
     st = bpy.context.window_manager.mpod123
     out["local_pid"] = st.local_pid
     out["connection"] = st.connection
+    out["server_gpu"] = st.server_gpu
     st.source, st.filepath = "FILE", image_path
     st.preset, st.seed, st.steps = "draft", 0, 2
     objects_before = {o.name for o in bpy.data.objects}

@@ -94,9 +94,9 @@ SMI = "| NVIDIA-SMI 550.54.14   Driver Version: 550.54.14   CUDA Version: 12.4 |
     ("Linux", SMI, (), ("cuda", "cu124", "")),
     ("Windows", SMI.replace("12.4", "12.9"), (), ("cuda", "cu129", "PyTorch's wheel index for cu129 (its URL ends in /whl/cu129)")),
     ("Linux", SMI.replace("12.4", "13.1"), (), ("cuda", "cu130", "")),
-    ("Linux", SMI.replace("12.4", "11.4"), (), ("cpu", "cpu", "")),
+    ("Linux", SMI.replace("12.4", "11.4"), (), ("cpu", "cpu", "")),  # the driver is too old: update it
     ("Linux", None, ("/dev/kfd", "/opt/rocm"), ("rocm", "rocm", "PyTorch's wheel index for rocm (its URL ends in /whl/rocm)")),
-    ("Linux", None, ("/opt/rocm",), ("cpu", "cpu", "")),
+    ("Linux", None, ("/opt/rocm",), ("cpu", "cpu", "PyTorch's CPU wheel index (its URL ends in /whl/cpu) for a smaller download")),
     ("Windows", None, ("/dev/kfd", "/opt/rocm"), ("cpu", "cpu", "")),
 ])
 def test_torch_build_detection(system, smi, files, expected):

@@ -50,7 +50,7 @@ def test_zip_to_imported_mesh_with_the_managed_backend(tmp_path):
         **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)},
         "BLENDER_USER_CONFIG": str(user / "config"), "BLENDER_USER_SCRIPTS": str(user / "scripts"),
         "BLENDER_USER_EXTENSIONS": str(user / "extensions"), "BLENDER_USER_DATAFILES": str(user / "datafiles"),
-        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
     }
     out = tmp_path / "out.json"
     proc = subprocess.run(
@@ -84,10 +84,15 @@ def test_zip_to_imported_mesh_with_the_managed_backend(tmp_path):
     assert info["wheel_version"] == build_addon_version() and info["build"]["kind"] == "cpu"
     assert res["status_line"].startswith("Backend ready: torch")
     assert res["log_kept"] and res["progress_monotone"]
+    # Check Backend: `mpod123 doctor --json` in the managed environment
+    assert res["check_result"] == ["FINISHED"]
+    assert res["check_lines"] == [f"Check: CPU, torch {info['torch']} (cpu)", "Check: accelerators: none",
+                                  "Check: models: will download 9.3 GB"], res["check_lines"]
     # Start Local ran the managed environment's Python as an argument list
     cmd = res["local_command"]
     assert cmd[:4] == [str(root / "venv" / "bin" / "python"), "-m", "mpod123", "serve"] and "--tiny" in cmd
     assert res["local_pid"] > 0 and res["connection"] == "connected"
+    assert res["server_gpu"] == "none (CPU), models: tiny (built in, no download)", "the hello summary, in the panel"
     # Generate through to an imported, textured mesh
     assert res["final"] == "imported", (res["job_message"], res["backend_log_tail"])
     meshes = [o for o in res["new_objects"] if o[1] == "MESH"]
