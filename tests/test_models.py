@@ -114,10 +114,10 @@ def test_models_cli_list_and_download_from_a_folder(mirror, tmp_path):
     assert after[1]["bytes_on_disk"] > 0 and after[0]["download_bytes"] > 1e9
 
 
-def _serve(data: Path, env: dict):
+def _serve(data: Path, env: dict, watchdog_s: float = 60):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(data),
-         "--job", "backend.pipeline_job:pipeline_job", "--watchdog", "60"],
+         "--job", "backend.pipeline_job:pipeline_job", "--watchdog", str(watchdog_s)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, **env},
     )
     line = proc.stdout.readline()
@@ -152,33 +152,43 @@ def test_a_job_with_missing_weights_and_no_network_fails_at_once_with_the_fix(tm
         proc.wait(timeout=20)
 
 
-def test_a_job_reports_its_weights_download_as_progress_events(mirror, tmp_path):
+def test_a_job_reports_its_weights_download_as_progress_events_and_the_watchdog_counts_them(mirror, tmp_path):
+    """The real hub download path (hf_hub_download) against a hub on loopback that serves the tiny models slowly:
+    the download takes longer than the watchdog's limit, and the job lives because its progress events count."""
     pytest.importorskip("zmq")
     from backend.client import Client
+    from tests.fake_hub import FakeHub
 
-    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache"), models.MIRROR_ENV: str(mirror)}
-    proc, endpoint = _serve(tmp_path / "data", env)
-    try:
-        with Client(endpoint, session="s", timeout_s=10) as client:
-            job_id = client.submit(_png(), {"preset": "draft", "steps": 1})
-            events, deadline = [], time.monotonic() + 90
-            while time.monotonic() < deadline:
-                events += [m for m in client.drain() if m.job_id == job_id]
-                finished = {m.content["model"] for m in events if m.content.get("stage") == "weights"
-                            and m.content["step"] == m.content["total"]}
-                if len(finished) == 2 or any(m.content["kind"] in ("failed", "done") for m in events):
-                    break
-                time.sleep(0.1)
-            client.cancel(job_id)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with FakeHub(mirror, delay_s=0.03) as hub:
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "cache")}
+        proc, endpoint = _serve(tmp_path / "data", env, watchdog_s=3)
+        try:
+            with Client(endpoint, session="s", timeout_s=10) as client:
+                t0 = time.monotonic()
+                job_id = client.submit(_png(), {"preset": "draft", "steps": 1})
+                events, deadline = [], time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    events += [m for m in client.drain() if m.job_id == job_id]
+                    finished = {m.content["model"] for m in events if m.content.get("stage") == "weights"
+                                and m.content["step"] == m.content["total"]}
+                    if len(finished) == 2 or any(m.content["kind"] in ("failed", "done") for m in events):
+                        break
+                    time.sleep(0.1)
+                download_s = time.monotonic() - t0
+                client.cancel(job_id)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert not any(m.content["kind"] == "failed" for m in events), [m.content for m in events][-3:]
+    assert download_s > 3, f"the download ({download_s:.1f} s) outlasted the 3 s watchdog"
     weights = [m.content for m in events if m.content["kind"] == "progress" and m.content.get("stage") == "weights"]
-    assert weights, [m.content for m in events]
     for model in (ZERO123.split("/")[-1], SD.split("/")[-1]):
         mine = [w for w in weights if w["model"] == model]
-        assert mine and [w["step"] for w in mine] == sorted(w["step"] for w in mine)
-        assert mine[-1]["step"] == mine[-1]["total"] and mine[-1]["message"].startswith(f"downloading {model}: ")
+        steps = [w["step"] for w in mine]
+        assert steps == sorted(steps) and mine[-1]["step"] == mine[-1]["total"] > 0, mine
+        assert mine[-1]["message"].startswith(f"downloading {model}: ")
+    assert any(0 < w["step"] < w["total"] for w in weights), "bytes reported while a file was still downloading"
+    assert ("GET", f"/{SD}/resolve/main/unet/diffusion_pytorch_model.safetensors") in hub.requests
     assert not any(m.content.get("stage") in ("outline", "detail") for m in events), "the weights come first"
     assert models.status(models.pipeline_models()[1], tmp_path / "cache").ready, "and stay in the cache"
     logs = [m.content["text"] for m in events if m.content["kind"] == "log"]
