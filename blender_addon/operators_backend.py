@@ -65,7 +65,7 @@ def online_access() -> bool:
 
 
 def torch_build() -> be.TorchBuild:
-    """The torch build for this machine (detected once per session, before anything is installed)."""
+    """The torch build for this machine (detected once per Blender run, before anything is installed)."""
     global _build
     if _build is None:
         _build = be.detect_torch_build()
