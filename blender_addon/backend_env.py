@@ -237,6 +237,8 @@ class PipProgress:
     packages: int = 0
     bytes_seen: float = 0.0
     installing: bool = False
+    downloading: str = ""
+    _download_start: float = 0.0
 
     def feed(self, line: str) -> bool:
         """Take one line; True when the step or fraction changed."""
@@ -247,7 +249,18 @@ class PipProgress:
         elif m := re.match(r"Downloading (\S+) \(([\d.]+) (kB|KB|MB|GB|bytes)\)", line):
             size = float(m.group(2)) * SIZE_UNITS[m.group(3)]
             self.bytes_seen += size
-            self.step = f"downloading {_dist_name(m.group(1))} ({m.group(2)} {m.group(3)})"
+            self.downloading = _dist_name(m.group(1))
+            self.step = f"downloading {self.downloading} ({m.group(2)} {m.group(3)})"
+        elif (m := re.match(r"Progress (\d+) of (\d+)$", line)) and self.downloading:
+            # pip's --progress-bar raw: bytes of the current download, four times a second
+            done, total = int(m.group(1)), int(m.group(2))
+            if total <= 0:
+                return False
+            unit, scale = ("GB", 1e9) if total >= 1e9 else ("MB", 1e6)
+            self.step = f"downloading {self.downloading}: {done / scale:.1f} / {total / scale:.1f} {unit}"
+            start = self._download_start
+            cap = start + (0.8 - start) * total / (total + 3e8)  # a big download gets most of the bar
+            return self._set(start + (cap - start) * min(1.0, done / total))
         elif m := re.match(r"Using cached (\S+) \(([\d.]+) (kB|KB|MB|GB|bytes)\)", line):
             self.step = f"using cached {_dist_name(m.group(1))} ({m.group(2)} {m.group(3)})"
         elif m := re.match(r"Processing (\S+)", line):  # a local file (--find-links, a mirror folder, our wheel)
@@ -268,7 +281,9 @@ class PipProgress:
             return self._set(max(self.fraction, 0.85))
         # each new package moves a share of the remaining way to 80%; a big download moves more
         weight = 1.0 + min(self.bytes_seen / 5e8, 4.0)
-        return self._set(min(0.8, self.fraction + (0.8 - self.fraction) * min(0.6, 0.12 * weight)))
+        changed = self._set(min(0.8, self.fraction + (0.8 - self.fraction) * min(0.6, 0.12 * weight)))
+        self._download_start = self.fraction  # pip's raw byte progress of a download continues from here
+        return changed
 
     def _set(self, value: float) -> bool:
         value = max(self.fraction, min(1.0, value))
@@ -320,9 +335,12 @@ STEPS = (("venv", 0.0, 0.05), ("torch", 0.05, 0.6), ("backend", 0.6, 0.95), ("ve
 """Each step's share of the whole install's progress bar."""
 
 
-def pip_install_commands(plan: InstallPlan, python: Path, constraints: Path) -> list[tuple[str, list[str]]]:
+def pip_install_commands(plan: InstallPlan, python: Path, constraints: Path, raw_progress: bool = False
+                         ) -> list[tuple[str, list[str]]]:
     """The pip runs: torch first (with its own index if given), then the wheel with torch held where it is."""
     base = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+    if raw_progress:
+        base += ["--progress-bar", "raw"]
     torch_cmd = base + split_command(plan.torch_requirement, windows=False)
     if plan.torch_index_url.strip():
         torch_cmd += ["--index-url", plan.torch_index_url.strip()]
@@ -402,9 +420,11 @@ def run_plan(plan: InstallPlan) -> int:
             cmd = [plan.python, "-m", "venv", *([] if plan.repair else ["--clear"]), str(env.dir)]
             if _run_logged(cmd, log, lambda line: None) != 0 or not env.python.is_file():
                 return fail(f"could not create the virtual environment with {plan.python} (see {env.log})")
+        status.write(step="updating pip in the environment", fraction=0.03)
+        raw = _pip_has_raw_progress(env.python, plan, log)
         constraints = env.dir / "mpod123-constraints.txt"
         lo_hi = {name: (lo, hi) for name, lo, hi in STEPS}
-        for name, cmd in pip_install_commands(plan, env.python, constraints):
+        for name, cmd in pip_install_commands(plan, env.python, constraints, raw):
             lo, hi = lo_hi[name]
             label = "torch" if name == "torch" else "the MPOD123 backend"
             status.write(step=f"installing {label}", fraction=lo)
@@ -441,6 +461,39 @@ def run_plan(plan: InstallPlan) -> int:
         status.say(f"usable: torch {info['torch']}, mpod123 {info['wheel_version']}")
         status.write(state="done", step="ready", fraction=1.0)
         return 0
+
+
+def _pip_has_raw_progress(python: Path, plan: InstallPlan, log) -> bool:
+    """Whether the environment's pip reports download bytes (``--progress-bar raw``, pip 24.1+).
+
+    An older pip (the one a Python ships) is updated first; if that fails (a
+    mirror without pip, say) the install goes on with per-package progress.
+    """
+    def has_raw() -> bool:
+        out: list[str] = []
+        _run_logged([str(python), "-m", "pip", "install", "--help"], _Quiet(log), out.append)
+        text = " ".join(" ".join(out).split())  # the help wraps its lines
+        return re.search(r"\[(?:auto, )?on, off, raw\]", text) is not None
+
+    if has_raw():
+        return True
+    _run_logged([str(python), "-m", "pip", "install", "--upgrade", "--disable-pip-version-check", "--no-input", "pip",
+                 *plan.pip_args], log, lambda line: None)
+    return has_raw()
+
+
+class _Quiet:
+    """A log that records only the command, not its output (pip's help text)."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def write(self, text: str) -> None:
+        if text.startswith("$ "):
+            self.log.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
 
 
 def _torch_pin(python: Path, log) -> str:

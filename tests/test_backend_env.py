@@ -134,6 +134,22 @@ Successfully installed filelock-3.16.1 jinja2-3.1.6 mpmath-1.3.0 networkx-3.6.1 
 """
 
 
+def test_pip_raw_progress_gives_the_bytes_of_a_big_download():
+    pip = be.PipProgress("torch")
+    pip.feed("Collecting torch==2.13.0")
+    pip.feed("  Downloading torch-2.13.0-cp311-cp311-win_amd64.whl (2.4 GB)")
+    start = pip.fraction
+    seen = []
+    for done in (0, 600_000_000, 1_200_000_000, 2_400_000_000):
+        assert pip.feed(f"Progress {done} of 2400000000")
+        seen.append((pip.step, pip.fraction))
+    assert seen[1][0] == "downloading torch: 0.6 / 2.4 GB" and seen[-1][0] == "downloading torch: 2.4 / 2.4 GB"
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[0] == start
+    assert fractions[-1] - start > 0.8 * (0.8 - start), "a 2.4 GB download takes most of the bar"
+    assert not pip.feed("Progress 10 of 0"), "an unknown size moves nothing"
+
+
 def test_pip_progress_reads_steps_sizes_and_moves_only_forward():
     pip = be.PipProgress("torch")
     seen = []
