@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -102,3 +103,41 @@ def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, t
         prefs.local_data = ""
         if env.dir.exists():
             env.remove()
+
+
+def test_install_returns_at_once_the_timer_follows_it_and_a_failure_is_shown(addon, prefs, tmp_path, monkeypatch):
+    """Interactive Blender: the operator starts the child and returns; the timer callback polls it to the end."""
+    bpy.context.preferences.system.use_online_access = True
+    monkeypatch.setattr(addon, "addon_dir", lambda: tmp_path / "no-wheel")
+    with pytest.raises(RuntimeError, match="carries no backend wheel"):
+        bpy.ops.mpod123.install_backend()
+    (tmp_path / "addon" / "backend_wheel").mkdir(parents=True)
+    (tmp_path / "addon" / "backend_wheel" / "mpod123-0.1.0-py3-none-any.whl").write_bytes(b"")
+    monkeypatch.setattr(addon, "addon_dir", lambda: tmp_path / "addon")
+    saved = (prefs.torch_requirement, prefs.pip_args)
+    prefs.torch_requirement = "mpod123-no-such-package==1.0"  # pip fails fast, after the environment is made
+    prefs.pip_args = f"--no-index --find-links {tmp_path}"
+    env = addon.managed_env()
+    try:
+        t0 = time.monotonic()
+        assert bpy.ops.mpod123.install_backend() == {"FINISHED"}
+        assert time.monotonic() - t0 < 5, "the operator returns while the child works"
+        assert addon.installing() and bpy.app.timers.is_registered(addon._tick)
+        with pytest.raises(RuntimeError, match="already running"):
+            bpy.ops.mpod123.install_backend()
+        lines, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline:  # what Blender's timer does (timers never fire in background mode)
+            lines.append(addon.status_line())
+            if addon._tick() is None:
+                break
+            time.sleep(0.2)
+        assert any(line.startswith("Installing: ") for line in lines)
+        assert not addon.installing()
+        assert addon.status_line().startswith("Backend not usable: failed: pip could not install torch (ERROR: ")
+        assert not env.usable() and env.log.is_file()
+    finally:
+        prefs.torch_requirement, prefs.pip_args = saved
+        if bpy.app.timers.is_registered(addon._tick):
+            bpy.app.timers.unregister(addon._tick)
+        env.remove()
+        addon._last = None
