@@ -98,6 +98,20 @@ def test_an_accelerator_that_fails_its_self_test_is_never_chosen_by_auto(fake_ac
     assert report["self_test"] == "passed" and report["auto"] is True
 
 
+def test_a_self_test_leaves_the_callers_random_state_alone(fake_accelerator):
+    def noisy_self_test(device):
+        torch.manual_seed(123)
+        torch.rand(1000)
+
+    accel_selftest.SELF_TESTS["fakeacc"] = noisy_self_test
+    fake_accelerator["op"] = _cumsum_right
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    assert _optional.resolve_backend("auto", "fakeacc", "cpu") == "fakeacc", "the self-test ran (and passed)"
+    assert torch.equal(torch.rand(4), expected), "a seeded run draws the same numbers with or without a self-test"
+
+
 def test_every_real_accelerator_has_a_self_test():
     assert set(accel_selftest.SELF_TESTS) >= set(_optional.ACCELERATORS) - {"fakeacc"}
 
