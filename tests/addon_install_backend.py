@@ -113,7 +113,7 @@ try:
     out["connection"] = st.connection
     out["server_gpu"] = st.server_gpu
     st.source, st.filepath = "FILE", image_path
-    st.preset, st.seed, st.steps = "draft", 0, 2
+    st.preset, st.seed, st.steps = "draft", 0, 1
     objects_before = {o.name for o in bpy.data.objects}
     t_job = time.monotonic()
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
