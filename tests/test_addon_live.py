@@ -77,6 +77,34 @@ def _state():
     return bpy.context.window_manager.mpod123
 
 
+def _bridge():
+    return sys.modules["blender_addon.bridge"]
+
+
+def _settle(done, timeout_s: float = JOB_TIMEOUT_S, what: str = "") -> None:
+    """Tick (as Blender's timer would) until ``done()``; fails with ``what`` and the panel's error otherwise."""
+    assert _bridge().settle(bpy.context, done, timeout_s), f"{what or 'condition'} not reached: {_state().last_error}"
+
+
+def _reset_jobs() -> None:
+    """An empty job list and job file, nothing in flight."""
+    bridge = _bridge()
+    st = _state()
+    st.jobs.clear()
+    st.active_job = 0
+    bridge._pending.clear()
+    bridge._imports.clear()
+    path = bridge.job_file().path
+    if path.exists():
+        path.unlink()
+    st.last_error = ""
+
+
+def _connect() -> None:
+    assert bpy.ops.mpod123.connect() == {"FINISHED"}
+    _settle(lambda: _state().connection == "connected", 30, "connected")
+
+
 def _write_png(path: Path, **kw) -> Path:
     path.write_bytes(object_png(**kw))
     return path
@@ -126,24 +154,31 @@ def _base_color_image(obj):
 
 
 def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(prefs, server, tmp_path):
-    bridge = sys.modules["blender_addon.bridge"]
+    bridge = _bridge()
+    _reset_jobs()
     st = _state()
-    st.jobs.clear()
     objects_before = set(bpy.data.objects)
+    prefs.rest_on_ground, prefs.target_height, prefs.target_faces = True, 0.0, 0
+    st.override_import = False
 
     # job 1: an image file
     st.source, st.filepath = "FILE", str(_write_png(tmp_path / "teapot.png"))
-    st.preset, st.seed, st.steps = "draft", 0, 2
+    st.preset, st.seed, st.steps, st.random_seed = "draft", 0, 2, False
     bpy.context.scene.cursor.location = (1.0, 2.0, 3.0)
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
-    # job 2, queued behind it: an image datablock
+    # job 2, queued behind it: an image datablock, a random seed, a face budget and a target height
     image = bpy.data.images.load(str(_write_png(tmp_path / "vase.png", colour=(60, 200, 90))))
-    st.source, st.image, st.steps = "DATABLOCK", image, 1
+    st.source, st.image, st.steps, st.random_seed = "DATABLOCK", image, 1, True
+    st.override_import, st.rest_on_ground, st.target_height, st.target_faces = True, True, 2.0, 40
+    st.shading, st.clear_custom_normals = "FLAT", True
     bpy.context.scene.cursor.location = (-2.0, 0.0, 0.5)
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
-    assert st.connection == "connected" and st.server_name == "mpod123-backend"
+    st.override_import, st.random_seed = False, False
     assert [j.name for j in st.jobs] == ["teapot", "vase"]
+    assert [j.state for j in st.jobs] == ["sending", "sending"], "Generate returns before the upload"
     jobs = {j.name: j.job_id for j in st.jobs}
+    vase_seed = st.jobs[1].seed
+    assert st.jobs[0].seed == 0 and st.jobs[1].preset == "draft" and st.jobs[1].target_faces == 40
 
     t0 = time.monotonic()
     for job_id in jobs.values():
@@ -151,20 +186,27 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
         job = next(j for j in st.jobs if j.job_id == job_id)
         assert final == "imported", (final, job.message, server.log()[-2000:])
     elapsed = time.monotonic() - t0
+    assert st.connection == "connected" and st.server_name == "mpod123-backend"
 
     teapot, vase = (next(j for j in st.jobs if j.job_id == jobs[n]) for n in ("teapot", "vase"))
     for job in (teapot, vase):
         stages = {s.stage: s for s in job.stages}
         for stage in ("outline", "detail"):
             assert stages[stage].done and stages[stage].step == stages[stage].total >= 1, (job.name, stage)
-        assert job.preview_outline and job.preview_detail
+        assert job.preview_matte and job.preview_outline and job.preview_detail
     assert teapot.preview_outline != vase.preview_outline, "each job keeps its own previews"
     assert teapot.last_seq > 0 and vase.last_seq > 0
 
-    # the previews are Blender images holding the last preview PNG of each stage, as the backend sent it
-    events = _events_from_server(server.endpoint, prefs.session, teapot.job_id)
+    # the matte comes first, before any stage-1 preview; then the previews are Blender images of the PNGs sent
+    events = _events_from_server(server.endpoint, bridge.owner_id(), teapot.job_id)
     assert [m.seq for m in events] == list(range(1, len(events) + 1))
-    for stage, image_name in (("outline", teapot.preview_outline), ("detail", teapot.preview_detail)):
+    previews = [m.content["stage"] for m in events if m.content["kind"] == "preview"]
+    assert previews[0] == "matte" and previews.index("matte") < previews.index("outline")
+    first_progress = next(i for i, m in enumerate(events) if m.content["kind"] == "progress")
+    first_matte = next(i for i, m in enumerate(events) if m.content.get("stage") == "matte")
+    assert first_matte < first_progress, "the matte arrives before stage 1 starts"
+    for stage, image_name in (("matte", teapot.preview_matte), ("outline", teapot.preview_outline),
+                              ("detail", teapot.preview_detail)):
         png = [m for m in events if m.content["kind"] == "preview" and m.content["stage"] == stage][-1].buffers[0]
         img = bpy.data.images[image_name]
         expected = _png_pixels(png)
@@ -185,6 +227,14 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
         tex = _base_color_image(obj)
         assert tex.size[0] > 0 and tex.size[1] > 0 and tex.name.startswith(obj.name)
         assert max(tex.pixels[:4000]) > 0.0, "the texture has pixels"
+        lowest = min((obj.matrix_world @ v.co).z for v in obj.data.vertices)
+        assert abs(lowest - location[2]) < 1e-4, "rests on the ground: the lowest vertex at the cursor's height"
+    vase_obj = bpy.data.objects["vase"]
+    zs = [(vase_obj.matrix_world @ v.co).z for v in vase_obj.data.vertices]
+    assert abs(max(zs) - min(zs) - 2.0) < 1e-4, "the target height"
+    assert len(vase_obj.data.polygons) <= 40 < len(bpy.data.objects["teapot"].data.polygons), "the face budget"
+    assert not vase_obj.data.has_custom_normals and not any(p.use_smooth for p in vase_obj.data.polygons)
+    assert vase.seed == vase_seed and bridge.job_file().load()[vase.job_id]["seed"] == vase_seed
     assert coll.name in bpy.context.scene.collection.children
     print(f"two tiny jobs (2 and 1 steps) generated and imported in {elapsed:.1f} s")
 
