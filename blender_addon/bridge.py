@@ -66,6 +66,8 @@ _dirty = False
 _last_save = 0.0
 _local: subprocess.Popen | None = None
 _local_log = None
+last_step: dict = {}
+"""What the last :func:`step` did (outcomes by call, events applied, an import, a save), for benchmarks."""
 
 
 # ------------------------------------------------------------------ folders
@@ -92,7 +94,7 @@ def cache_dirs() -> list[Path]:
 
 
 def job_file() -> jobfile.JobFile:
-    return jobfile.JobFile(user_dir() / "jobs.json")
+    return jobfile.JobFile.at(user_dir() / "jobs.json")
 
 
 def owner_id() -> str:
@@ -168,7 +170,7 @@ def network(context=None, create: bool = True) -> NetworkThread | None:
     if _net is not None:
         _net.stop(0.5)
     _connecting = False
-    _net = NetworkThread(p.address, owner_id(), p.timeout_s, server_key, client_keys)
+    _net = NetworkThread(p.address, owner_id(), p.timeout_s, server_key, client_keys, preview_dir=user_dir("previews"))
     _net_config = config
     try:
         state(context).connection = "not connected"
@@ -323,16 +325,21 @@ def _record(job) -> dict:
     }
 
 
-def save_jobs(context=None) -> None:
-    """Write every row into the job file (records of jobs not in the list are kept)."""
+def save_jobs(context=None, wait: bool = False) -> None:
+    """Write every row into the job file (records of jobs not in the list are kept).
+
+    The records are gathered here; the file is written by the job file's own thread, so a slow disk never
+    holds up Blender. ``wait`` writes before returning (add-on disabled, another file about to load).
+    """
     global _dirty, _last_save
     jf = job_file()
-    records = jf.load()
+    records = jf.load_cached()
     for job in state(context).jobs:
         old = records.get(job.job_id, {})
-        records[job.job_id] = {"created": old.get("created", time.time()), "endpoint": old.get("endpoint", ""),
-                               **_record(job)}
-    jf.save(records)
+        records[job.job_id] = {**old, "created": old.get("created", time.time()), **_record(job)}
+    jf.save_soon(records)
+    if wait:
+        jf.flush()
     _dirty, _last_save = False, time.monotonic()
 
 
@@ -402,11 +409,11 @@ def forget_jobs(context, job_ids) -> None:
             st.jobs.remove(i)
     st.active_job = max(0, min(st.active_job, len(st.jobs) - 1))
     jf = job_file()
-    records = jf.load()
+    records = jf.load_cached()
     for job_id in ids:
         if job_id in records:
             records[job_id]["hidden"] = True
-    jf.save(records)
+    jf.save_soon(records)
 
 
 def _continue_jobs(context) -> None:
@@ -578,7 +585,8 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         stage = str(c.get("stage", ""))
         field = PREVIEW_STAGES.get(stage)
         if field and preview:
-            image = preview_image(job.job_id, stage, msg.buffers[0])
+            written = c.get("preview_path") == _preview_path(job.job_id, stage)
+            image = preview_image(job.job_id, stage, None if written else msg.buffers[0])
             setattr(job, field, image.name)
             _mark()
     elif kind == "stage_done":
@@ -666,7 +674,7 @@ def import_finished(context, location=(0.0, 0.0, 0.0)) -> None:
 
 def _on_job_list(context, jobs: list[dict], location) -> None:
     st = state(context)
-    records = job_file().load()
+    records = job_file().load_cached()
     for info in jobs:
         job_id = info["job_id"]
         if info.get("state") != "done":
@@ -763,6 +771,8 @@ def _apply_pending(context, budget_s: float | None, max_events: int | None) -> i
     applied = 0
     for i, msg in enumerate(batch):
         _pending.popleft()
+        if msg.content.get("kind") == "preview" and i not in skip:
+            last_step["previews"] = last_step.get("previews", 0) + 1
         try:
             apply_event(context, msg, preview=i not in skip)
         except Exception as exc:  # noqa: BLE001  one bad event must not stop the stream
@@ -795,13 +805,16 @@ def step(context=None, budget_s: float | None = TICK_BUDGET_S, max_events: int |
     """One tick's work: collect the network thread's outcomes, then either one import or events within
     ``budget_s``. Returns how many things changed (0: nothing happened)."""
     context = context or bpy.context
+    last_step.clear()
     if _restore_pending:
         start_up()
+        last_step["restored"] = True
     changed = 0
     if _net is not None:
         for out in _net.take():
             _on_outcome(context, out)
             changed += 1
+            last_step[out.op or out.kind] = last_step.get(out.op or out.kind, 0) + 1
         st = state(context)
         if not _connecting and st.connection != _net.state and _net.state in ("connected", "lost", "refused"):
             st.connection, st.server_message = _net.state, _net.message
@@ -814,11 +827,16 @@ def step(context=None, budget_s: float | None = TICK_BUDGET_S, max_events: int |
             if busy and job.activity != busy + "…":
                 job.activity = busy + "…"
     if _import_one(context):
+        last_step["import"] = True
         return changed + 1
     cap = max_events if max_events is not None else int(prefs(context).events_per_tick)
-    changed += _apply_pending(context, budget_s, cap)
+    applied = _apply_pending(context, budget_s, cap)
+    if applied:
+        last_step["applied"] = applied
+    changed += applied
     if _dirty and time.monotonic() - _last_save > SAVE_EVERY_S:
         save_jobs(context)
+        last_step["saved"] = True
     return changed
 
 
@@ -881,7 +899,7 @@ def ensure_timer() -> None:
 @bpy.app.handlers.persistent
 def _on_load_pre(*_args) -> None:
     try:
-        save_jobs(bpy.context)
+        save_jobs(bpy.context, wait=True)
     except (AttributeError, RuntimeError, OSError):
         pass
 
@@ -919,7 +937,7 @@ def register() -> None:
 def shutdown() -> None:
     """Save the job list, stop the timer and the network thread and a local backend we started (add-on disabled)."""
     try:
-        save_jobs(bpy.context)
+        save_jobs(bpy.context, wait=True)
     except (AttributeError, RuntimeError, OSError):
         pass
     for handlers, fn in ((bpy.app.handlers.load_pre, _on_load_pre), (bpy.app.handlers.load_post, _on_load_post)):

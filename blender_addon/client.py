@@ -25,6 +25,7 @@ Everything raises :class:`BackendError` (the backend said no) or
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import threading
 import time
@@ -276,8 +277,12 @@ class NetworkThread:
     """
 
     def __init__(self, endpoint: str, session: str, timeout_s: float = 10.0, server_key: bytes | None = None,
-                 client_keys: tuple[bytes, bytes] | None = None, poll_s: float = 0.02) -> None:
+                 client_keys: tuple[bytes, bytes] | None = None, poll_s: float = 0.02,
+                 preview_dir: str | Path | None = None) -> None:
+        """``preview_dir``: where this thread writes each preview's PNG (``<job>-<stage>.png``, replaced
+        atomically) and notes its path as the event's ``preview_path``, so the host never writes files."""
         self.endpoint, self.session, self.timeout_s = endpoint, session, float(timeout_s)
+        self.preview_dir = Path(preview_dir) if preview_dir is not None else None
         self._keys = (server_key, client_keys)
         self.poll_s = poll_s
         self.state = "connecting"
@@ -348,6 +353,9 @@ class NetworkThread:
         for note in client.take_notices():
             self._outbox.append(Outcome("notice", value=note))
         if events:
+            if self.preview_dir is not None:
+                for msg in events:
+                    self._write_preview(msg)
             self._outbox.append(Outcome("events", value=events))
         self.state, self.message = client.state, client.message
 
@@ -372,6 +380,24 @@ class NetworkThread:
         # events the call passed on its way come before its outcome, as they happened
         self._drain(client)
         self._outbox.append(outcome)
+
+    def _write_preview(self, msg: Message) -> None:
+        content = msg.content
+        if content.get("kind") != "preview" or not msg.buffers or not msg.job_id:
+            return
+        stage = "".join(ch for ch in str(content.get("stage", "")) if ch.isalnum())[:32]
+        job = "".join(ch for ch in msg.job_id if ch.isalnum() or ch in "-_")[:64]
+        if not stage or not job:
+            return
+        path = self.preview_dir / f"{job}-{stage}.png"
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            self.preview_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(msg.buffers[0])
+            os.replace(tmp, path)
+            content["preview_path"] = str(path)
+        except OSError as exc:
+            self._outbox.append(Outcome("notice", value=f"cannot write a preview: {exc}"))
 
     def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str) -> str:
         self.busy[job_id] = f"uploading {len(image) / 1e6:.1f} MB"

@@ -18,8 +18,10 @@ Free of bpy, so it can be tested and used from any Python.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -38,13 +40,35 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class JobFile:
-    """``{job_id: record}`` in one JSON file; records are plain dicts of JSON values."""
+    """``{job_id: record}`` in one JSON file; records are plain dicts of JSON values.
+
+    :meth:`save_soon` keeps the records in memory and writes them on a thread of their own (the latest
+    version wins; a slow disk never holds up the caller); :meth:`load` and :meth:`flush` wait for that write.
+    One instance per path (:meth:`at`) shares the memory and the thread.
+    """
+
+    _instances: dict[Path, JobFile] = {}
+    _instances_lock = threading.Lock()
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._cache: dict[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self._wanted: dict[str, dict[str, Any]] | None = None
+        self._written = threading.Condition(self._lock)
+        self._writer: threading.Thread | None = None
+        self.errors: list[str] = []
+        """Write errors, for the host to show (the previous file stays intact)."""
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """Every record; an unreadable file reads as empty and is kept aside as ``jobs.json.bad``."""
+    @classmethod
+    def at(cls, path: str | Path) -> JobFile:
+        key = Path(path).resolve()
+        with cls._instances_lock:
+            if key not in cls._instances:
+                cls._instances[key] = cls(key)
+            return cls._instances[key]
+
+    def _read(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -59,23 +83,73 @@ class JobFile:
             return {}
         return {str(k): v for k, v in data.items() if isinstance(v, dict)}
 
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Every record, as on disk (after any pending write); an unreadable file reads as empty and is
+        kept aside as ``jobs.json.bad``."""
+        self.flush()
+        records = self._read()
+        self._cache = copy.deepcopy(records)
+        return records
+
+    def load_cached(self) -> dict[str, dict[str, Any]]:
+        """A copy of the records as last loaded or saved here (reads the file only the first time)."""
+        if self._cache is None:
+            return self.load()
+        return copy.deepcopy(self._cache)
+
     def save(self, records: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.path, json.dumps(records, indent=1, sort_keys=True))
+        """Write now."""
+        self.save_soon(records)
+        self.flush()
+
+    def save_soon(self, records: dict[str, dict[str, Any]]) -> None:
+        """Remember ``records`` and have them written on the writer thread."""
+        self._cache = copy.deepcopy(records)
+        text_ready = copy.deepcopy(records)
+        with self._lock:
+            self._wanted = text_ready
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="mpod123-jobfile", daemon=True)
+                self._writer.start()
+            self._written.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until what was saved is on disk."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._wanted is not None and time.monotonic() < deadline:
+                self._written.wait(0.05)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                records = self._wanted
+                if records is None:
+                    self._writer = None
+                    return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomic(self.path, json.dumps(records, indent=1, sort_keys=True))
+            except OSError as exc:
+                self.errors.append(f"cannot write {self.path}: {exc}")
+            with self._lock:
+                if self._wanted is records:
+                    self._wanted = None
+                self._written.notify_all()
 
     def update(self, job_id: str, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into one record (created if needed) and save; returns the record."""
-        records = self.load()
+        """Merge ``fields`` into one record (created if needed) and save soon; returns the record."""
+        records = self.load_cached()
         record = records.setdefault(job_id, {"created": time.time()})
         record.update(fields)
-        self.save(records)
+        self.save_soon(records)
         return record
 
     def remove(self, job_ids: Iterable[str]) -> None:
-        records = self.load()
+        records = self.load_cached()
         for job_id in job_ids:
             records.pop(job_id, None)
-        self.save(records)
+        self.save_soon(records)
 
 
 def owner_id(folder: str | Path) -> str:
