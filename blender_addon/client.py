@@ -20,6 +20,11 @@ identical to ``backend/client.py``). What it adds for an interactive host:
 
 Everything raises :class:`BackendError` (the backend said no) or
 :class:`BackendTimeout` (no answer; the message lists the likely causes).
+
+For a host whose main thread must never wait (Blender), :class:`NetworkThread`
+owns an ``AddonClient`` on a thread of its own: the host queues calls and
+takes their outcomes and the jobs' events, both without waiting. The ZeroMQ
+sockets never leave that thread.
 """
 
 from __future__ import annotations

@@ -329,6 +329,7 @@ def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
     assert bridge.job_file().load()[running]["state"] == "cancelled", "the job file follows"
 
 
+@pytest.mark.slow
 def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_is_kept(prefs, server, tmp_path):
     """Nothing waits on the network on Blender's thread; the error comes through the tick; the job is not lost."""
     bridge = _bridge()
@@ -523,6 +524,7 @@ def _tick_until(done, timeout_s: float) -> list[tuple[float, bool]]:
     return ticks
 
 
+@pytest.mark.slow
 def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_short(prefs, server, tmp_path):
     """File > New, then disable/enable the add-on, while a job runs: it comes back by itself and is imported."""
     import addon_utils
@@ -644,6 +646,7 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
         bpy.data.objects.remove(bpy.data.objects[name])
 
 
+@pytest.mark.slow
 def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, server, tmp_path):
     bridge = _bridge()
     _reset_jobs()
