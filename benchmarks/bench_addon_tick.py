@@ -54,25 +54,29 @@ def main() -> None:
         while not all(j.state in ("imported", "failed", "cancelled") for j in st.jobs):
             if time.monotonic() > deadline:
                 raise SystemExit(f"jobs not done: {[j.state for j in st.jobs]} {st.last_error}")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             interval = bridge.tick()
-            ticks.append((time.perf_counter() - t0, dict(bridge.last_step)))
+            ticks.append((time.perf_counter() - t0, dict(bridge.last_step), time.thread_time() - c0))
             time.sleep(min(interval or 0.05, 0.05))
     finally:
         server.stop()
-    imports = [t for t, what in ticks if what.get("import")]
-    plain = sorted(t for t, what in ticks if not what.get("import"))
-    busy = [t for t, what in ticks if what and not what.get("import")]
+    imports = [t for t, what, _c in ticks if what.get("import")]
+    plain = sorted(t for t, what, _c in ticks if not what.get("import"))
+    cpu = sorted(c for _t, what, c in ticks if not what.get("import"))
+    busy = [t for t, what, _c in ticks if what and not what.get("import")]
     res = {
         "ticks": len(ticks),
         "ticks_with_work": len(busy),
-        "previews_applied": sum(what.get("previews", 0) for _t, what in ticks),
+        "previews_applied": sum(what.get("previews", 0) for _t, what, _c in ticks),
         "median_ms": round(statistics.median(plain) * 1e3, 3),
         "median_busy_ms": round(statistics.median(busy) * 1e3, 3) if busy else None,
         "p99_ms": round(plain[int(0.99 * (len(plain) - 1))] * 1e3, 3),
         "max_ms": round(plain[-1] * 1e3, 3),
+        "max_cpu_ms": round(cpu[-1] * 1e3, 3),
+        "over_20ms": sum(t > 0.020 for t in plain),
         "import_ms": [round(t * 1e3, 1) for t in imports],
-        "slowest": [(round(t * 1e3, 2), what) for t, what in sorted(ticks, key=lambda x: -x[0])[:6]],
+        "slowest": [(round(t * 1e3, 2), round(c * 1e3, 2), what)
+                    for t, what, c in sorted(ticks, key=lambda x: -x[0])[:6]],
     }
     print(json.dumps(res, indent=1))
 
