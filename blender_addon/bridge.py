@@ -922,13 +922,18 @@ def _start_up_timer() -> None:
     return None
 
 
+def _same_function(a, b) -> bool:
+    return a is b or (getattr(a, "__module__", None) == b.__module__ and getattr(a, "__name__", None) == b.__name__)
+
+
 def register() -> None:
     """At enable (and Blender start): handlers, and a first tick that rebuilds the job list."""
     global _restore_pending
     _restore_pending = True
     for handlers, fn in ((bpy.app.handlers.load_pre, _on_load_pre), (bpy.app.handlers.load_post, _on_load_post)):
-        if fn not in handlers:
-            handlers.append(fn)
+        for h in [h for h in handlers if _same_function(h, fn)]:
+            handlers.remove(h)
+        handlers.append(fn)
     if not bpy.app.timers.is_registered(_start_up_timer):
         bpy.app.timers.register(_start_up_timer, first_interval=0.1, persistent=True)
     ensure_timer()
@@ -941,8 +946,8 @@ def shutdown() -> None:
     except (AttributeError, RuntimeError, OSError):
         pass
     for handlers, fn in ((bpy.app.handlers.load_pre, _on_load_pre), (bpy.app.handlers.load_post, _on_load_post)):
-        while fn in handlers:
-            handlers.remove(fn)
+        for h in [h for h in handlers if _same_function(h, fn)]:  # also a reloaded module's older copy
+            handlers.remove(h)
     for fn in (tick, _start_up_timer):
         if bpy.app.timers.is_registered(fn):
             bpy.app.timers.unregister(fn)

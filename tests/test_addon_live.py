@@ -547,8 +547,13 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     job = st.jobs[0]
     assert job.name == "owl" and tuple(job.location) == (0.0, 0.0, 1.5) and job.preset == "draft"
 
+    def ours(handlers):
+        return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.bridge"]
+
     addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    assert ours(bpy.app.handlers.load_post) == [] and ours(bpy.app.handlers.load_pre) == []
     addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+    assert len(ours(bpy.app.handlers.load_post)) == 1 and len(ours(bpy.app.handlers.load_pre)) == 1
     from blender_addon.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)  # a disabled add-on loses its preferences: as a fresh install would have them
