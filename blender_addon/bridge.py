@@ -60,6 +60,8 @@ _net: NetworkThread | None = None
 _net_config: tuple | None = None
 _pending: collections.deque[Message] = collections.deque()
 _imports: collections.deque[str] = collections.deque()
+_sending: set[str] = set()
+"""Jobs whose submit is queued or running on the network thread (not to be sent twice)."""
 _connecting = False
 _restore_pending = True
 _dirty = False
@@ -170,6 +172,7 @@ def network(context=None, create: bool = True) -> NetworkThread | None:
     if _net is not None:
         _net.stop(0.5)
     _connecting = False
+    _sending.clear()  # the old thread's queue is gone with it
     _net = NetworkThread(p.address, owner_id(), p.timeout_s, server_key, client_keys, preview_dir=user_dir("previews"))
     _net_config = config
     try:
@@ -184,6 +187,7 @@ def disconnect() -> None:
     if _net is not None:
         _net.stop(1.0)
     _net, _net_config, _connecting = None, None, False
+    _sending.clear()
 
 
 def _port_open(address: str, timeout_s: float = 0.05) -> bool:
@@ -422,7 +426,7 @@ def _continue_jobs(context) -> None:
     if net is None:
         return
     for job in state(context).jobs:
-        if job.state in ("sending", "unsent"):
+        if job.state in ("sending", "unsent") and job.job_id not in _sending:
             _send(context, job)
         elif job.state in ("queued", "running", "cancelling"):
             net.call("resume", job.job_id, job.last_seq, tag=job.job_id)
@@ -502,6 +506,7 @@ def _send(context, job, image: bytes | None = None) -> None:
             return
     job.state, job.activity = "sending", f"uploading {len(image) / 1e6:.1f} MB…"
     network(context).call("submit", image, _job_options(job), job.job_id, tag=job.job_id)
+    _sending.add(job.job_id)
 
 
 def cancel(context, job_id: str) -> None:
@@ -643,18 +648,35 @@ def import_options(job) -> importer.ImportOptions:
                                   shading=str(job.shading), clear_custom_normals=bool(job.clear_custom_normals))
 
 
+def _window_override() -> dict:
+    """A window (and a 3D View in it, if any) for operators run from a timer, whose context may have none."""
+    if getattr(bpy.context, "window", None) is not None:
+        return {}
+    wm = bpy.context.window_manager
+    for window in getattr(wm, "windows", ()):
+        override = {"window": window, "screen": window.screen}
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                override["area"] = area
+                override["region"] = next((r for r in area.regions if r.type == "WINDOW"), None)
+                break
+        return {k: v for k, v in override.items() if v is not None}
+    return {}
+
+
 def import_now(context, job) -> bpy.types.Object:
     """Import a downloaded result (main thread) as one undo step; raises BridgeError with the reason."""
     dest = _result_path(job)
-    try:
-        obj = importer.import_glb(str(dest), job.name, tuple(job.location), job.collection or "Generated",
-                                  import_options(job))
-    except importer.ImportGLBError as exc:
-        raise BridgeError(str(exc)) from None
-    try:
-        bpy.ops.ed.undo_push(message=f"Import MPOD123 result {obj.name}")
-    except RuntimeError:
-        pass  # no undo stack (background scripts)
+    with bpy.context.temp_override(**_window_override()):
+        try:
+            obj = importer.import_glb(str(dest), job.name, tuple(job.location), job.collection or "Generated",
+                                      import_options(job))
+        except importer.ImportGLBError as exc:
+            raise BridgeError(str(exc)) from None
+        try:
+            bpy.ops.ed.undo_push(message=f"Import MPOD123 result {obj.name}")
+        except RuntimeError:
+            pass  # no undo stack (background scripts)
     job.result_path, job.object_name, job.state, job.activity = str(dest), obj.name, "imported", ""
     job.message = f"imported as {obj.name}"
     _mark(now=True)
@@ -731,6 +753,7 @@ def _on_outcome(context, out: Outcome) -> None:
         return
     job.activity = ""
     if out.op == "submit":
+        _sending.discard(job.job_id)
         if out.kind == "reply":
             if job.state == "sending":
                 job.state = "queued"

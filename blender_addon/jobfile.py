@@ -18,6 +18,7 @@ Free of bpy, so it can be tested and used from any Python.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
@@ -104,10 +105,10 @@ class JobFile:
 
     def save_soon(self, records: dict[str, dict[str, Any]]) -> None:
         """Remember ``records`` and have them written on the writer thread."""
-        self._cache = copy.deepcopy(records)
-        text_ready = copy.deepcopy(records)
+        snapshot = copy.deepcopy(records)  # never changed afterwards: load_cached hands out copies
+        self._cache = snapshot
         with self._lock:
-            self._wanted = text_ready
+            self._wanted = snapshot
             if self._writer is None or not self._writer.is_alive():
                 self._writer = threading.Thread(target=self._write_loop, name="mpod123-jobfile", daemon=True)
                 self._writer.start()
@@ -150,6 +151,15 @@ class JobFile:
         for job_id in job_ids:
             records.pop(job_id, None)
         self.save_soon(records)
+
+
+def flush_all() -> None:
+    """Finish every pending job-file write (registered with atexit: Blender quits without disabling add-ons)."""
+    for jf in list(JobFile._instances.values()):
+        jf.flush(5.0)
+
+
+atexit.register(flush_all)
 
 
 def owner_id(folder: str | Path) -> str:
