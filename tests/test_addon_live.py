@@ -734,3 +734,25 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
     records = bridge.job_file().load()
     assert records["0" * 32]["hidden"] and records["3" * 32]["hidden"] and not records["2" * 32].get("hidden")
     _reset_jobs()
+
+
+def test_import_in_edit_mode_keeps_edit_mode_and_the_unsaved_edit(addon, tmp_path):
+    import bmesh
+
+    from blender_addon.importer import ImportOptions, import_glb
+
+    bpy.ops.mesh.primitive_cube_add(location=(0, 0, 0))
+    cube = bpy.context.object
+    bpy.ops.object.mode_set(mode="EDIT")
+    bm = bmesh.from_edit_mesh(cube.data)
+    bm.verts.ensure_lookup_table()
+    bm.verts[0].co.z = 7.0  # an edit not yet written to the mesh
+    bmesh.update_edit_mesh(cube.data)
+
+    obj = import_glb(str(_arrow_glb(tmp_path / "e.glb")), "edited", (0.0, 0.0, 0.0), options=ImportOptions(rest_on_ground=True))
+    assert cube.mode == "EDIT" and bpy.context.view_layer.objects.active == cube
+    assert not obj.select_get() and cube.select_get()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert max(v.co.z for v in cube.data.vertices) == pytest.approx(7.0), "the edit survived the importer's mode switch"
+    for o in (cube, obj):
+        bpy.data.objects.remove(o)
