@@ -45,6 +45,25 @@ def parse_options(options: dict[str, Any], default_preset: str) -> tuple[str, in
     return preset, seed, steps
 
 
+MAX_TARGET_FACES = 10_000_000
+
+
+def parse_target_faces(options: dict[str, Any]) -> int | None:
+    """``target_faces``: simplify the exported mesh to at most this many faces (None: keep every face)."""
+    value = options.get("target_faces")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise JobOptionsError("target_faces must be an integer")
+    try:
+        faces = int(value)
+    except ValueError:
+        raise JobOptionsError("target_faces must be an integer") from None
+    if not 4 <= faces <= MAX_TARGET_FACES:
+        raise JobOptionsError(f"target_faces must be between 4 and {MAX_TARGET_FACES}, got {faces}")
+    return faces
+
+
 def _quiet_libraries() -> None:
     """No download or loading bars from the model libraries in a worker: its output is a server log."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -69,7 +88,9 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     preset, seed, steps = parse_options(ctx.options, "draft" if tiny else "fast")
     if tiny and steps is None:
         steps = TINY_DEFAULT_STEPS
+    target_faces = parse_target_faces(ctx.options)
     cfg = pipeline_preset(preset)
+    cfg.export.target_faces = target_faces
     if steps is not None:
         cfg.outline.steps = min(cfg.outline.steps, steps)
         cfg.detail.steps = min(cfg.detail.steps, steps)

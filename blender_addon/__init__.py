@@ -1,9 +1,11 @@
 """MPOD123 for Blender: one image in, a UV-unwrapped textured mesh out, from an MPOD123 backend.
 
 This file only registers. The pieces: ``preferences`` (server, keys, local
-backend), ``properties`` (job state on the WindowManager), ``operators``
-(thin), ``panels`` (draw only), ``client`` (bpy-free connection), ``bridge``
-(applies backend events to Blender from a timer) and ``importer`` (GLB in).
+backend, import defaults), ``properties`` (the panel's state and job list on
+the WindowManager), ``operators`` (thin), ``panels`` (draw only), ``client``
+(bpy-free connection and its network thread), ``jobfile`` (bpy-free job file,
+owner identity, cache limits), ``bridge`` (applies the network thread's
+results to Blender from a timer) and ``importer`` (GLB in).
 
 The Blender modules are imported inside ``register`` so that
 ``import blender_addon.client`` works in plain Python (no bpy needed).
@@ -19,8 +21,11 @@ def _modules():
 
 
 def register() -> None:
+    from . import bridge
+
     for module in _modules():
         module.register()
+    bridge.register()  # load handlers, and a first update that rebuilds the job list from the job file
 
 
 def unregister() -> None:

@@ -3,7 +3,7 @@
 ``import_glb`` is the add-on's only entry into Blender's glTF importer, and
 the batch tool calls it too, so its signature stays stable:
 
-    import_glb(path, name, location=(0, 0, 0), collection_name="Generated") -> bpy.types.Object
+    import_glb(path, name, location=(0, 0, 0), collection_name="Generated", options=None) -> bpy.types.Object
 
 What it does: it diffs ``bpy.data.objects`` around ``bpy.ops.import_scene.gltf``
 to find what the importer made; removes the importer's empty parents (each
@@ -12,7 +12,14 @@ joins several meshes into one if the file had more than one; names the
 object, its mesh, its materials and their images after ``name``; makes sure
 the material's image texture drives Base Color; moves the object into the
 ``collection_name`` collection (created and linked to the scene if needed);
-and places it at ``location``.
+finishes it as ``options`` say (:class:`ImportOptions`: rest on the ground,
+target height, shading, custom normals) and places it at ``location``.
+
+It never takes the artist out of their mode: Blender's importer switches to
+Object mode, so the mode, the active object and the selection are captured
+before and given back after (in Object mode the new object is selected and
+made active, as after any import). Undo is the caller's business: the add-on
+imports inside an operator with an undo step of its own.
 
 Coordinates: the backend writes Y-up glTF with the object's front facing +Z;
 Blender's importer converts that to Z-up with the front facing -Y (Blender's
@@ -23,8 +30,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import bpy
+from mathutils import Matrix, Vector
 
 
 class ImportGLBError(RuntimeError):
@@ -38,13 +47,70 @@ def object_name_for(image_name: str) -> str:
     return (stem if ext and stem else base)[:60]
 
 
-def _ensure_object_mode() -> None:
-    obj = getattr(bpy.context, "object", None)
-    if obj is not None and getattr(obj, "mode", "OBJECT") != "OBJECT":
-        try:
-            bpy.ops.object.mode_set(mode="OBJECT")
-        except RuntimeError:
-            pass  # no usable context (background mode): the importer copes
+@dataclass(frozen=True)
+class ImportOptions:
+    """How a result is placed and finished (all off: the object as exported, origin at ``location``)."""
+
+    rest_on_ground: bool = False
+    """Origin at the bottom centre of the object, the bottom at ``location`` (else the exported origin there)."""
+    target_height: float = 0.0
+    """Scale uniformly to this height (Z extent) in scene units; 0 keeps the exported size."""
+    shading: str = "KEEP"
+    """"SMOOTH", "FLAT" or "KEEP" (the exported normals)."""
+    clear_custom_normals: bool = False
+    """Remove the exported custom split normals so that Blender computes them."""
+
+
+@dataclass
+class _ArtistState:
+    """The mode, the active object and the selection before the import, to give them back afterwards."""
+
+    mode: str
+    active: bpy.types.Object | None
+    selected: list
+
+    @classmethod
+    def capture(cls) -> _ArtistState:
+        active = bpy.context.view_layer.objects.active
+        mode = getattr(active, "mode", "OBJECT") if active is not None else "OBJECT"
+        selected = [o for o in bpy.context.view_layer.objects if o.select_get()]
+        return cls(mode, active, selected)
+
+    def restore(self, new: bpy.types.Object) -> None:
+        """In Object mode the new object becomes the selection; in any other mode nothing changes."""
+        layer = bpy.context.view_layer
+        if self.mode == "OBJECT":
+            for o in layer.objects:
+                o.select_set(o == new)
+            if new.name in layer.objects:
+                layer.objects.active = new
+            return
+        for o in layer.objects:
+            o.select_set(o in self.selected)
+        layer.objects.active = self.active
+        if self.active is not None and self.active.mode != self.mode:
+            try:
+                with bpy.context.temp_override(active_object=self.active, object=self.active):
+                    bpy.ops.object.mode_set(mode=self.mode)
+            except (RuntimeError, TypeError):
+                pass  # the mode cannot be entered in this context; the selection is still the artist's
+
+    def restore_selection_only(self) -> None:
+        """After a failed import: the selection and mode as they were."""
+        layer = bpy.context.view_layer
+        for o in layer.objects:
+            try:
+                o.select_set(o in self.selected)
+            except RuntimeError:
+                pass
+        if self.active is not None and self.active.name in layer.objects:
+            layer.objects.active = self.active
+            if self.mode != "OBJECT":
+                try:
+                    with bpy.context.temp_override(active_object=self.active, object=self.active):
+                        bpy.ops.object.mode_set(mode=self.mode)
+                except (RuntimeError, TypeError):
+                    pass
 
 
 def _collection(name: str, scene: bpy.types.Scene) -> bpy.types.Collection:
@@ -114,51 +180,96 @@ def _rename(obj: bpy.types.Object, name: str) -> None:
                     pass
 
 
+def _finish(obj: bpy.types.Object, location: Sequence[float], options: ImportOptions) -> None:
+    """Scale to the target height, rest on the ground, set the shading; the transform ends up at ``location``."""
+    if options.rest_on_ground or options.target_height > 0:
+        mesh = obj.data
+        mesh.transform(obj.matrix_world)  # bake the importer's transform so the bounds are in scene units
+        obj.matrix_world = Matrix.Identity(4)
+        lo, hi = _bounds(mesh)
+        if options.target_height > 0 and hi[2] - lo[2] > 1e-9:
+            s = options.target_height / (hi[2] - lo[2])
+            mesh.transform(Matrix.Scale(s, 4))
+            lo, hi = [v * s for v in lo], [v * s for v in hi]
+        if options.rest_on_ground:
+            pivot = Vector(((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]))
+            mesh.transform(Matrix.Translation(-pivot))
+        mesh.update()
+    obj.location = tuple(float(v) for v in location)
+    if obj.type != "MESH":
+        return
+    if options.clear_custom_normals and obj.data.has_custom_normals:
+        try:
+            with bpy.context.temp_override(object=obj, active_object=obj, selected_editable_objects=[obj]):
+                bpy.ops.mesh.customdata_custom_splitnormals_clear()
+        except RuntimeError:
+            pass
+    if options.shading == "SMOOTH":
+        obj.data.shade_smooth()
+    elif options.shading == "FLAT":
+        obj.data.shade_flat()
+
+
+def _bounds(mesh: bpy.types.Mesh) -> tuple[list[float], list[float]]:
+    import numpy as np
+
+    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", co)
+    co = co.reshape(-1, 3)
+    if not len(co):
+        return [0.0] * 3, [0.0] * 3
+    return co.min(0).tolist(), co.max(0).tolist()
+
+
 def import_glb(
     path: str,
     name: str,
     location: Sequence[float] = (0.0, 0.0, 0.0),
     collection_name: str = "Generated",
+    options: ImportOptions | None = None,
 ) -> bpy.types.Object:
-    """Import the GLB at ``path`` as one mesh object called ``name`` at ``location``; returns it."""
+    """Import the GLB at ``path`` as one mesh object called ``name`` at ``location``; returns it.
+
+    The artist's mode, active object and selection are given back when not in Object mode (in Object mode
+    the new object is selected and active, as after any import).
+    """
     path = os.fspath(path)
+    options = options or ImportOptions()
     if not os.path.isfile(path):
         raise ImportGLBError(f"no GLB at {path}")
     scene = bpy.context.scene
-    _ensure_object_mode()
+    artist = _ArtistState.capture()
     before = set(bpy.data.objects)
     try:
-        result = bpy.ops.import_scene.gltf(filepath=path)
-    except RuntimeError as exc:
-        raise ImportGLBError(f"Blender's glTF importer failed on {path}: {exc}") from None
-    new = [o for o in bpy.data.objects if o not in before]
-    if "FINISHED" not in result or not new:
-        raise ImportGLBError(f"Blender's glTF importer made nothing from {path}")
-    new = _remove_empties(new)
-    meshes = [o for o in new if o.type == "MESH"]
-    if not meshes:
+        try:
+            result = bpy.ops.import_scene.gltf(filepath=path)
+        except RuntimeError as exc:
+            raise ImportGLBError(f"Blender's glTF importer failed on {path}: {exc}") from None
+        new = [o for o in bpy.data.objects if o not in before]
+        if "FINISHED" not in result or not new:
+            raise ImportGLBError(f"Blender's glTF importer made nothing from {path}")
+        new = _remove_empties(new)
+        meshes = [o for o in new if o.type == "MESH"]
+        if not meshes:
+            for o in new:
+                bpy.data.objects.remove(o, do_unlink=True)
+            raise ImportGLBError(f"{path} holds no mesh")
         for o in new:
-            bpy.data.objects.remove(o, do_unlink=True)
-        raise ImportGLBError(f"{path} holds no mesh")
-    for o in new:
-        if o not in meshes:
-            bpy.data.objects.remove(o, do_unlink=True)
-    obj = _join(meshes)
-    _rename(obj, name)
+            if o not in meshes:
+                bpy.data.objects.remove(o, do_unlink=True)
+        obj = _join(meshes)
+        _rename(obj, name)
 
-    coll = _collection(collection_name, scene)
-    for c in list(obj.users_collection):
-        c.objects.unlink(obj)
-    coll.objects.link(obj)
-    obj.parent = None
-    obj.location = tuple(float(v) for v in location)
-
-    layer = bpy.context.view_layer
-    layer.update()
-    for o in layer.objects:
-        if o is not None:
-            o.select_set(False)
-    if obj.name in layer.objects:
-        obj.select_set(True)
-        layer.objects.active = obj
+        coll = _collection(collection_name, scene)
+        for c in list(obj.users_collection):
+            c.objects.unlink(obj)
+        coll.objects.link(obj)
+        obj.parent = None
+        bpy.context.view_layer.update()
+        _finish(obj, location, options)
+        bpy.context.view_layer.update()
+    except BaseException:
+        artist.restore_selection_only()
+        raise
+    artist.restore(obj)
     return obj

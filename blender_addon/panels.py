@@ -6,10 +6,9 @@ import bpy
 
 from . import bridge, operators_backend
 from .preferences import prefs
-from .properties import active_job, state
+from .properties import ACTIVE_STATES, active_job, state
 
-ACTIVE_STATES = ("queued", "running", "cancelling")
-PREVIEW_SCALE = 8.0
+PREVIEW_SCALE = 10.0
 
 
 def _eta(seconds: float) -> str:
@@ -30,6 +29,9 @@ class MPOD123_PT_main(_Sidebar, bpy.types.Panel):
     bl_idname = "MPOD123_PT_main"
     bl_label = "MPOD123"
 
+    def draw_header_preset(self, context):
+        self.layout.operator("mpod123.help", text="", icon="HELP", emboss=False)
+
     def draw(self, context):
         st = state(context)
         layout = self.layout
@@ -45,6 +47,8 @@ class MPOD123_PT_input(_Sidebar, bpy.types.Panel):
     bl_parent_id = "MPOD123_PT_main"
 
     def draw(self, context):
+        from .operators import editor_image, input_problem, render_result
+
         st = state(context)
         layout = self.layout
         layout.prop(st, "source", expand=True)
@@ -52,12 +56,17 @@ class MPOD123_PT_input(_Sidebar, bpy.types.Panel):
             layout.prop(st, "filepath", text="")
         elif st.source == "DATABLOCK":
             layout.template_ID(st, "image", open="image.open")
+        elif st.source == "RENDER":
+            image = render_result()
+            layout.label(text="the last render" if image else "render an image first (F12)",
+                         icon="RENDER_RESULT" if image else "INFO")
         else:
-            from .operators import editor_image
-
             image = editor_image(context)
-            layout.label(text=image.name if image else "open an image in an Image Editor",
-                         icon="IMAGE_DATA" if image else "INFO")
+            if image is not None:
+                layout.label(text=image.name, icon="IMAGE_DATA")
+        problem = input_problem(context)
+        for line in _wrap(problem, 48):
+            layout.label(text=line, icon="INFO")
 
 
 class MPOD123_PT_job(_Sidebar, bpy.types.Panel):
@@ -71,11 +80,43 @@ class MPOD123_PT_job(_Sidebar, bpy.types.Panel):
         row = layout.row()
         row.prop(st, "preset", expand=True)
         col = layout.column(align=True)
-        col.prop(st, "seed")
+        row = col.row(align=True)
+        sub = row.row(align=True)
+        sub.enabled = not st.random_seed
+        sub.prop(st, "seed")
+        row.prop(st, "random_seed", text="", icon="FILE_REFRESH", toggle=True)
         col.prop(st, "steps")
+        layout.prop(st, "collection", icon="OUTLINER_COLLECTION")
         row = layout.row()
         row.scale_y = 1.5
         row.operator("mpod123.generate", icon="MESH_MONKEY")
+
+
+class MPOD123_PT_import(_Sidebar, bpy.types.Panel):
+    bl_idname = "MPOD123_PT_import"
+    bl_label = "Import Options"
+    bl_parent_id = "MPOD123_PT_job"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw_header(self, context):
+        self.layout.prop(state(context), "override_import", text="")
+
+    def draw(self, context):
+        st = state(context)
+        src = st if st.override_import else prefs(context)
+        col = self.layout.column()
+        col.enabled = st.override_import
+        if not st.override_import:
+            col.label(text="from the preferences (tick to override)", icon="PREFERENCES")
+        draw_import_options(col, src)
+
+
+def draw_import_options(layout, src) -> None:
+    layout.prop(src, "rest_on_ground")
+    layout.prop(src, "target_height")
+    layout.prop(src, "target_faces")
+    layout.prop(src, "shading")
+    layout.prop(src, "clear_custom_normals")
 
 
 class MPOD123_PT_server(_Sidebar, bpy.types.Panel):
@@ -106,40 +147,67 @@ class MPOD123_PT_server(_Sidebar, bpy.types.Panel):
             row.operator("mpod123.start_backend", icon="PLAY", text="Start Local")
 
 
+class MPOD123_UL_jobs(bpy.types.UIList):
+    """One row per job: name, state and overall progress."""
+
+    bl_idname = "MPOD123_UL_jobs"
+
+    def draw_item(self, context, layout, data, job, icon, active_data, active_propname, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.label(text=job.name, icon=STATE_ICONS.get(job.state, "DOT"))
+        row.label(text=job.activity or _row_status(job))
+
+
+STATE_ICONS = {
+    "sending": "EXPORT", "unsent": "ERROR", "queued": "TIME", "running": "PLAY", "cancelling": "PAUSE",
+    "downloading": "IMPORT", "done": "CHECKMARK", "imported": "OBJECT_DATA", "failed": "CANCEL",
+    "cancelled": "X",
+}
+
+
+def _row_status(job) -> str:
+    if job.state == "running" and job.stages:
+        s = job.stages[-1]
+        return f"{s.stage} {s.step}/{s.total}"
+    return job.state
+
+
 class MPOD123_PT_progress(_Sidebar, bpy.types.Panel):
     bl_idname = "MPOD123_PT_progress"
-    bl_label = "Progress"
+    bl_label = "Jobs"
     bl_parent_id = "MPOD123_PT_main"
 
     def draw(self, context):
         st = state(context)
         layout = self.layout
-        if not st.jobs:
+        row = layout.row()
+        row.template_list("MPOD123_UL_jobs", "", st, "jobs", st, "active_job", rows=3)
+        col = row.column(align=True)
+        col.operator("mpod123.remove_job", icon="REMOVE", text="").job_id = ""
+        col.operator("mpod123.clear_finished", icon="TRASH", text="")
+        col.operator("mpod123.import_finished", icon="IMPORT", text="")
+        job = active_job(context)
+        if job is None:
             layout.label(text="no jobs yet")
-        for i, job in enumerate(st.jobs):
-            box = layout.box()
-            row = box.row()
-            icon = "RADIOBUT_ON" if i == st.active_job else "RADIOBUT_OFF"
-            row.label(text="", icon=icon)
-            row.label(text=f"{job.name} ({job.job_id[:8]})")
-            row.label(text=job.state)
-            for stage in job.stages:
-                factor = 1.0 if stage.done else (stage.step / stage.total if stage.total else 0.0)
-                text = f"{stage.stage}: {stage.step}/{stage.total}" + ("" if stage.done else _eta(stage.eta_s))
-                box.progress(factor=factor, type="BAR", text=text)
-            for line in _wrap(job.message, 48)[:3]:
-                box.label(text=line)
-            row = box.row(align=True)
-            if job.state in ACTIVE_STATES:
-                op = row.operator("mpod123.cancel", icon="CANCEL")
-                op.job_id = job.job_id
-            elif job.state == "done":
-                op = row.operator("mpod123.import_result", icon="IMPORT")
-                op.job_id = job.job_id
-            if job.state not in ACTIVE_STATES:
-                op = row.operator("mpod123.remove_job", icon="X", text="")
-                op.job_id = job.job_id
-        layout.operator("mpod123.import_result", text="Import Finished Results", icon="IMPORT").job_id = ""
+            return
+        box = layout.box()
+        box.label(text=f"{job.name} ({job.job_id[:8]}): {job.state}")
+        box.label(text=f"preset {job.preset or '?'}, seed {job.seed}" + (f", {job.steps} steps" if job.steps else ""))
+        if job.activity:
+            box.label(text=job.activity, icon="SORTTIME")
+        for stage in job.stages:
+            factor = 1.0 if stage.done else (stage.step / stage.total if stage.total else 0.0)
+            text = f"{stage.stage}: {stage.step}/{stage.total}" + ("" if stage.done else _eta(stage.eta_s))
+            box.progress(factor=factor, type="BAR", text=text)
+        for line in _wrap(job.message, 48)[:3]:
+            box.label(text=line)
+        row = box.row(align=True)
+        if job.state in ACTIVE_STATES or job.state == "unsent":
+            row.operator("mpod123.cancel", icon="CANCEL").job_id = job.job_id
+        if job.state in ("done", "imported"):
+            text = "Import Again" if job.state == "imported" else "Import Result"
+            row.operator("mpod123.import_result", icon="IMPORT", text=text).job_id = job.job_id
+        row.operator("mpod123.recall", icon="RECOVER_LAST", text="Recall").job_id = job.job_id
 
 
 class MPOD123_PT_previews(_Sidebar, bpy.types.Panel):
@@ -153,7 +221,9 @@ class MPOD123_PT_previews(_Sidebar, bpy.types.Panel):
         if job is None:
             layout.label(text="previews appear while a job runs")
             return
-        for label, name in (("Stage 1: outline", job.preview_outline), ("Stage 2: detail", job.preview_detail)):
+        layout.label(text=f"{job.name}", icon="IMAGE_DATA")
+        for label, name in (("Matte (what the model sees)", job.preview_matte), ("Stage 1: outline", job.preview_outline),
+                            ("Stage 2: detail", job.preview_detail)):
             image = bpy.data.images.get(name) if name else None
             layout.label(text=label)
             if image is None:
@@ -164,6 +234,19 @@ class MPOD123_PT_previews(_Sidebar, bpy.types.Panel):
             row = layout.row()
             row.label(text=f"{image.size[0]} x {image.size[1]}")
             row.operator("mpod123.show_preview", text="", icon="IMAGE").image_name = image.name
+
+
+class MPOD123_PT_image_editor(bpy.types.Panel):
+    """Generate from the image shown in this Image Editor: an explicit choice when several editors are open."""
+
+    bl_idname = "MPOD123_PT_image_editor"
+    bl_label = "MPOD123"
+    bl_space_type = "IMAGE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "MPOD123"
+
+    def draw(self, context):
+        self.layout.operator("mpod123.generate_from_editor", icon="MESH_MONKEY")
 
 
 def _wrap(text: str, width: int) -> list[str]:
@@ -182,7 +265,9 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-CLASSES = (MPOD123_PT_main, MPOD123_PT_input, MPOD123_PT_job, MPOD123_PT_server, MPOD123_PT_progress, MPOD123_PT_previews)
+CLASSES = (MPOD123_UL_jobs, MPOD123_PT_main, MPOD123_PT_input, MPOD123_PT_job, MPOD123_PT_import, MPOD123_PT_server,
+           MPOD123_PT_progress, MPOD123_PT_previews, MPOD123_PT_image_editor)
+PANELS = tuple(c for c in CLASSES if issubclass(c, bpy.types.Panel))
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

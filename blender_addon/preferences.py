@@ -6,10 +6,8 @@ not saved into .blend files that get shared.
 
 from __future__ import annotations
 
-import uuid
-
 import bpy
-from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_LOCAL_COMMAND = ""
@@ -97,10 +95,32 @@ class MPOD123_Preferences(bpy.types.AddonPreferences):
         name="Serve Arguments", default="",
         description="Extra arguments for the managed backend's `mpod123 serve`, e.g. --workers 2 or --sd /models/sd15",
     )
-    session: StringProperty(
-        name="Session", default="", options={"HIDDEN"},
-        description="This Blender's identity on a loopback backend (lets a later session import its results)",
-    )
+    # --- import options and cache limits (defaults for every job; the panel can override them per job) ---
+    rest_on_ground: BoolProperty(
+        name="Rest on the Ground", default=True,
+        description="Put the origin at the bottom of the object and the bottom at the 3D cursor")
+    target_height: FloatProperty(
+        name="Height", default=0.0, min=0.0, soft_max=100.0, unit="LENGTH", subtype="DISTANCE",
+        description="Scale each result to this height in scene units (0: keep the exported size, about 1)")
+    target_faces: IntProperty(
+        name="Face Budget", default=0, min=0, max=10_000_000,
+        description="Have the backend simplify each mesh to at most this many faces (0: keep every face)")
+    shading: EnumProperty(
+        name="Shading", default="SMOOTH",
+        items=(("KEEP", "As Exported", "Keep the exported normals"), ("SMOOTH", "Smooth", "Shade smooth"),
+               ("FLAT", "Flat", "Shade flat")),
+        description="Shade each result smooth or flat, or keep the exported normals")
+    clear_custom_normals: BoolProperty(
+        name="Clear Custom Normals", default=True,
+        description="Remove the exported custom split normals so that Blender computes them (smaller, editable)")
+    cache_limit_mb: IntProperty(
+        name="Cache Size Limit", default=2048, min=0, soft_max=100_000,
+        description="Most megabytes of downloaded results, previews and input copies the add-on keeps; the "
+                    "oldest go first, never those of an unfinished job (0: no limit)")
+    cache_max_days: IntProperty(
+        name="Cache Age Limit", default=30, min=0, soft_max=3650,
+        description="Delete cached results, previews and input copies older than this many days (0: keep them)")
+    # --- end of import options and cache limits ---
 
     def draw(self, context):
         draw_preferences(self.layout, self)
@@ -134,6 +154,24 @@ def draw_preferences(layout, p) -> None:
     col.prop(p, "timeout_s")
     col.prop(p, "events_per_tick")
     col.prop(p, "auto_import")
+    draw_import_preferences(layout, p)
+
+
+def draw_import_preferences(layout, p) -> None:
+    """Import options and cache limits (their own block of the preferences)."""
+    box = layout.box()
+    box.label(text="Import (defaults for every job)")
+    col = box.column()
+    col.prop(p, "rest_on_ground")
+    col.prop(p, "target_height")
+    col.prop(p, "target_faces")
+    col.prop(p, "shading")
+    col.prop(p, "clear_custom_normals")
+    box = layout.box()
+    box.label(text="Cached results and previews")
+    row = box.row()
+    row.prop(p, "cache_limit_mb")
+    row.prop(p, "cache_max_days")
 
 
 class _Defaults:
@@ -153,13 +191,9 @@ def prefs(context=None):
     addons = (context or bpy.context).preferences.addons
     entry = addons.get(__package__)
     if entry is not None and entry.preferences is not None:
-        p = entry.preferences
-        if not p.session:
-            p.session = uuid.uuid4().hex
-        return p
+        return entry.preferences
     if _FALLBACK is None:
         _FALLBACK = _Defaults()
-        _FALLBACK.session = uuid.uuid4().hex
     return _FALLBACK
 
 

@@ -1,9 +1,10 @@
-"""The add-on's state on the WindowManager: the input, the job settings, the server status and every job.
+"""The add-on's state on the WindowManager: the input, the job settings, the server status and the job list.
 
-WindowManager properties live as long as the Blender session and are never
-written into the .blend file, so a job's progress never ends up in a saved
-scene. (Jobs outlive the session on the backend; "Import result" finds them
-again.)
+WindowManager properties are never written into the .blend file, so a job's
+progress never ends up in a saved scene. They are also emptied when another
+file is loaded; the job list is therefore only a view of the add-on's job
+file (``jobfile``), which the bridge rebuilds it from on file load, on
+Connect and at start-up.
 """
 
 from __future__ import annotations
@@ -27,10 +28,22 @@ PRESETS = (
 )
 
 SOURCES = (
-    ("IMAGE_EDITOR", "Image Editor", "The image shown in an open Image Editor"),
+    ("IMAGE_EDITOR", "Image Editor", "The image shown in the open Image Editor (when several show different "
+                                     "images, use Image, or Generate from the Image Editor's own sidebar)"),
     ("FILE", "File", "An image file on disk"),
-    ("DATABLOCK", "Image", "An image already loaded in this .blend"),
+    ("DATABLOCK", "Image", "Any image datablock of this .blend (loaded, packed, generated or the Render Result)"),
+    ("RENDER", "Render", "The last render (Render Result)"),
 )
+
+SHADING = (
+    ("KEEP", "As Exported", "Keep the exported normals"),
+    ("SMOOTH", "Smooth", "Shade smooth"),
+    ("FLAT", "Flat", "Shade flat"),
+)
+
+ACTIVE_STATES = ("sending", "queued", "running", "cancelling", "downloading")
+"""States in which a job still needs the network (its row shows Cancel, not Import)."""
+FINISHED_STATES = ("done", "imported", "failed", "cancelled", "unsent")
 
 
 class MPOD123_StageProgress(bpy.types.PropertyGroup):
@@ -41,22 +54,54 @@ class MPOD123_StageProgress(bpy.types.PropertyGroup):
     done: BoolProperty(name="Done")
 
 
-class MPOD123_Job(bpy.types.PropertyGroup):
+class MPOD123_ImportOptions:
+    """The import options, shared by the preferences (defaults), the panel (per-job override) and each job."""
+
+    rest_on_ground: BoolProperty(
+        name="Rest on the Ground", default=True,
+        description="Put the origin at the bottom of the object and the bottom at the target location")
+    target_height: FloatProperty(
+        name="Height", default=0.0, min=0.0, soft_max=100.0, unit="LENGTH", subtype="DISTANCE",
+        description="Scale the result to this height in scene units (0: keep the exported size, about 1)")
+    target_faces: IntProperty(
+        name="Face Budget", default=0, min=0, max=10_000_000,
+        description="Have the backend simplify the mesh to at most this many faces (0: keep every face)")
+    shading: EnumProperty(name="Shading", items=SHADING, default="SMOOTH",
+                          description="Shade the result smooth or flat, or keep the exported normals")
+    clear_custom_normals: BoolProperty(
+        name="Clear Custom Normals", default=True,
+        description="Remove the exported custom split normals so that Blender computes them (smaller, editable)")
+
+
+IMPORT_OPTION_NAMES = ("rest_on_ground", "target_height", "target_faces", "shading", "clear_custom_normals")
+
+
+class MPOD123_Job(MPOD123_ImportOptions, bpy.types.PropertyGroup):
     job_id: StringProperty(name="Job ID")
     name: StringProperty(name="Name", description="The object name, from the input image")
     state: StringProperty(name="State", default="queued")
     message: StringProperty(name="Message", description="The last error or notice for this job")
+    activity: StringProperty(name="Activity", description="What the network is doing for this job now")
     last_seq: IntProperty(name="Last event", min=0)
     stages: CollectionProperty(type=MPOD123_StageProgress)
+    preview_matte: StringProperty(name="Matte", description="Blender image with the cut-out the model was given")
     preview_outline: StringProperty(name="Stage-1 preview", description="Blender image with the latest outline preview")
     preview_detail: StringProperty(name="Stage-2 preview", description="Blender image with the latest detail preview")
     result_path: StringProperty(name="Result", subtype="FILE_PATH")
+    result_size: IntProperty(name="Result size", min=0)
     object_name: StringProperty(name="Object")
     location: FloatVectorProperty(name="Location", size=3, subtype="TRANSLATION",
                                   description="Where the result is placed (the 3D cursor at Generate)")
+    collection: StringProperty(name="Collection", default="Generated", description="Where the result goes")
+    preset: StringProperty(name="Preset")
+    seed: IntProperty(name="Seed", min=0)
+    steps: IntProperty(name="Max Steps", min=0)
+    input_label: StringProperty(name="Input", description="Where the input image came from")
+    input_path: StringProperty(name="Input copy", subtype="FILE_PATH",
+                               description="The add-on's copy of the input image (to send again or recall)")
 
 
-class MPOD123_State(bpy.types.PropertyGroup):
+class MPOD123_State(MPOD123_ImportOptions, bpy.types.PropertyGroup):
     # input
     source: EnumProperty(name="Source", items=SOURCES, default="IMAGE_EDITOR",
                          description="Where the input image comes from")
@@ -65,8 +110,13 @@ class MPOD123_State(bpy.types.PropertyGroup):
     # job
     preset: EnumProperty(name="Preset", items=PRESETS, default="fast", description="Quality and speed of the job")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed: the same image and seed give the same result")
+    random_seed: BoolProperty(name="Random Seed", default=False,
+                              description="Pick a new seed for every job (the job remembers it, so a result can be recalled)")
     steps: IntProperty(name="Max Steps", default=0, min=0,
                        description="Cap every stage at this many steps for a quick look (0: the preset's own)")
+    collection: StringProperty(name="Collection", default="Generated", description="The collection results go into")
+    override_import: BoolProperty(name="Override Import Options", default=False,
+                                  description="Use the options below for the next jobs instead of the preferences")
     # server
     connection: StringProperty(name="Connection", default="not connected")
     server_name: StringProperty(name="Server")

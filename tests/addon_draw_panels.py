@@ -30,6 +30,31 @@ def _png(w: int, h: int, rgb) -> bytes:
     return buf.getvalue()
 
 
+class _NoListLayout:
+    """A real UILayout, except that ``template_list`` (which crashes in a popover without a region in background
+    mode) is checked instead of drawn: the UIList class must be registered and both properties must exist."""
+
+    def __init__(self, layout, checked: list) -> None:
+        self._layout, self._checked = layout, checked
+
+    def __getattr__(self, name):
+        attr = getattr(self._layout, name)
+        if name in ("row", "column", "box", "split", "column_flow", "grid_flow"):
+            return lambda *a, **k: _NoListLayout(attr(*a, **k), self._checked)
+        return attr
+
+    def __setattr__(self, name, value):
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._layout, name, value)
+
+    def template_list(self, listtype, list_id, data, propname, active_data, active_propname, **kw):
+        assert hasattr(bpy.types, listtype), f"{listtype} is not registered"
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+        self._checked.append(listtype)
+
+
 def main() -> None:
     import addon_utils  # importable only once bpy is imported
 
@@ -57,12 +82,21 @@ def main() -> None:
 
     def draw(menu, context):
         try:
-            for cls in panels.CLASSES:
-                for source in ("IMAGE_EDITOR", "FILE", "DATABLOCK") if cls is panels.MPOD123_PT_input else (st.source,):
+            for cls in panels.PANELS:
+                sources = ("IMAGE_EDITOR", "FILE", "DATABLOCK", "RENDER") if cls is panels.MPOD123_PT_input else (st.source,)
+                for source in sources:
                     st.source = source
                     box = menu.layout.column()
-                    cls.draw(SimpleNamespace(layout=box), context)
+                    for header in ("draw_header", "draw_header_preset"):
+                        if hasattr(cls, header):
+                            getattr(cls, header)(SimpleNamespace(layout=box.row()), context)
+                    cls.draw(SimpleNamespace(layout=_NoListLayout(box, results.setdefault("lists", []))), context)
                     results["drawn"].append(cls.bl_idname)
+            for i, job in enumerate(st.jobs):  # the job list's rows
+                panels.MPOD123_UL_jobs.draw_item(None, context, menu.layout.row(), st, job, 0, st, "active_job", i)
+            results["drawn"].append("MPOD123_UL_jobs")
+            st.override_import = True
+            panels.MPOD123_PT_import.draw(SimpleNamespace(layout=menu.layout.column()), context)
             prefs = preferences.prefs(context)
             preferences.draw_preferences(menu.layout.column(), prefs)
             results["drawn"].append("preferences")
@@ -72,8 +106,17 @@ def main() -> None:
         except Exception:  # noqa: BLE001  reported in the JSON
             results["errors"].append(traceback.format_exc())
         results["registered"] = {cls.bl_idname: hasattr(bpy.types, cls.bl_idname) for cls in panels.CLASSES}
-        results["category"] = sorted({cls.bl_category for cls in panels.CLASSES})
+        results["category"] = sorted({cls.bl_category for cls in panels.PANELS})
         results["previews"] = [st.jobs[0].preview_outline, st.jobs[0].preview_detail]
+        from blender_addon import operators
+
+        results["polls"] = {}
+        for op in operators.CLASSES:
+            module, name = op.bl_idname.split(".")
+            try:
+                getattr(getattr(bpy.ops, module), name).poll()
+            except Exception as exc:  # noqa: BLE001  reported in the JSON
+                results["polls"][op.bl_idname] = repr(exc)
         results["preview_icon"] = bpy.data.images[st.jobs[0].preview_outline].preview.icon_id
         print("RESULT " + json.dumps(results), flush=True)
         sys.stderr.flush()

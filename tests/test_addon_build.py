@@ -179,10 +179,13 @@ def _draw(*extra: str) -> tuple[dict, str]:
 def test_every_panel_and_the_preferences_draw_into_a_real_layout():
     res, problems = _draw()
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
-    expected = ["MPOD123_PT_main", *["MPOD123_PT_input"] * 3, "MPOD123_PT_job", "MPOD123_PT_server",
-                "MPOD123_PT_progress", "MPOD123_PT_previews", "preferences"]
+    expected = ["MPOD123_PT_main", *["MPOD123_PT_input"] * 4, "MPOD123_PT_job", "MPOD123_PT_import", "MPOD123_PT_server",
+                "MPOD123_PT_progress", "MPOD123_PT_previews", "MPOD123_PT_image_editor", "MPOD123_UL_jobs",
+                "preferences"]
     assert res["drawn"] == expected
     assert all(res["registered"].values()) and res["category"] == ["MPOD123"]
+    assert res["polls"] == {}, "every operator's poll() runs without error"
+    assert res["lists"] == ["MPOD123_UL_jobs"], "the job list is a UIList"
     assert res["previews"] == ["MPOD123 outline aaaaaaaa", "MPOD123 detail aaaaaaaa"]
 
 

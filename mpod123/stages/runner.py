@@ -138,6 +138,14 @@ class Runner:
             (folder / f"{event.stage}_{event.step:06d}.png").write_bytes(event.png)
         emit(self.callback, event)
 
+    def _emit_matte(self, pre) -> None:
+        """The cut-out the model will see, as the first preview (stage "matte"): a bad matte shows within
+        seconds of submitting, long before the first stage-1 preview."""
+        from ..images import png_bytes
+
+        h, w = pre.rgba.shape[:2]
+        self._on_event(Preview("matte", 0, png_bytes(pre.rgba), w, h))
+
     def _save_record(self, **updates: Any) -> None:
         self.record.update(updates)
         _write_json(self.workdir / RUN_FILE, self.record)
@@ -219,6 +227,7 @@ class Runner:
         pre.save(self.workdir)
         self.record["input"] = {"method": pre.method, "source_size": list(pre.source_size), "bbox": list(pre.bbox)}
         self._timed("preprocess", t0)
+        self._emit_matte(pre)
         reference = ReferenceView.on_orbit(torch.from_numpy(pre.rgba), cfg.outline.camera)
 
         outline = self._outline(reference, pre.rgb_on_white)
