@@ -82,6 +82,10 @@ try:
     out["status_line_while_installing"] = ob.status_line()
     assert bpy.ops.mpod123.cancel_backend_install() == {"FINISHED"}
     env = ob.managed_env()
+    # a SIGKILLed grandchild (pip) may take a moment to leave the process table on a loaded machine
+    gone_by = time.monotonic() + 10.0
+    while group_alive(pgid) and time.monotonic() < gone_by:
+        time.sleep(0.1)
     out["cancel"] = {"state": ob.status().state, "usable": env.usable(), "marker": env.marker.exists(),
                      "venv_exists": env.dir.exists(), "group_alive": group_alive(pgid),
                      "status_line": ob.status_line()}
@@ -109,6 +113,8 @@ try:
     out["local_command"] = bridge.local_command()
     assert bpy.ops.mpod123.connect() == {"FINISHED"}
     st = bpy.context.window_manager.mpod123
+    # Connect returns at once; the hello (and the local start) complete through the ticks
+    bridge.settle(bpy.context, lambda: st.connection in ("connected", "lost", "refused"), timeout_s=150)
     out["local_pid"] = st.local_pid
     out["connection"] = st.connection
     out["server_gpu"] = st.server_gpu
