@@ -89,6 +89,10 @@ class Backend:
         self.endpoint = self.server.start()
         self.executor.start()
 
+    def sid(self, client_id: str, session: str = "alice") -> str:
+        """The server's id of ``session``'s job ``client_id`` (what the store and the executor use)."""
+        return self.store.get_owned(client_id, f"session:{session}").job_id
+
     def stop(self, kill=True):
         self.executor.stop(kill=kill)
         self.server.stop()
