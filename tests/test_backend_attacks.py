@@ -197,15 +197,15 @@ def test_curve_without_an_authenticated_user_id_is_refused(tmp_path):
 def test_list_is_paginated_and_returns_every_job(tmp_path):
     store = JobStore(tmp_path / "jobs.sqlite")
     store._db.execute("PRAGMA synchronous=OFF")  # fill fast; the store's durability is tested elsewhere
-    for i in range(6000):
-        store.submit(f"job-{i:05d}", "session:alice", {}, b"x")
+    for i in range(7000):  # uuid-like ids, as clients make them: well over one message's worth
+        store.submit(f"{i:032x}", "session:alice", {}, b"x")
     server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))
     endpoint = server.start()
     try:
         client = LibClient(endpoint, session="alice", timeout_s=10)
         jobs = client.list_jobs()
-        assert len(jobs) == 6000 and len({j["job_id"] for j in jobs}) == 6000
-        assert jobs[0]["job_id"] == "job-00000"
+        assert len(jobs) == 7000 and len({j["job_id"] for j in jobs}) == 7000
+        assert jobs[0]["job_id"] == f"{0:032x}" and jobs[-1]["job_id"] == f"{6999:032x}"
         client.close()
     finally:
         server.stop()
