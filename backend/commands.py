@@ -76,9 +76,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if getattr(args, name, None):
             os.environ[env] = str(getattr(args, name))
     data = Path(args.data)
-    store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts, check=True)
+    store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts, busy_timeout_s=args.store_timeout, check=True)
     job_fn = TINY_JOB if args.tiny else args.job
-    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)
+    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up)
     if args.executor == "ray":
         try:
             from .ray_executor import RayConfig, RayExecutor
@@ -244,6 +244,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--ray-namespace", default="mpod123", help="Ray namespace of the job actors (one per front door)")
     srv.add_argument("--watchdog", type=float, default=600.0, help="fail a job silent for this many seconds")
     srv.add_argument("--max-attempts", type=int, default=2, help="runs of a job before a crash fails it")
+    srv.add_argument("--store-timeout", type=float, default=30.0,
+                     help="seconds to wait for a locked job database before an operation fails (default 30)")
+    srv.add_argument("--give-up", type=float, default=120.0,
+                     help="exit with code 1 (for a service manager to restart) when dispatching keeps failing "
+                          "this many seconds (default 120)")
     srv.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="CURVE key management").add_subparsers(dest="keys", required=True)

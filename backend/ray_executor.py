@@ -365,11 +365,15 @@ class RayExecutor:
 
     # ------------------------------------------------------- dispatching
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 self.tick()
+                failing = False
             except Exception:  # a hiccup talking to the cluster must not stop the dispatcher
-                traceback.print_exc()
+                if not failing:  # once per streak of failures, not once per round
+                    traceback.print_exc()
+                failing = True
             self._stop.wait(self.cfg.poll_s)
 
     def tick(self) -> None:

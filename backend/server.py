@@ -22,10 +22,13 @@ looks exactly like a missing one, and job ids are per owner.
 Bounds per client: a frame is at most ``max_image_bytes`` plus 1 MiB
 (MAXMSGSIZE; the peer is dropped otherwise), a message at most
 ``protocol.MAX_FRAMES`` frames and ``max_message_bytes`` in all (checked
-before anything is copied), and small high-water marks on the ROUTER bound
-what waits for a slow or silent peer: at most ``sndhwm`` replies (chunks of
-at most ``protocol.MAX_CHUNK_BYTES``) are queued per peer, and a reply that
-does not fit is not queued (the server-enforced credit on outstanding chunks).
+before anything is copied, and nothing of a refused message is kept), and a
+server-enforced credit on result chunks: every chunk reply carries a random
+``nonce``, a client gets its credit back only by echoing the nonces of the
+chunks it has read (``acks`` in its next ``fetch_chunk``), and a client with
+``chunk_credit`` chunks unread is refused more. A client that never reads
+can make the server hold at most ``chunk_credit`` chunks; it cannot fake an
+ack without reading, because the nonce is only in the chunk.
 
 Every service loop is guarded: a failed turn is logged and the next one runs;
 a thread that keeps failing stops and :meth:`Server.alive` says so, and
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -68,10 +72,11 @@ class ServerConfig:
     """Finished jobs, their results and work folders are deleted this long after they end."""
     forward_batch: int = 200
     """Events forwarded per job and subscriber per loop turn (bounds a slow client's share)."""
-    sndhwm: int = 16
-    """Messages queued per peer (the ROUTER's send high-water mark): what a client that never
-    reads can make the server hold is this many replies."""
-    rcvhwm: int = 16
+    chunk_credit: int = 8
+    """Result chunks a client may have unread (not acknowledged by their nonce)."""
+    sndhwm: int = 1000
+    """Messages queued per peer (the ROUTER's send high-water mark, libzmq's default)."""
+    rcvhwm: int = 1000
     """Requests queued per peer before the server stops reading from it."""
     local_token: str | None = None
     """Without CURVE: the token a client must send (``auth`` header); None trusts the session
@@ -117,6 +122,8 @@ class Server:
         self.failure: str | None = None
         # (identity, server job id) -> what was sent
         self._subs: dict[tuple[bytes, str], _Sub] = {}
+        # identity -> nonces of chunks sent and not yet acknowledged (insertion order: oldest first)
+        self._unread: dict[bytes, set[str]] = {}
         self._handlers: dict[str, Callable[[bytes, str, Message], Message | None]] = {
             "hello": self._hello,
             "submit": self._submit,
@@ -302,6 +309,7 @@ class Server:
             if exc.errno == zmq.EHOSTUNREACH:
                 for key in [k for k in self._subs if k[0] == identity]:
                     del self._subs[key]
+                self._unread.pop(identity, None)
             else:
                 self._backlog = True
             return False
@@ -386,6 +394,15 @@ class Server:
                        job_id=msg.job_id, session=msg.session)
 
     def _fetch_chunk(self, identity: bytes, owner: str, msg: Message) -> Message:
+        unread = self._unread.setdefault(identity, set())
+        acks = msg.content.get("acks", [])
+        if isinstance(acks, list):
+            unread.difference_update(a for a in acks if isinstance(a, str))
+        if len(unread) >= self.cfg.chunk_credit:
+            raise ProtocolError(
+                "TooManyChunks", f"{len(unread)} chunks sent to you are not acknowledged",
+                "read the chunks you asked for and send their nonces in 'acks' with the next fetch_chunk",
+            )
         path, job = self._result_path(msg.job_id, owner)
         offset, length = msg.content["offset"], msg.content["length"]
         if offset > job.result_size:
@@ -393,7 +410,13 @@ class Server:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read(length)
-        return Message("chunk", {"offset": offset, "size": len(data)}, [data], job_id=msg.job_id, session=msg.session)
+        nonce = secrets.token_hex(8)
+        unread.add(nonce)
+        if len(self._unread) > 10000:  # forget the oldest peers (gone ones are dropped on EHOSTUNREACH)
+            for old in list(self._unread)[:1000]:
+                del self._unread[old]
+        return Message("chunk", {"offset": offset, "size": len(data), "nonce": nonce}, [data],
+                       job_id=msg.job_id, session=msg.session)
 
     # ------------------------------------------------------------ forwarding
     def _forward(self, sock: zmq.Socket) -> None:

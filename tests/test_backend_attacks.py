@@ -285,3 +285,23 @@ def test_the_client_survives_thousands_of_duplicate_events(tmp_path):
     t.join(10)
     client.close()
     router.close(0)
+
+
+# ------------------------------------------------------------------ item 5
+def test_chunk_credit_comes_back_only_with_the_nonces_of_chunks_read(backend):
+    c = Client(backend.endpoint)
+    job_id, _ = submit_job(c, {"steps": 1, "result_bytes": 64 * 1024})
+    c.wait_for("done", job_id)
+    nonces = []
+    for _ in range(8):  # the credit: 8 unread chunks
+        r = c.request("fetch_chunk", {"offset": 0, "length": 1024}, job_id=job_id)
+        assert r.msg_type == "chunk"
+        nonces.append(r.content["nonce"])
+    r = c.request("fetch_chunk", {"offset": 0, "length": 1024}, job_id=job_id)
+    assert r.msg_type == "error" and r.content["ename"] == "TooManyChunks"
+    r = c.request("fetch_chunk", {"offset": 0, "length": 1024, "acks": ["guessed", "0" * 16]}, job_id=job_id)
+    assert r.msg_type == "error" and r.content["ename"] == "TooManyChunks", "a made-up ack buys nothing"
+    r = c.request("fetch_chunk", {"offset": 0, "length": 1024, "acks": nonces[:3]}, job_id=job_id)
+    assert r.msg_type == "chunk" and len(r.buffers[0]) == 1024
+    assert len(c.download(job_id, chunk=4096)) == 64 * 1024, "a client that reads and acks fetches everything"
+    c.close()

@@ -125,7 +125,7 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
         greedy.connect(endpoint)
         for i in range(150):
             req = Message("fetch_chunk", {"offset": 0, "length": 8 << 20}, job_id=job_id, session=good.session)
-            req.extra_header.update(good.auth_header())
+            req.extra_header.update(getattr(good, "auth_header", dict)())
             greedy.send_multipart(protocol.encode(req))
         for _ in range(40):
             peak = max(peak, _rss_mb(proc.pid))
@@ -283,3 +283,78 @@ def test_a_server_key_without_a_client_key_is_a_usage_error(tmp_path, env):
 def test_client_subcommands_have_help_on_every_flag(env):
     r = _cli(env, "client", "fetch", "--help")
     assert r.returncode == 0 and "-o OUT, --out OUT" in r.stdout and "--wait" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------ item 2
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_emfile_while_starting_a_worker_requeues_the_job_and_it_finishes_later(tmp_path, env):
+    """Idle TCP connections use up the server's file descriptors; starting a worker then fails
+    with EMFILE. The job goes back to the queue and runs once descriptors are free again."""
+    import resource
+    import socket
+
+    limit = 160
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpod123.cli", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path),
+         "--job", "backend.demo:demo_job"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=low_fd_limit,
+    )
+    held: list[socket.socket] = []
+    try:
+        endpoint = re.search(r"on (tcp://\S+) ", proc.stdout.readline()).group(1)
+        client = Client(endpoint, timeout_s=10)
+        client.hello()
+        host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+        deadline = time.time() + 20
+        while _fds(proc.pid) < limit and time.time() < deadline:  # fill the server's table
+            s = socket.create_connection((host, int(port)))
+            held.append(s)
+            if len(held) % 10 == 0:
+                time.sleep(0.05)
+        for _ in range(20):  # and keep a backlog of connections it cannot accept
+            held.append(socket.create_connection((host, int(port))))
+        time.sleep(0.3)
+        assert _fds(proc.pid) >= limit - 2, f"{_fds(proc.pid)} descriptors in use"
+        job_id = client.submit(b"img", {"steps": 1, "result_bytes": 100})
+        time.sleep(2.0)  # the dispatcher tries (and fails) to start the worker
+        for s in held:
+            s.close()
+        held.clear()
+        final = client.wait(job_id, timeout_s=30)
+        assert final.content["kind"] == "done", final.content
+        assert client.status(job_id)["attempts"] == 1, "a worker that never started costs no attempt"
+        client.close()
+    finally:
+        for s in held:
+            s.close()
+        _stop(proc)
+
+
+def test_serve_exits_non_zero_when_its_store_stays_unusable(tmp_path, env):
+    import sqlite3
+
+    proc, endpoint = _serve(tmp_path, env, "--store-timeout", "0.2", "--give-up", "2")
+    db = sqlite3.connect(tmp_path / "jobs.sqlite", isolation_level=None, timeout=5)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        code = proc.wait(timeout=30)
+        out = proc.stdout.read()
+        assert code == 1, out
+        assert "restart" in out, out
+    finally:
+        db.close()
+        _stop(proc)
+
+
+def test_building_the_command_line_imports_no_service_module():
+    code = ("import sys, json; from mpod123.cli import build_parser; build_parser(); "
+            "print(json.dumps([m for m in ('zmq', 'backend.server', 'backend.jobs') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -113,7 +113,8 @@ class Client:
         self.last_seq: dict[str, int] = {}
         self.server_boot: str | None = None
         self.max_image_bytes: int | None = None
-        self._current: str | None = None  # msg_id of the request waiting for its reply
+        self.bad_messages = 0
+        """Messages from the server that did not decode (dropped)."""
 
     def _socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
@@ -167,7 +168,13 @@ class Client:
         a flood of them costs time, never the stack)."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
-            msg = protocol.decode(self.sock.recv_multipart())
+            try:
+                msg = protocol.decode(self.sock.recv_multipart())
+            except protocol.ProtocolError as exc:  # dropped and counted; said once, without a traceback
+                self.bad_messages += 1
+                if self.bad_messages == 1:
+                    print(f"mpod123 client: dropped a message that does not decode ({exc})", file=sys.stderr)
+                continue
             self._check_boot(msg)
             if msg.msg_type == "event" and msg.job_id is not None and msg.seq is not None:
                 if msg.seq <= self.last_seq.get(msg.job_id, 0):
@@ -322,11 +329,13 @@ class Client:
             outstanding = 0
             received: dict[int, bytes] = {}
             sent: set[str] = set()
+            acks: list[str] = []  # nonces of chunks read: the server's credit comes back with them
             while offset < size:
                 while outstanding < in_flight and next_offset < size:
-                    req = Message("fetch_chunk", {"offset": next_offset, "length": min(chunk, size - next_offset)},
-                                  job_id=job_id, session=self.session)
+                    req = Message("fetch_chunk", {"offset": next_offset, "length": min(chunk, size - next_offset),
+                                                  "acks": acks}, job_id=job_id, session=self.session)
                     sent.add(self._send(req))
+                    acks = []
                     next_offset += min(chunk, size - next_offset)
                     outstanding += 1
                 msg = self._recv(self.timeout_s)
@@ -339,6 +348,8 @@ class Client:
                     continue  # a late reply to an earlier request
                 _raise_if_error(msg)
                 outstanding -= 1
+                if isinstance(msg.content.get("nonce"), str):
+                    acks.append(msg.content["nonce"])
                 received[msg.content["offset"]] = msg.buffers[0]
                 while offset in received:
                     data = received.pop(offset)

@@ -60,7 +60,7 @@ CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
     "resume": {"last_seq": int},
     "result_info": {},
     "result_info_reply": {"size": int, "sha256": str},
-    "fetch_chunk": {"offset": int, "length": int},
+    "fetch_chunk": {"offset": int, "length": int},  # optional: acks, the nonces of chunks read
     "chunk": {"offset": int, "size": int},
     "error": {"ename": str, "evalue": str, "hint": str},
 }
