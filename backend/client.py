@@ -115,6 +115,8 @@ class Client:
         self.max_image_bytes: int | None = None
         self.bad_messages = 0
         """Messages from the server that did not decode (dropped)."""
+        self._acks: list[str] = []
+        """Nonces of result chunks read and not yet acknowledged: the server's chunk credit."""
 
     def _socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
@@ -132,6 +134,7 @@ class Client:
         the session and the sequence numbers; every followed job is subscribed again."""
         self.sock.close(0)
         self.sock = self._socket()
+        self._acks = []  # a new connection starts with a full credit
         self._resubscribe()
 
     def close(self) -> None:
@@ -329,13 +332,13 @@ class Client:
             outstanding = 0
             received: dict[int, bytes] = {}
             sent: set[str] = set()
-            acks: list[str] = []  # nonces of chunks read: the server's credit comes back with them
+            in_flight = max(1, min(in_flight, protocol.CHUNK_CREDIT))
             while offset < size:
                 while outstanding < in_flight and next_offset < size:
                     req = Message("fetch_chunk", {"offset": next_offset, "length": min(chunk, size - next_offset),
-                                                  "acks": acks}, job_id=job_id, session=self.session)
+                                                  "acks": self._acks}, job_id=job_id, session=self.session)
                     sent.add(self._send(req))
-                    acks = []
+                    self._acks = []
                     next_offset += min(chunk, size - next_offset)
                     outstanding += 1
                 msg = self._recv(self.timeout_s)
@@ -349,7 +352,7 @@ class Client:
                 _raise_if_error(msg)
                 outstanding -= 1
                 if isinstance(msg.content.get("nonce"), str):
-                    acks.append(msg.content["nonce"])
+                    self._acks.append(msg.content["nonce"])  # sent with the next request (this fetch's or the next's)
                 received[msg.content["offset"]] = msg.buffers[0]
                 while offset in received:
                     data = received.pop(offset)

@@ -40,6 +40,8 @@ MAX_JSON_BYTES = 1 << 20
 MAX_BINARY_BYTES = 64 << 20
 MAX_CHUNK_BYTES = 8 << 20
 MAX_LIST_PAGE = 500
+CHUNK_CREDIT = 8
+"""Result chunks a client may have unread; it acknowledges them by their nonces."""
 MAX_FRAMES = 8
 """Frames in one message (a submit has 4); more is refused before anything is copied."""
 JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

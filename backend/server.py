@@ -72,7 +72,7 @@ class ServerConfig:
     """Finished jobs, their results and work folders are deleted this long after they end."""
     forward_batch: int = 200
     """Events forwarded per job and subscriber per loop turn (bounds a slow client's share)."""
-    chunk_credit: int = 8
+    chunk_credit: int = protocol.CHUNK_CREDIT
     """Result chunks a client may have unread (not acknowledged by their nonce)."""
     sndhwm: int = 1000
     """Messages queued per peer (the ROUTER's send high-water mark, libzmq's default)."""
@@ -322,6 +322,7 @@ class Server:
         content = {
             "server": SERVER_NAME, "versions": list(protocol.SUPPORTED_VERSIONS), "version": _package_version(),
             "max_image_bytes": self.cfg.max_image_bytes, "max_chunk_bytes": protocol.MAX_CHUNK_BYTES,
+            "chunk_credit": self.cfg.chunk_credit,
             "boot": self.boot,
         }
         return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)

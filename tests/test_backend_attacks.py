@@ -305,3 +305,13 @@ def test_chunk_credit_comes_back_only_with_the_nonces_of_chunks_read(backend):
     assert r.msg_type == "chunk" and len(r.buffers[0]) == 1024
     assert len(c.download(job_id, chunk=4096)) == 64 * 1024, "a client that reads and acks fetches everything"
     c.close()
+
+
+def test_a_reading_client_fetches_again_and_again_within_its_credit(backend, tmp_path):
+    lib = LibClient(backend.endpoint, session="alice", timeout_s=10)
+    job_id = lib.submit(b"img", {"steps": 1, "result_bytes": 64 * 1024})
+    assert lib.wait(job_id, timeout_s=30).content["kind"] == "done"
+    for i in range(4):  # the last chunks' nonces travel with the next fetch's first request
+        out = lib.fetch(job_id, tmp_path / f"r{i}.bin", chunk=4096, in_flight=6)
+        assert out.stat().st_size == 64 * 1024
+    lib.close()
