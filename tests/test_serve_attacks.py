@@ -275,7 +275,8 @@ def test_local_clients_of_one_user_share_jobs_and_a_tokenless_client_is_refused(
 # ------------------------------------------------------------------ item 12
 def test_a_server_key_without_a_client_key_is_a_usage_error(tmp_path, env):
     key = tmp_path / "server.key"
-    key.write_text("not used")
+    public, _ = zmq.curve_keypair()
+    key.write_text(f'metadata\ncurve\n    public-key = "{public.decode()}"\n')  # a valid public key file
     r = _cli(env, "client", "list", "--server-key", str(key), "--timeout", "1")
     assert r.returncode == 2 and "--client-key" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
