@@ -113,6 +113,7 @@ class Client:
         self.last_seq: dict[str, int] = {}
         self.server_boot: str | None = None
         self.max_image_bytes: int | None = None
+        self._said_hello = False
         self.bad_messages = 0
         """Messages from the server that did not decode (dropped)."""
         self._acks: list[str] = []
@@ -239,6 +240,7 @@ class Client:
     # ---------------------------------------------------------------- calls
     def hello(self) -> dict[str, Any]:
         content = self.request("hello", {"client": "mpod123-client"}).content
+        self._said_hello = True
         if isinstance(content.get("max_image_bytes"), int):
             self.max_image_bytes = content["max_image_bytes"]
         return content
@@ -249,7 +251,7 @@ class Client:
 
         An image over the server's limit is refused here, before it is sent (the server would
         drop the connection, and the client would only see a timeout)."""
-        if self.max_image_bytes is None:
+        if self.max_image_bytes is None and not self._said_hello:
             self.hello()
         if self.max_image_bytes is not None and len(image) > self.max_image_bytes:
             raise BackendError("ImageTooLarge", f"the image is {len(image)} bytes, over the backend's limit of "

@@ -77,11 +77,14 @@ def check_bound(endpoint: str, keys_dir: str | Path | None) -> None:
 
 
 # ------------------------------------------------------------------ files
-def private_dir(path: str | Path) -> Path:
-    """A folder only its owner can enter (0700, whatever the umask)."""
+def private_dir(path: str | Path, fix_existing: bool = True) -> Path:
+    """A folder only its owner can enter (0700, whatever the umask). ``fix_existing=False`` leaves
+    the mode of a folder that was already there alone (a runtime folder named by a variable)."""
     path = Path(path)
+    existed = path.is_dir()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    if fix_existing or not existed:
+        os.chmod(path, 0o700)
     return path
 
 
@@ -209,7 +212,7 @@ def load_public_key(path: str | Path) -> bytes:
 def ensure_local_token(path: Path | None = None) -> tuple[str, Path]:
     """The local token (created once, 0600 in a 0700 folder); returns (token, its file)."""
     path = path or token_path()
-    private_dir(path.parent)
+    private_dir(path.parent, fix_existing=False)  # the file itself is what must be private
     if not path.exists():
         try:
             _write_new(path, secrets.token_hex(32) + "\n", 0o600)
