@@ -315,3 +315,29 @@ def test_a_reading_client_fetches_again_and_again_within_its_credit(backend, tmp
         out = lib.fetch(job_id, tmp_path / f"r{i}.bin", chunk=4096, in_flight=6)
         assert out.stat().st_size == 64 * 1024
     lib.close()
+
+
+def test_undecodable_messages_are_dropped_and_counted_not_raised(capfd):
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = LibClient(f"tcp://127.0.0.1:{port}", session="s", timeout_s=10)
+
+    def serve():
+        frames = router.recv_multipart()
+        ident, req = frames[0], protocol.decode(frames[1:])
+        for _ in range(50):
+            router.send_multipart([ident, b"garbage", b"{", b"}"])
+        reply = Message("status_reply", {"state": "queued", "last_seq": 0}, job_id="j")
+        reply.extra_header["parent_msg_id"] = req.msg_id
+        router.send_multipart([ident, *protocol.encode(reply)])
+
+    t = threading.Thread(target=serve)
+    t.start()
+    assert client.status("j")["state"] == "queued"
+    t.join(10)
+    assert client.bad_messages == 50
+    assert capfd.readouterr().err.count("does not decode") == 1, "said once, not once per message"
+    client.close()
+    router.close(0)
