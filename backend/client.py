@@ -7,6 +7,18 @@ next reply and files every event it passes in ``pending_events``;
 timer). The client remembers the last sequence number it has seen per job, so
 :meth:`resume` after a reconnect continues without gaps or duplicates.
 
+Every reply names the request it answers (``parent_msg_id``); a reply to an
+earlier request that timed out is dropped, never taken for the current one.
+Every message from the server carries its boot id: when it changes (the
+server restarted), the client subscribes again to every job it follows, and
+:meth:`wait` also asks for the job's status now and then, so a restart never
+leaves it waiting for events that nobody will send.
+
+On loopback without CURVE the server answers only clients that hold its
+user's token, a file in :func:`runtime_dir` that only that user can read
+(Jupyter's connection-file model). The client reads it by itself, so every
+process of that user shares its jobs with no ``--session``.
+
 ZeroMQ reconnects by itself and queues sends while disconnected, and a wrong
 CURVE server key makes the handshake fail silently; every wait therefore has
 a timeout whose error says what to check.
@@ -14,7 +26,9 @@ a timeout whose error says what to check.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +41,32 @@ from . import protocol
 from .protocol import Message
 
 DEFAULT_CHUNK = 2 << 20
+STATUS_EVERY_S = 2.0
+"""How often :meth:`Client.wait` asks for the job's status besides listening for its events."""
+TOKEN_FILE = "token"
+
+
+def runtime_dir() -> Path:
+    """Where the local token lives: ``$MPOD123_RUNTIME_DIR``, else ``~/.local/share/mpod123/runtime``
+    (``%APPDATA%\\mpod123\\runtime`` on Windows). The folder is 0700 and the token file 0600."""
+    env = os.environ.get("MPOD123_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "mpod123" / "runtime"
+    return Path.home() / ".local" / "share" / "mpod123" / "runtime"
+
+
+def token_path() -> Path:
+    return runtime_dir() / TOKEN_FILE
+
+
+def read_local_token() -> str | None:
+    """This user's token for local backends, or None (no local backend has run as this user)."""
+    try:
+        return token_path().read_text().strip() or None
+    except OSError:
+        return None
 
 
 class BackendError(RuntimeError):
@@ -55,27 +95,55 @@ class Client:
         server_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
         context: zmq.Context | None = None,
+        token: str | None = None,
     ) -> None:
-        """``server_key`` and ``client_keys`` (public, secret) turn on CURVE."""
+        """``server_key`` and ``client_keys`` (public, secret) turn on CURVE. Without CURVE the
+        local token (``token``, default: this user's token file) authenticates the client."""
+        if server_key is not None and client_keys is None:
+            raise ValueError("CURVE needs the client's key pair as well as the server's public key")
         self.endpoint = endpoint
         self.session = session or uuid.uuid4().hex
         self.timeout_s = timeout_s
         self.curve = server_key is not None
-        self.sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
-        if server_key is not None:
-            if client_keys is None:
-                raise ValueError("CURVE needs the client's key pair as well as the server's public key")
-            self.sock.curve_serverkey = server_key
-            self.sock.curve_publickey, self.sock.curve_secretkey = client_keys
-        self.sock.connect(endpoint)
+        self.token = None if self.curve else (token or read_local_token())
+        self._ctx = context or zmq.Context.instance()
+        self._server_key, self._client_keys = server_key, client_keys
+        self.sock = self._socket()
         self.pending_events: list[Message] = []
         self.last_seq: dict[str, int] = {}
+        self.server_boot: str | None = None
+        self.max_image_bytes: int | None = None
+        self._said_hello = False
+        self.bad_messages = 0
+        """Messages from the server that did not decode (dropped)."""
+        self._acks: list[str] = []
+        """Nonces of result chunks read and not yet acknowledged: the server's chunk credit."""
+
+    def _socket(self) -> zmq.Socket:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        if self._server_key is not None:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey, sock.curve_secretkey = self._client_keys
+        sock.connect(self.endpoint)
+        return sock
+
+    def reconnect(self) -> None:
+        """A fresh socket (after a timeout: nothing queued on the old one is sent or read), keeping
+        the session and the sequence numbers; every followed job is subscribed again."""
+        self.sock.close(0)
+        self.sock = self._socket()
+        self._acks = []  # a new connection starts with a full credit
+        self._resubscribe()
 
     def close(self) -> None:
         self.sock.close(0)
+
+    def auth_header(self) -> dict[str, str]:
+        """Header fields that authenticate this client to a local backend."""
+        return {"auth": self.token} if self.token else {}
 
     def __enter__(self) -> Client:
         return self
@@ -86,8 +154,12 @@ class Client:
     # ------------------------------------------------------------- plumbing
     def send(self, msg_type: str, content: dict[str, Any] | None = None, buffers: list[bytes] | None = None,
              job_id: str | None = None) -> None:
-        msg = Message(msg_type, content or {}, buffers or [], job_id=job_id, session=self.session)
+        self._send(Message(msg_type, content or {}, buffers or [], job_id=job_id, session=self.session))
+
+    def _send(self, msg: Message) -> str:
+        msg.extra_header.update(self.auth_header())
         self.sock.send_multipart(protocol.encode(msg))
+        return msg.msg_id
 
     def _timeout(self, what: str) -> BackendTimeout:
         causes = "the backend is not running or not reachable at " + self.endpoint
@@ -96,19 +168,51 @@ class Client:
         return BackendTimeout(f"no answer to {what} within {self.timeout_s:.0f} s: {causes}")
 
     def _recv(self, timeout_s: float) -> Message | None:
-        if not self.sock.poll(max(0, int(timeout_s * 1000))):
-            return None
-        msg = protocol.decode(self.sock.recv_multipart())
-        if msg.msg_type == "event" and msg.job_id is not None and msg.seq is not None:
-            if msg.seq <= self.last_seq.get(msg.job_id, 0):
-                return self._recv(0)  # a duplicate after a resume: drop it
-            self.last_seq[msg.job_id] = msg.seq
-        return msg
+        """The next event or reply; duplicates of events already seen are dropped (in a loop:
+        a flood of them costs time, never the stack)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            try:
+                msg = protocol.decode(self.sock.recv_multipart())
+            except protocol.ProtocolError as exc:  # dropped and counted; said once, without a traceback
+                self.bad_messages += 1
+                if self.bad_messages == 1:
+                    print(f"mpod123 client: dropped a message that does not decode ({exc})", file=sys.stderr)
+                continue
+            self._check_boot(msg)
+            if msg.msg_type == "event" and msg.job_id is not None and msg.seq is not None:
+                if msg.seq <= self.last_seq.get(msg.job_id, 0):
+                    continue  # a duplicate after a resume: drop it
+                self.last_seq[msg.job_id] = msg.seq
+            return msg
+        return None
+
+    def _check_boot(self, msg: Message) -> None:
+        boot = msg.extra_header.get("boot")
+        if not isinstance(boot, str) or boot == self.server_boot:
+            return
+        restarted = self.server_boot is not None
+        self.server_boot = boot
+        if restarted:
+            self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        """Ask again for the events of every followed job (their replies are not awaited)."""
+        for job_id, seq in self.last_seq.items():
+            self._send(Message("resume", {"last_seq": seq}, job_id=job_id, session=self.session))
+
+    def _is_reply(self, msg: Message, msg_id: str) -> bool:
+        parent = msg.extra_header.get("parent_msg_id")
+        if parent is None and msg.msg_type == "error":
+            parent = msg.content.get("parent_msg_id")
+        return parent is None or parent == msg_id  # None: a server older than reply matching
 
     def request(self, msg_type: str, content: dict[str, Any] | None = None, buffers: list[bytes] | None = None,
                 job_id: str | None = None) -> Message:
-        """Send one request and return its reply; an ``error`` reply raises BackendError."""
-        self.send(msg_type, content, buffers, job_id)
+        """Send one request and return its reply; an ``error`` reply raises BackendError.
+
+        Replies to other requests (late ones, after a timeout) are dropped."""
+        msg_id = self._send(Message(msg_type, content or {}, buffers or [], job_id=job_id, session=self.session))
         deadline = time.monotonic() + self.timeout_s
         while True:
             msg = self._recv(deadline - time.monotonic())
@@ -116,6 +220,8 @@ class Client:
                 raise self._timeout(msg_type)
             if msg.msg_type == "event":
                 self.pending_events.append(msg)
+                continue
+            if not self._is_reply(msg, msg_id):
                 continue
             _raise_if_error(msg)
             return msg
@@ -133,10 +239,23 @@ class Client:
 
     # ---------------------------------------------------------------- calls
     def hello(self) -> dict[str, Any]:
-        return self.request("hello", {"client": "mpod123-client"}).content
+        content = self.request("hello", {"client": "mpod123-client"}).content
+        self._said_hello = True
+        if isinstance(content.get("max_image_bytes"), int):
+            self.max_image_bytes = content["max_image_bytes"]
+        return content
 
     def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None) -> str:
-        """Queue a job (idempotent by ``job_id``); returns the job id once the backend has stored it."""
+        """Queue a job (idempotent by ``job_id``: the same id with the same image and options is the
+        same job; with another body it is refused); returns the job id once the backend has stored it.
+
+        An image over the server's limit is refused here, before it is sent (the server would
+        drop the connection, and the client would only see a timeout)."""
+        if self.max_image_bytes is None and not self._said_hello:
+            self.hello()
+        if self.max_image_bytes is not None and len(image) > self.max_image_bytes:
+            raise BackendError("ImageTooLarge", f"the image is {len(image)} bytes, over the backend's limit of "
+                               f"{self.max_image_bytes}", "send a smaller or compressed image")
         job_id = job_id or uuid.uuid4().hex
         self.request("submit", {"options": options or {}}, [image], job_id=job_id)
         self.last_seq.setdefault(job_id, 0)
@@ -146,7 +265,14 @@ class Client:
         return self.request("status", job_id=job_id).content
 
     def list_jobs(self) -> list[dict[str, Any]]:
-        return self.request("list").content["jobs"]
+        """Every job of this client's owner, oldest first (fetched page by page)."""
+        jobs: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            content = self.request("list", {"offset": offset}).content
+            jobs += content["jobs"]
+            offset = content.get("next_offset")
+        return jobs
 
     def cancel(self, job_id: str) -> str:
         return self.request("cancel", job_id=job_id).content["state"]
@@ -159,19 +285,37 @@ class Client:
 
     def wait(self, job_id: str, until: tuple[str, ...] = ("done", "failed", "cancelled"), timeout_s: float = 3600.0,
              on_event: Callable[[Message], None] | None = None) -> Message:
-        """Block until an event of kind ``until`` for ``job_id``; returns it."""
+        """Block until an event of kind ``until`` for ``job_id``; returns it.
+
+        Besides listening it asks for the job's status every ``STATUS_EVERY_S``: a restarted
+        server is noticed (its boot id) and subscribed to again, and events stored but never
+        delivered are asked for again."""
         deadline = time.monotonic() + timeout_s
+        next_status = time.monotonic() + STATUS_EVERY_S
+        self.last_seq.setdefault(job_id, 0)
         while time.monotonic() < deadline:
             for msg in self.drain():
                 if on_event is not None:
                     on_event(msg)
                 if msg.job_id == job_id and msg.content.get("kind") in until:
                     return msg
+            if time.monotonic() >= next_status:
+                try:
+                    st = self.status(job_id)
+                    if st["last_seq"] > self.last_seq.get(job_id, 0):
+                        self.resume(job_id)
+                except BackendTimeout:
+                    pass  # the server is down or restarting: keep waiting until the deadline
+                next_status = time.monotonic() + STATUS_EVERY_S
+                continue
             self.sock.poll(200)
         raise BackendTimeout(f"job {job_id} did not finish within {timeout_s:.0f} s")
 
     def fetch(self, job_id: str, dest: str | Path, chunk: int = DEFAULT_CHUNK, in_flight: int = 4) -> Path:
-        """Download the result to ``dest`` in chunks, resuming a partial ``dest.part``; checks sha256."""
+        """Download the result to ``dest`` in chunks, resuming a partial ``dest.part``; checks sha256.
+
+        The hash is computed as the chunks are written (a resumed ``.part`` is read once first),
+        so the file is never read back."""
         info = self.request("result_info", job_id=job_id).content
         size, digest = info["size"], info["sha256"]
         dest = Path(dest)
@@ -180,13 +324,23 @@ class Client:
         if offset > size:
             part.unlink()
             offset = 0
+        h = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
         with open(part, "ab") as f:
             next_offset = offset
             outstanding = 0
             received: dict[int, bytes] = {}
+            sent: set[str] = set()
+            in_flight = max(1, min(in_flight, protocol.CHUNK_CREDIT))
             while offset < size:
                 while outstanding < in_flight and next_offset < size:
-                    self.send("fetch_chunk", {"offset": next_offset, "length": min(chunk, size - next_offset)}, job_id=job_id)
+                    req = Message("fetch_chunk", {"offset": next_offset, "length": min(chunk, size - next_offset),
+                                                  "acks": self._acks}, job_id=job_id, session=self.session)
+                    sent.add(self._send(req))
+                    self._acks = []
                     next_offset += min(chunk, size - next_offset)
                     outstanding += 1
                 msg = self._recv(self.timeout_s)
@@ -195,15 +349,32 @@ class Client:
                 if msg.msg_type == "event":
                     self.pending_events.append(msg)
                     continue
+                if not self._is_chunk_reply(msg, sent):
+                    continue  # a late reply to an earlier request
                 _raise_if_error(msg)
                 outstanding -= 1
+                if isinstance(msg.content.get("nonce"), str):
+                    self._acks.append(msg.content["nonce"])  # sent with the next request (this fetch's or the next's)
                 received[msg.content["offset"]] = msg.buffers[0]
                 while offset in received:
                     data = received.pop(offset)
                     f.write(data)
+                    h.update(data)
                     offset += len(data)
-        if protocol.file_digest(part)[0] != digest:
+        if h.hexdigest() != digest:
             part.unlink()
             raise BackendError("ChecksumMismatch", f"the download of {job_id} does not match its sha256", "fetch again")
         os.replace(part, dest)
         return dest
+
+    @staticmethod
+    def _is_chunk_reply(msg: Message, sent: set[str]) -> bool:
+        parent = msg.extra_header.get("parent_msg_id")
+        if parent is None and msg.msg_type == "error":
+            parent = msg.content.get("parent_msg_id")
+        if parent is None:
+            return True
+        if parent in sent:
+            sent.discard(parent)
+            return True
+        return False

@@ -68,7 +68,7 @@ def demo_job(ctx: JobContext) -> str:
         return _textured_glb(out)
     size = int(ctx.options["result_bytes"])
     with open(out, "wb") as f:
-        block = pattern_block(ctx.job_id)
+        block = pattern_block(ctx.client_id or ctx.job_id)
         for start in range(0, size, len(block)):
             f.write(block[: min(len(block), size - start)])
     return str(out)

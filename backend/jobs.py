@@ -1,24 +1,37 @@
 """The durable job store: SQLite in WAL mode with synchronous=FULL.
 
 Jobs, their states, their events (each with a per-job sequence number) and
-their results survive a restart of the backend. A submit is idempotent by its
-client-chosen job id, and :meth:`JobStore.submit` returns only after the
-transaction has committed, so an ``ack`` sent after it is a promise the store
-keeps. Event sequence numbers are assigned inside the same transaction that
+their results survive a restart of the backend. A job has two names: the
+client's ``client_id``, unique per owner (two owners may both use ``photo-1``),
+and the server-made ``job_id`` (a random hex string) that everything inside
+the backend uses: work folders, result files, Ray actors. So a client id never
+becomes a path, and a new job never meets an old job's files. A submit is
+idempotent by (owner, client id) with the same body (image sha256 and
+options); the same id with another body is refused (:class:`JobIdReused`).
+:meth:`JobStore.submit` returns only after the transaction has committed, so
+an ``ack`` sent after it is a promise the store keeps. Event sequence numbers are assigned inside the same transaction that
 stores the event, so they are contiguous from 1 with no gaps or duplicates,
 whichever thread appends.
 
 States: queued -> running -> done | failed | cancelled, and queued -> cancelled.
 On start-up :meth:`recover` re-queues jobs left running by a dead backend (up
-to ``max_attempts``) and fails the rest with a reason.
+to ``max_attempts``) and fails the rest through :meth:`finish`, so their
+clients get a terminal event. A job stopped by a clean shutdown is re-queued
+with its attempt given back (:meth:`requeue`). The image is dropped once the
+job ends (only its sha256 stays), and :meth:`delete` removes the result file
+and the work folder with the job. The store runs ``PRAGMA quick_check`` when it
+opens and refuses a damaged database with a message saying what to do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +63,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_sha256 TEXT,
     result_size INTEGER,
     last_seq INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    client_id TEXT,
+    image_sha256 TEXT,
+    workdir TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 CREATE TABLE IF NOT EXISTS events (
@@ -78,6 +94,14 @@ class UnknownJob(JobStoreError):
     pass
 
 
+class JobIdReused(JobStoreError):
+    """The owner already has a job under this id, with another image or other options."""
+
+
+class StoreDamaged(JobStoreError):
+    """The database file fails its integrity check."""
+
+
 @dataclass(frozen=True)
 class Job:
     job_id: str
@@ -92,6 +116,9 @@ class Job:
     result_sha256: str | None
     result_size: int | None
     last_seq: int
+    client_id: str = ""
+    """The id the client chose (unique per owner); ``job_id`` is the server's own."""
+    workdir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,26 +131,58 @@ class Event:
     blob: bytes | None
 
 
-_JOB_COLUMNS = "job_id, owner, state, options, created, updated, attempts, error, result_path, result_sha256, result_size, last_seq"
+_JOB_COLUMNS = ("job_id, owner, state, options, created, updated, attempts, error, result_path, result_sha256, "
+                "result_size, last_seq, client_id, workdir")
+_MIGRATIONS = (("client_id", "TEXT"), ("image_sha256", "TEXT"), ("workdir", "TEXT"))
 
 
 def _job(row: tuple) -> Job:
-    return Job(row[0], row[1], row[2], json.loads(row[3]), *row[4:])
+    return Job(row[0], row[1], row[2], json.loads(row[3]), *row[4:12], row[12] or row[0], row[13])
+
+
+def _body_digest(options: dict[str, Any], image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest() + ":" + hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
 class JobStore:
     """Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
 
-    def __init__(self, path: str | Path, max_attempts: int = 2) -> None:
+    def __init__(self, path: str | Path, max_attempts: int = 2, busy_timeout_s: float = 30.0, check: bool = False) -> None:
+        """``check`` runs ``PRAGMA quick_check`` first (the server does, once, at start)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s)
+        try:
+            if check:
+                problems = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise StoreDamaged(
+                        f"the job database {self.path} is damaged ({'; '.join(problems[:3])}); stop the backend, "
+                        "move the file away (or restore a copy) and start again: a new, empty database is made"
+                    )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreDamaged(f"cannot open the job database {self.path}: {exc}; move it away and start again") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Databases of earlier versions: add the new columns; old jobs keep their id as the client's."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        with self._tx() as db:
+            for name, kind in _MIGRATIONS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            db.execute("UPDATE jobs SET client_id=job_id WHERE client_id IS NULL")
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_client ON jobs(owner, client_id)")
 
     def close(self) -> None:
         with self._lock:
@@ -141,27 +200,38 @@ class JobStore:
             self._db.execute("COMMIT")
 
     # ----------------------------------------------------------------- jobs
-    def submit(self, job_id: str, owner: str, options: dict[str, Any], image: bytes) -> tuple[Job, bool]:
-        """Store a new queued job; returns (job, created). Resubmitting an id returns the existing job.
+    def submit(self, client_id: str, owner: str, options: dict[str, Any], image: bytes) -> tuple[Job, bool]:
+        """Store a new queued job; returns (job, created).
 
-        The same id from another owner is refused: job ids are not a way into
-        someone else's job.
+        The same (owner, client id) with the same image and options returns the existing job;
+        with another body it raises :class:`JobIdReused`. Another owner's job under the same
+        client id is none of this owner's business: it gets its own job.
         """
         now = time.time()
+        body = _body_digest(options, image)
         with self._tx() as db:
-            row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            row = db.execute(
+                "SELECT job_id, image_sha256 FROM jobs WHERE owner=? AND client_id=?", (owner, client_id)
+            ).fetchone()
             if row is not None:
-                job = _job(row)
-                if job.owner != owner:
-                    raise JobStoreError(f"job id {job_id!r} is taken; choose another id")
-                return job, False
-            db.execute(
-                "INSERT INTO jobs (job_id, owner, state, options, image, created, updated) VALUES (?,?,?,?,?,?,?)",
-                (job_id, owner, "queued", json.dumps(options), image, now, now),
-            )
+                if row[1] is not None and row[1] != body:
+                    raise JobIdReused(
+                        f"job id {client_id!r} is already yours, for another image or other options; "
+                        "choose a new id (or resubmit exactly the same image and options to find that job)"
+                    )
+                job_id = row[0]
+                created = False
+            else:
+                job_id = uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO jobs (job_id, client_id, owner, state, options, image, image_sha256, created, updated) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    (job_id, client_id, owner, "queued", json.dumps(options), image, body, now, now),
+                )
+                created = True
             # read back inside the transaction: the job as committed, before a worker can claim it
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        return _job(row), True
+        return _job(row), created
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -170,12 +240,15 @@ class JobStore:
             raise UnknownJob(f"no job {job_id!r}")
         return _job(row)
 
-    def get_owned(self, job_id: str, owner: str) -> Job:
-        """The job if ``owner`` submitted it; another owner's job looks exactly like a missing one."""
-        job = self.get(job_id)
-        if job.owner != owner:
-            raise UnknownJob(f"no job {job_id!r}")
-        return job
+    def get_owned(self, client_id: str, owner: str) -> Job:
+        """``owner``'s job named ``client_id``; another owner's job looks exactly like a missing one."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE owner=? AND client_id=?", (owner, client_id)
+            ).fetchone()
+        if row is None:
+            raise UnknownJob(f"no job {client_id!r}")
+        return _job(row)
 
     def image(self, job_id: str) -> bytes:
         with self._lock:
@@ -184,16 +257,30 @@ class JobStore:
             raise UnknownJob(f"no job {job_id!r}")
         return bytes(row[0])
 
-    def list(self, owner: str | None = None, states: tuple[str, ...] = STATES) -> list[Job]:
+    def list(self, owner: str | None = None, states: tuple[str, ...] = STATES, offset: int = 0,
+             limit: int | None = None) -> list[Job]:
+        """Jobs in ``states`` (of ``owner``), oldest first; ``offset``/``limit`` give one page."""
         marks = ",".join("?" * len(states))
         query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"
         params: list[Any] = list(states)
         if owner is not None:
             query += " AND owner=?"
             params.append(owner)
+        query += " ORDER BY created, rowid LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY created, job_id", params).fetchall()
+            rows = self._db.execute(query, params).fetchall()
         return [_job(r) for r in rows]
+
+    def count(self, owner: str | None = None, states: tuple[str, ...] = STATES) -> int:
+        marks = ",".join("?" * len(states))
+        query = f"SELECT count(*) FROM jobs WHERE state IN ({marks})"
+        params: list[Any] = list(states)
+        if owner is not None:
+            query += " AND owner=?"
+            params.append(owner)
+        with self._lock:
+            return self._db.execute(query, params).fetchone()[0]
 
     def set_state(self, job_id: str, state: str, error: str | None = None) -> Job:
         """Move a job along the state machine; an impossible move raises."""
@@ -211,6 +298,8 @@ class JobStore:
         if state not in TRANSITIONS[row[0]]:
             raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
         db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?", (state, error, time.time(), job_id))
+        if state in TERMINAL:  # the image is not needed any more; its sha256 stays for resubmits
+            db.execute("UPDATE jobs SET image=x'' WHERE job_id=?", (job_id,))
 
     def claim_next(self) -> Job | None:
         """Atomically take the oldest queued job and mark it running (attempts + 1)."""
@@ -223,8 +312,28 @@ class JobStore:
             )
         return self.get(row[0])
 
+    def requeue(self, job_id: str, reason: str, refund: bool) -> Job | None:
+        """Put a running job back in the queue; ``refund`` gives back the attempt it was charged
+        (a clean shutdown, or a worker that never started, is not the job's failure).
+        Returns None if the job was no longer running."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None or row[0] != "running":
+                return None
+            db.execute(
+                "UPDATE jobs SET state='queued', error=?, updated=?, attempts=max(0, attempts-?) WHERE job_id=?",
+                (reason, time.time(), 1 if refund else 0, job_id),
+            )
+        return self.get(job_id)
+
+    def set_workdir(self, job_id: str, path: str) -> None:
+        """Where the job's files live (deleted with the job)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET workdir=? WHERE job_id=?", (path, job_id))
+
     def recover(self, keep: frozenset[str] = frozenset()) -> list[Job]:
-        """After a restart: re-queue jobs left running, or fail those out of attempts.
+        """After a restart: re-queue jobs left running, or fail those out of attempts (with a
+        terminal event, so a client waiting on one is told).
 
         Jobs in ``keep`` are left running: an executor whose jobs outlive the
         backend (a Ray cluster) has reattached to them.
@@ -234,11 +343,12 @@ class JobStore:
             if job.job_id in keep:
                 continue
             if job.attempts < self.max_attempts:
+                self.append_event(job.job_id, "log", {"text": "the backend restarted; the job is re-queued"})
                 changed.append(self.set_state(job.job_id, "queued", "re-queued after the backend restarted"))
             else:
-                changed.append(
-                    self.set_state(job.job_id, "failed", f"the job was interrupted {job.attempts} times; giving up")
-                )
+                reason = f"the job was interrupted {job.attempts} times; giving up"
+                self.finish(job.job_id, "failed", "failed", {"ename": "Interrupted", "evalue": reason}, f"Interrupted: {reason}")
+                changed.append(self.get(job.job_id))
         return changed
 
     def request_cancel(self, job_id: str) -> Job:
@@ -271,12 +381,14 @@ class JobStore:
                 raise UnknownJob(f"no job {job_id!r}")
 
     def delete(self, job_id: str) -> None:
-        """Forget a job, its events and its result file."""
+        """Forget a job, its events, its result file and its work folder."""
         job = self.get(job_id)
         with self._tx() as db:
             db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,))
         if job.result_path:
             Path(job.result_path).unlink(missing_ok=True)
+        if job.workdir:
+            shutil.rmtree(job.workdir, ignore_errors=True)
 
     def expire(self, ttl_s: float, now: float | None = None) -> list[str]:
         """Delete finished jobs whose last update is older than ``ttl_s``; returns their ids."""
@@ -349,10 +461,22 @@ class JobStore:
             return seq
 
     def events_since(self, job_id: str, last_seq: int, limit: int = 1000) -> list[Event]:
-        """Events with seq > ``last_seq``, in order (what a resuming client missed)."""
+        """Events with seq > ``last_seq``, in order (what a resuming client missed).
+
+        A stored event whose content no longer parses is handed out as a ``log`` event that
+        says so, rather than raising: one damaged row must not stop a job's stream."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT job_id, seq, created, kind, content, blob FROM events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
                 (job_id, last_seq, limit),
             ).fetchall()
-        return [Event(r[0], r[1], r[2], r[3], json.loads(r[4]), None if r[5] is None else bytes(r[5])) for r in rows]
+        events = []
+        for r in rows:
+            try:
+                content = json.loads(r[4])
+                if not isinstance(content, dict):
+                    raise ValueError("not an object")
+                events.append(Event(r[0], r[1], r[2], r[3], content, None if r[5] is None else bytes(r[5])))
+            except (ValueError, TypeError):
+                events.append(Event(r[0], r[1], r[2], "log", {"text": f"event {r[1]} is damaged in the store"}, None))
+        return events

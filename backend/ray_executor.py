@@ -127,13 +127,14 @@ STALE_WORKDIR_S = 24 * 3600.0
 
 def _fresh_workdir(job_id: str) -> Path:
     """A work folder on this worker's disk. Folders that a killed actor could not remove (its
-    job's earlier attempts, or anything untouched for a day) are removed here."""
+    job's earlier attempts, or anything untouched for a day) are removed here. ``job_id`` is the
+    server's (fixed-length hex), so ``<id>-`` never prefixes another job's folder."""
     root = Path(tempfile.gettempdir()) / "mpod123-ray-jobs"
     root.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in root.iterdir():
         try:
-            if old.name.startswith(f"{job_id}-") or now - old.stat().st_mtime > STALE_WORKDIR_S:
+            if old.name.rpartition("-")[0] == job_id or now - old.stat().st_mtime > STALE_WORKDIR_S:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass  # another actor removed it first
@@ -151,6 +152,7 @@ class JobRunner:
     def __init__(
         self, job_id: str, image: bytes, options: dict[str, Any], job_fn: str,
         checkpoint: bytes | None = None, checkpoint_max_mb: float = 1024.0, linger_s: float = 3600.0,
+        client_id: str = "",
     ) -> None:
         self.job_id = job_id
         self.cancel_requested = threading.Event()
@@ -164,7 +166,7 @@ class JobRunner:
         self.workdir = _fresh_workdir(job_id)
         if checkpoint:
             unpack_folder(checkpoint, self.workdir)
-        ctx = RayJobContext(job_id, image, options, self.workdir, None, runner=self)  # type: ignore[arg-type]
+        ctx = RayJobContext(job_id, image, options, self.workdir, None, client_id, runner=self)  # type: ignore[arg-type]
         self._thread = threading.Thread(target=self._run, args=(ctx, job_fn), name=f"job-{job_id}", daemon=True)
         self._thread.start()
 
@@ -345,8 +347,17 @@ class RayExecutor:
         for run in runs:
             if run.thread is not None:
                 run.thread.join(timeout=10)
+            if kill:  # a clean stop is not the job's failure: it runs again, attempt given back
+                try:
+                    self.store.requeue(run.job_id, "re-queued: the backend was stopped", refund=True)
+                except Exception:
+                    traceback.print_exc()
         if self.owns_ray:
             ray.shutdown()
+
+    def alive(self) -> bool:
+        """False once the dispatcher thread has stopped (it retries every failed round)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def worker_pids(self) -> dict[str, int]:
         with self._lock:
@@ -354,11 +365,15 @@ class RayExecutor:
 
     # ------------------------------------------------------- dispatching
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 self.tick()
+                failing = False
             except Exception:  # a hiccup talking to the cluster must not stop the dispatcher
-                traceback.print_exc()
+                if not failing:  # once per streak of failures, not once per round
+                    traceback.print_exc()
+                failing = True
             self._stop.wait(self.cfg.poll_s)
 
     def tick(self) -> None:
@@ -381,7 +396,12 @@ class RayExecutor:
             job = self.store.claim_next()
             if job is None:
                 break
-            self._dispatch(job)
+            try:
+                self._dispatch(job)
+            except BaseException as exc:  # claim_next marked it running: never strand it
+                self.store.requeue(job.job_id, f"could not start on Ray ({type(exc).__name__}: {exc}); re-queued",
+                                   refund=True)
+                raise
 
     def _jobs_that_fit(self, force: bool = False) -> int:
         """Concurrent jobs: ``workers`` if set, else what the cluster's GPUs (or CPUs) hold, rechecked
@@ -406,8 +426,9 @@ class RayExecutor:
             num_gpus=self.ray_cfg.num_gpus, num_cpus=self.ray_cfg.num_cpus, runtime_env={"env_vars": env} if env else None,
         ).remote(
             job.job_id, self.store.image(job.job_id), job.options, self.cfg.job_fn, checkpoint,
-            self.ray_cfg.checkpoint_max_mb, self.ray_cfg.linger_s,
+            self.ray_cfg.checkpoint_max_mb, self.ray_cfg.linger_s, job.client_id,
         )
+        self.store.set_workdir(job.job_id, str(self._checkpoint_path(job.job_id).parent))
         self.store.set_cursor(job.job_id, name, 0)
         self._follow(_RayRun(job.job_id, name, actor, 0, time.time()))
 

@@ -13,14 +13,34 @@ truth that the server forwards from. The dispatcher also:
   and failed;
 * enforces cancel: the worker stops cooperatively at its next step once the
   store says so; after ``cancel_grace_s`` it is killed.
+
+The dispatcher never dies of one error: a failed round (the database locked
+for longer than its busy timeout, ``EMFILE`` while starting a worker) is
+logged and retried on the next round, and a job whose worker could not start
+goes back to the queue with its attempt given back. This matters twice over:
+the workers are started by this thread, and ``PR_SET_PDEATHSIG`` kills them
+when the thread that started them exits. Only when rounds keep failing for
+``give_up_s`` does the executor declare itself failed (:attr:`LocalExecutor.failure`),
+and ``serve`` then exits non-zero so that a service manager restarts it.
+
+A stop (``serve`` told to stop) kills the workers and re-queues their jobs
+with the attempt given back: a clean shutdown is not the job's failure.
+
+A job's work folder is ``DATA/jobs/<server job id>`` (never the client's id)
+and holds the sha256 of the input it was made for; a run on another input
+finds it emptied first (:func:`prepare_workdir`), so no checkpoint is ever
+resumed on the wrong image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -29,8 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs import TERMINAL, JobStore
+from .jobs import TERMINAL, JobStore, UnknownJob
 from .protocol import file_digest
+
+log = logging.getLogger(__name__)
+INPUT_STAMP = "input.sha256"
 
 
 class JobCancelled(Exception):
@@ -40,10 +63,13 @@ class JobCancelled(Exception):
 @dataclass
 class JobContext:
     job_id: str
+    """The server's id of the job (a random hex string)."""
     image: bytes
     options: dict[str, Any]
     workdir: Path
     store: JobStore
+    client_id: str = ""
+    """The id the client chose (for what the client sees; never a path)."""
 
     def emit(self, kind: str, content: dict[str, Any], blob: bytes | None = None) -> int:
         """Store an event (progress, preview, stage_done, log) and return its sequence number."""
@@ -79,6 +105,23 @@ def _die_with_parent() -> None:
         pass
 
 
+def prepare_workdir(workdir: Path, image: bytes) -> None:
+    """Make ``workdir`` ready for a run on ``image``: a folder made for another input is emptied
+    first, so a run resumes only its own checkpoints."""
+    digest = hashlib.sha256(image).hexdigest()
+    stamp = workdir / INPUT_STAMP
+    if workdir.exists() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+        if any(p.name != INPUT_STAMP for p in workdir.iterdir()):
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+
+
+def public_error(exc: BaseException) -> str:
+    """What a client is told about a job's exception: its type and message, no server paths."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:]
+
+
 def run_job(
     db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None
 ) -> None:
@@ -91,19 +134,26 @@ def run_job(
     store = JobStore(db_path)
     try:
         job = store.get(job_id)
-        workdir = Path(data_dir) / "jobs" / job_id
-        workdir.mkdir(parents=True, exist_ok=True)
-        ctx = JobContext(job_id, store.image(job_id), job.options, workdir, store)
+        workdir = work_folder(data_dir, job_id)
+        image = store.image(job_id)
+        prepare_workdir(workdir, image)
+        ctx = JobContext(job_id, image, job.options, workdir, store, job.client_id)
         try:
             result = Path(resolve_job_fn(job_fn)(ctx))
             publish_result(store, data_dir, job_id, result.suffix, lambda tmp: shutil.copyfile(result, tmp))
         except JobCancelled as exc:
             store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
-        except Exception as exc:  # the job's failure, reported to the client
-            store.append_event(job_id, "log", {"text": traceback.format_exc()[-4000:]})
+        except Exception as exc:  # the job's failure: the client gets its type and message, the log the traceback
+            traceback.print_exc(file=sys.stderr)
+            store.append_event(job_id, "log", {"text": public_error(exc)})
             fail_job(store, job_id, type(exc).__name__, str(exc))
     finally:
         store.close()
+
+
+def work_folder(data_dir: str | Path, job_id: str) -> Path:
+    """A job's work folder, named by the server's job id."""
+    return Path(data_dir) / "jobs" / job_id
 
 
 def publish_result(
@@ -157,6 +207,8 @@ class ExecutorConfig:
     cancel_grace_s: float = 10.0
     """Kill a job this long after a cancel if it has not stopped by itself."""
     poll_s: float = 0.05
+    give_up_s: float = 120.0
+    """The dispatcher declares the executor failed when its rounds keep failing this long."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -173,19 +225,31 @@ class LocalExecutor:
         self._mp = mp.get_context("spawn")
         self.gpus = self.cfg.gpus if self.cfg.gpus is not None else visible_gpus()
         self.workers = self.cfg.workers or max(1, len(self.gpus))
+        self.failure: str | None = None
+        """Why the dispatcher gave up (its rounds kept failing), or None while it works."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="mpod123-dispatcher", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """False once the dispatcher has given up (or died): the service should exit and be restarted."""
+        return self.failure is None and self._thread is not None and self._thread.is_alive()
+
     def stop(self, kill: bool = True) -> None:
+        """Stop dispatching; ``kill`` also kills the workers and re-queues their jobs with the
+        attempt given back (a clean shutdown is not the job's failure)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if kill:
-            for run in self._running.values():
+            for job_id, run in list(self._running.items()):
                 run.process.kill()
                 run.process.join(timeout=5)
+                try:
+                    self.store.requeue(job_id, "re-queued: the backend was stopped", refund=True)
+                except Exception:  # the store may be the reason we stop
+                    log.exception("could not re-queue %s", job_id)
 
     def recover(self) -> list:
         """After a restart: local workers died with the backend, so every running job is re-queued (or failed)."""
@@ -196,8 +260,22 @@ class LocalExecutor:
         return {job_id: run.process.pid for job_id, run in running.items() if run.process.pid}
 
     def _loop(self) -> None:
+        failing_since: float | None = None
         while not self._stop.is_set():
-            self.tick()
+            try:
+                self.tick()
+                failing_since = None
+            except Exception as exc:  # one bad round (a locked database, EMFILE) must not end dispatching
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since = now
+                    log.exception("dispatcher round failed; retrying")
+                if now - failing_since > self.cfg.give_up_s:
+                    self.failure = f"the dispatcher kept failing for {self.cfg.give_up_s:.0f} s: {type(exc).__name__}: {exc}"
+                    log.error(self.failure)
+                    return
+                self._stop.wait(min(1.0, 10 * self.cfg.poll_s))
+                continue
             self._stop.wait(self.cfg.poll_s)
 
     def tick(self) -> None:
@@ -205,7 +283,15 @@ class LocalExecutor:
         now = time.time()
         for job_id, run in list(self._running.items()):
             proc = run.process
-            job = self.store.get(job_id)
+            try:
+                job = self.store.get(job_id)
+            except UnknownJob:  # deleted (expired) as its worker was exiting
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=5)
+                del self._running[job_id]
+                continue
             if not proc.is_alive():
                 proc.join()
                 del self._running[job_id]
@@ -232,15 +318,25 @@ class LocalExecutor:
             job = self.store.claim_next()
             if job is None:
                 break
-            gpu = self._free_gpu()
-            proc = self._mp.Process(
-                target=run_job,
-                args=(str(self.store.path), job.job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu),
-                name=f"mpod123-job-{job.job_id}",
-                daemon=True,
-            )
-            proc.start()
-            self._running[job.job_id] = _Running(proc, time.time(), gpu=gpu)
+            try:
+                self._start_worker(job.job_id)
+            except BaseException as exc:
+                # claim_next already marked it running: without this it would stay running with no process
+                self.store.requeue(job.job_id, f"the worker could not start ({type(exc).__name__}: {exc}); re-queued",
+                                   refund=True)
+                raise
+
+    def _start_worker(self, job_id: str) -> None:
+        gpu = self._free_gpu()
+        self.store.set_workdir(job_id, str(work_folder(self.data_dir, job_id)))
+        proc = self._mp.Process(
+            target=run_job,
+            args=(str(self.store.path), job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu),
+            name=f"mpod123-job-{job_id}",
+            daemon=True,
+        )
+        proc.start()
+        self._running[job_id] = _Running(proc, time.time(), gpu=gpu)
 
     def _free_gpu(self) -> str | None:
         """A GPU no running job holds (round-robin when there are more workers than GPUs)."""

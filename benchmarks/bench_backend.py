@@ -61,14 +61,15 @@ def run(curve: bool, size: int, n_acks: int, n_events: int, tmp: Path) -> dict:
     client.hello()
     # a finished job with a result of `size` bytes, made directly in the store
     job_id = client.submit(b"img", {})
+    sid = next(j.job_id for j in store.list() if j.client_id == job_id)  # the server's id of the job
     store.claim_next()
     result = tmp / f"result-{curve}.bin"
     payload = bytes(range(256)) * (size // 256)
     result.write_bytes(payload)
     import hashlib
 
-    store.set_result(job_id, str(result), hashlib.sha256(payload).hexdigest(), len(payload))
-    store.set_state(job_id, "done")
+    store.set_result(sid, str(result), hashlib.sha256(payload).hexdigest(), len(payload))
+    store.set_state(sid, "done")
     # submit -> ack latency
     lat = []
     for _ in range(n_acks):
@@ -81,9 +82,10 @@ def run(curve: bool, size: int, n_acks: int, n_events: int, tmp: Path) -> dict:
     raw_s = _raw_send_seconds(ctx, payload, raw_curve)
     # event forwarding: events written to the store, received by the client
     ev_job = client.submit(b"img", {})
+    ev_sid = next(j.job_id for j in store.list() if j.client_id == ev_job)
     client.drain()
     for i in range(n_events):
-        store.append_event(ev_job, "progress", {"step": i})
+        store.append_event(ev_sid, "progress", {"step": i})
     t0 = time.perf_counter()
     got = 0
     while got < n_events:

@@ -355,6 +355,7 @@ class Batch:
             st = self.client.status(track.job_id)
         except BackendTimeout:
             self._line(track, "the backend does not answer; still waiting")
+            self.client.reconnect()  # never read a late reply on the old socket as the next one's
             return
         except BackendError as exc:
             del self.inflight[track.job_id]
@@ -405,6 +406,8 @@ class Batch:
         try:
             self.client.fetch(job_id, glb)
         except (BackendError, BackendTimeout) as exc:
+            if isinstance(exc, BackendTimeout):
+                self.client.reconnect()  # chunks still in flight must not meet the next request
             self._failed(track, f"download failed: {exc}")
             return
         from backend.protocol import file_digest

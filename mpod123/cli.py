@@ -1,5 +1,5 @@
-"""Command line: ``mpod123 generate``, ``bench reconstruct | make-dataset``, ``serve``, ``keys init``, ``client``,
-and the commands of the evaluation and batch packages.
+"""Command line: ``mpod123 generate``, ``bench reconstruct | make-dataset``, and the commands of the
+evaluation, batch and service packages (``serve``, ``keys``, ``client`` live in ``backend.commands``).
 
 Exit codes: 0 success, 1 an unexpected failure, 2 bad usage or bad input (the
 message says what to change), 130 interrupted (a checkpoint is kept where the
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import signal
 import sys
 import time
 import warnings
@@ -179,119 +177,9 @@ def _cmd_make_photo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _gpu_names() -> list[str]:
-    """NVIDIA GPU models from the driver's /proc entries (no CUDA initialisation in the server)."""
-    root = Path("/proc/driver/nvidia/gpus")
-    names = []
-    for info in sorted(root.glob("*/information")) if root.is_dir() else []:
-        for line in info.read_text(errors="replace").splitlines():
-            if line.startswith("Model:"):
-                names.append(line.split(":", 1)[1].strip())
-    return names
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import zmq
-
-    from backend.jobs import JobStore
-    from backend.security import CurveServerSecurity, check_bind, load_server_keys
-    from backend.server import Server, ServerConfig, serve_forever
-    from backend.workers import ExecutorConfig, LocalExecutor
-
-    check_bind(args.bind, args.keys)
-    from backend.pipeline_job import ENV_MODELS
-
-    for name, env in ENV_MODELS.items():  # the workers (spawned processes) read these
-        if getattr(args, name, None):
-            os.environ[env] = str(getattr(args, name))
-    data = Path(args.data)
-    store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts)
-    job_fn = TINY_JOB if args.tiny else args.job
-    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog)
-    if args.executor == "ray":
-        try:
-            from backend.ray_executor import RayConfig, RayExecutor
-        except ImportError as exc:
-            raise ValueError(f"--executor ray needs Ray ({exc}); install it with: pip install 'mpod123[ray]'") from None
-        gpus = args.ray_gpus if args.ray_gpus is not None else (0.0 if args.tiny else 1.0)
-        ray_cfg = RayConfig(address=args.ray_address, num_gpus=gpus, num_cpus=args.ray_cpus, namespace=args.ray_namespace)
-        executor = RayExecutor(store, data, executor_cfg, ray_cfg)
-    else:
-        executor = LocalExecutor(store, data, executor_cfg)
-    recovered = executor.recover()  # a Ray executor reattaches to jobs still running on the cluster
-    ctx = zmq.Context.instance()
-    security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
-    info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": TINY_JOB if args.tiny else args.job, "executor": args.executor}
-    server = Server(store, ServerConfig(bind=args.bind, info=info), ctx, security.configure if security else None)
-    endpoint = server.start()
-    executor.start()
-    print(
-        f"mpod123 backend on {endpoint} ({'CURVE' if security else 'loopback, no keys'}), "
-        f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {job_fn}, data in {data}; {len(recovered)} interrupted job(s) recovered",
-        flush=True,
-    )
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a clean stop too
-        serve_forever(server, executor)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if security:
-            security.stop()
-        store.close()
-    return EXIT_OK
-
-
-def _cmd_keys_init(args: argparse.Namespace) -> int:
-    from backend.security import init_keys
-
-    made = init_keys(args.keys_dir, args.client)
-    for what, path in made.items():
-        print(f"{what}: {path}")
-    print(f"give the client {made['client_secret']} and {Path(args.keys_dir) / 'server.key'}")
-    return EXIT_OK
-
-
-def _client_from_args(args: argparse.Namespace):
-    from backend.client import Client
-    from backend.security import load_client_keys, load_public_key
-
-    if args.server_key:
-        return Client(args.server, args.session, args.timeout, load_public_key(args.server_key), load_client_keys(args.client_key))
-    return Client(args.server, args.session, args.timeout)
-
-
-def _cmd_client(args: argparse.Namespace) -> int:
-    import json as _json
-
-    with _client_from_args(args) as client:
-        if args.action == "submit":
-            image = Path(args.target).read_bytes()
-            options = _json.loads(args.options) if args.options else {}
-            job_id = client.submit(image, options, job_id=args.job_id)
-            print(job_id)
-            if args.wait:
-                final = client.wait(job_id, on_event=lambda m: print(_json.dumps({"seq": m.seq, **m.content}), flush=True))
-                return EXIT_OK if final.content["kind"] == "done" else EXIT_FAILURE
-        elif args.action == "status":
-            print(_json.dumps(client.status(args.target), indent=1))
-        elif args.action == "cancel":
-            print(client.cancel(args.target))
-        elif args.action == "fetch":
-            print(client.fetch(args.target, args.out or f"{args.target}.glb"))
-        elif args.action == "list":
-            print(_json.dumps(client.list_jobs(), indent=1))
-    return EXIT_OK
-
-
-TINY_JOB = "backend.pipeline_job:tiny_pipeline_job"
-"""The job ``serve --tiny`` runs."""
-
-COMMAND_MODULES = ("mpod123.evaluation.commands", "blender_batch.commands", "mpod123.setup_commands")
+COMMAND_MODULES = (
+    "mpod123.evaluation.commands", "blender_batch.commands", "backend.commands", "mpod123.setup_commands",
+)
 """Modules with a ``register(subparsers)`` that adds their commands."""
 
 
@@ -337,47 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--scale", type=float, default=1.0, help="scale camera positions into the unit sphere")
     rec.set_defaults(func=_cmd_reconstruct)
 
-    srv = sub.add_parser("serve", help="run the backend: a ZeroMQ front door and local worker processes")
-    srv.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address to listen on (non-loopback needs --keys)")
-    srv.add_argument("--workers", type=int, help="concurrent jobs (default: one per visible GPU, one without GPUs)")
-    srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
-    srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
-    srv.add_argument("--job", default="backend.pipeline_job:pipeline_job",
-                     help="job function as module:function (default: the pipeline; backend.demo:demo_job is a stand-in)")
-    srv.add_argument("--zero123", help="Zero-1-to-3 weights for the pipeline job: hub id or local folder")
-    srv.add_argument("--sd", help="Stable Diffusion 1.x weights for the pipeline job: hub id or local folder")
-    srv.add_argument("--embedding", help="a fixed <e> embedding file for every job (skips textual inversion)")
-    srv.add_argument("--tiny", action="store_true",
-                     help="run jobs with tiny random local models (no weights needed): for testing clients")
-    srv.add_argument("--executor", default="local", choices=["local", "ray"], help="where jobs run (default: local processes)")
-    srv.add_argument("--ray-address", help="join this Ray cluster, e.g. HOST:6379 (default: start an embedded local Ray)")
-    srv.add_argument("--ray-gpus", type=float, help="GPUs per job on Ray (default 1; 0 with --tiny)")
-    srv.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per job on Ray (default 1)")
-    srv.add_argument("--ray-namespace", default="mpod123", help="Ray namespace of the job actors (one per front door)")
-    srv.add_argument("--watchdog", type=float, default=600.0, help="fail a job silent for this many seconds")
-    srv.add_argument("--max-attempts", type=int, default=2, help="runs of a job before a crash fails it")
-    srv.set_defaults(func=_cmd_serve)
-
-    keys = sub.add_parser("keys", help="CURVE key management").add_subparsers(dest="keys", required=True)
-    ki = keys.add_parser("init", help="create the server key pair (once) and a client key pair")
-    ki.add_argument("keys_dir")
-    ki.add_argument("--client", default="client", help="name of the client key pair to create")
-    ki.set_defaults(func=_cmd_keys_init)
-
-    cl = sub.add_parser("client", help="talk to a backend from scripts")
-    cl.add_argument("action", choices=["submit", "status", "cancel", "fetch", "list"])
-    cl.add_argument("target", nargs="?", default="", help="an image file (submit) or a job id")
-    cl.add_argument("--server", default="tcp://127.0.0.1:5555")
-    cl.add_argument("--server-key", help="the server's public key file (turns on CURVE)")
-    cl.add_argument("--client-key", help="this client's .key_secret file")
-    cl.add_argument("--session", help="session name (without CURVE, jobs belong to it)")
-    cl.add_argument("--timeout", type=float, default=10.0)
-    cl.add_argument("--options", help="job options as JSON")
-    cl.add_argument("--job-id", help="choose the job id (submits are idempotent by it)")
-    cl.add_argument("--wait", action="store_true", help="after submit, print events until the job ends")
-    cl.add_argument("--out", help="where fetch writes the result")
-    cl.set_defaults(func=_cmd_client)
-
     mk = bench.add_parser("make-dataset", help="render the procedural test object as a NeRF-synthetic dataset")
     mk.add_argument("out_dir")
     mk.add_argument("--views", type=int, default=24)
@@ -397,17 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     errors: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
-    if args.command != "batch":  # batch drives bpy and the backend, and never needs torch
+    if args.command not in ("batch", "serve", "keys", "client"):  # these never need torch
         from .dataset import DatasetError
         from .stages import CheckpointError
         from .stages.runner import RunError
 
         errors += (DatasetError, CheckpointError, RunError)
-    if args.command in ("serve", "keys", "client"):
-        from backend.client import BackendError, BackendTimeout
-        from backend.security import SecurityError
-
-        errors += (SecurityError, BackendError, BackendTimeout)
     warnings.filterwarnings("once")
     try:
         return args.func(args)

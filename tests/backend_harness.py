@@ -64,9 +64,11 @@ class Client:
         info = self.request("result_info", job_id=job_id)
         assert info.msg_type == "result_info_reply", info.content
         data = b""
+        acks: list[str] = []
         while len(data) < info.content["size"]:
-            reply = self.request("fetch_chunk", {"offset": len(data), "length": chunk}, job_id=job_id)
+            reply = self.request("fetch_chunk", {"offset": len(data), "length": chunk, "acks": acks}, job_id=job_id)
             assert reply.msg_type == "chunk" and reply.content["offset"] == len(data)
+            acks = [reply.content["nonce"]]
             data += reply.buffers[0]
         assert hashlib.sha256(data).hexdigest() == info.content["sha256"]
         return data
@@ -88,6 +90,10 @@ class Backend:
         self.server = Server(self.store, ServerConfig(bind="tcp://127.0.0.1:0"))
         self.endpoint = self.server.start()
         self.executor.start()
+
+    def sid(self, client_id: str, session: str = "alice") -> str:
+        """The server's id of ``session``'s job ``client_id`` (what the store and the executor use)."""
+        return self.store.get_owned(client_id, f"session:{session}").job_id
 
     def stop(self, kill=True):
         self.executor.stop(kill=kill)

@@ -131,7 +131,8 @@ def blends(folder: Path) -> list[Path]:
 
 def backend_jobs(db: Path) -> list[tuple]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        return con.execute("SELECT job_id, state, attempts, owner FROM jobs ORDER BY job_id").fetchall()
+        # client_id: the id the batch chose (job_id is the server's own since job ids became per owner)
+        return con.execute("SELECT client_id, state, attempts, owner FROM jobs ORDER BY client_id").fetchall()
 
 
 def dead(pid: int) -> bool:

@@ -95,7 +95,7 @@ def test_a_restarted_front_door_reattaches_to_the_running_job(tmp_path, ray_runt
     c = Client(b.endpoint)
     job_id, _ = submit_job(c, {"steps": 20, "step_s": 0.1})
     c.wait_for("progress", job_id)
-    pid = b.executor.worker_pids()[job_id]
+    pid = b.executor.worker_pids()[b.sid(job_id)]
     b.stop(kill=False)  # the front door goes away; the job's actor runs on
     c.close()
     time.sleep(0.5)
@@ -109,8 +109,8 @@ def test_a_restarted_front_door_reattaches_to_the_running_job(tmp_path, ray_runt
         _assert_gap_free(events)
         assert _progress_steps(events, "outline") == list(range(1, 21)), "every step exactly once: nothing re-ran"
         assert any("reattached" in m.content.get("text", "") for m in events if m.content["kind"] == "log")
-        assert b2.executor.worker_pids().get(job_id, pid) == pid
-        assert b2.store.get(job_id).attempts == 1
+        assert b2.executor.worker_pids().get(b2.sid(job_id), pid) == pid
+        assert b2.store.get(b2.sid(job_id)).attempts == 1
         assert len(c2.download(job_id)) > 0
         c2.close()
     finally:
@@ -123,12 +123,12 @@ def test_a_job_whose_worker_dies_after_a_stage_resumes_from_the_checkpoint_it_se
         c = Client(b.endpoint)
         job_id, _ = submit_job(c, {"steps": 10, "step_s": 0.1, "result_bytes": 1000})
         c.wait_for("stage_done", job_id, timeout=60)
-        checkpoint = tmp_path / "data" / "jobs" / job_id / "checkpoint.tar"
+        checkpoint = tmp_path / "data" / "jobs" / b.sid(job_id) / "checkpoint.tar"
         deadline = time.time() + 10
         while not checkpoint.exists() and time.time() < deadline:
             time.sleep(0.05)
         assert checkpoint.exists(), "the outline checkpoint came back to the front door"
-        os.kill(b.executor.worker_pids()[job_id], signal.SIGKILL)
+        os.kill(b.executor.worker_pids()[b.sid(job_id)], signal.SIGKILL)
         c.wait_for("done", job_id, timeout=60)
         events = _events(c, job_id)
         _assert_gap_free(events)
@@ -136,7 +136,7 @@ def test_a_job_whose_worker_dies_after_a_stage_resumes_from_the_checkpoint_it_se
         assert "re-queued, it resumes from its last stage checkpoint" in logs
         assert "resumed: stage outline was already done" in logs
         assert _progress_steps(events, "outline") == list(range(1, 11)), "stage 1 did not run again"
-        assert b.store.get(job_id).attempts == 2
+        assert b.store.get(b.sid(job_id)).attempts == 2
         assert not checkpoint.exists(), "a finished job's checkpoint is removed"
         c.close()
     finally:

@@ -53,7 +53,7 @@ def test_allowed_clients_talk_and_jobs_belong_to_their_key(secure):
     with _client(keys, endpoint, "alice") as alice, _client(keys, endpoint, "bob") as bob:
         assert alice.hello()["server"]
         job_id = alice.submit(b"\x89PNG image", {"steps": 1})
-        assert store.get(job_id).owner.startswith("key:")
+        assert store.list()[0].owner.startswith("key:") and store.list()[0].client_id == job_id
         # bob sends the very same session string, but his key is different
         with pytest.raises(BackendError, match="UnknownJob"):
             bob.status(job_id)

@@ -90,8 +90,8 @@ def test_fifty_jobs_from_five_clients_all_finish_with_no_event_lost_or_repeated(
         for session, job_ids in jobs.items():
             for job_id in job_ids:
                 seqs = [m.seq for m in events[job_id]]
-                assert seqs == list(range(1, store.get(job_id).last_seq + 1)), job_id
-                assert store.get(job_id).owner == f"session:{session}"
+                job = store.get_owned(job_id, f"session:{session}")
+                assert seqs == list(range(1, job.last_seq + 1)), job_id
         for c in clients:
             c.close()
     finally:

@@ -79,9 +79,9 @@ def test_the_same_job_id_twice_runs_once(backend):
     assert first.content["created"] and not second.content["created"]
     c.wait_for("done", job_id)
     time.sleep(0.3)
-    events = backend.store.events_since(job_id, 0)
+    events = backend.store.events_since(backend.sid(job_id), 0)
     assert sum(e.kind == "done" for e in events) == 1
-    assert backend.store.get(job_id).attempts == 1
+    assert backend.store.get(backend.sid(job_id)).attempts == 1
     c.close()
 
 
@@ -122,7 +122,7 @@ def test_cancel_stops_a_running_job_within_seconds(backend):
     assert c.request("cancel", job_id=job_id).msg_type == "cancel_reply"
     c.wait_for("cancelled", job_id, timeout=10)
     assert time.time() - t0 < 5
-    assert backend.store.get(job_id).state == "cancelled"
+    assert backend.store.get(backend.sid(job_id)).state == "cancelled"
     assert c.request("result_info", job_id=job_id).content["ename"] == "NotReady"
     c.close()
 
@@ -133,7 +133,7 @@ def test_a_job_deaf_to_cancel_is_stopped_by_force_after_the_grace_period(tmp_pat
         c = Client(b.endpoint)
         job_id, _ = submit_job(c, {"steps": 200, "step_s": 0.05, "ignore_cancel": True})
         c.wait_for("progress", job_id)
-        pid = b.executor.worker_pids()[job_id]
+        pid = b.executor.worker_pids()[b.sid(job_id)]
         t0 = time.time()
         c.request("cancel", job_id=job_id)
         cancelled = c.wait_for("cancelled", job_id, timeout=20)
@@ -160,12 +160,12 @@ def test_a_killed_worker_requeues_and_the_job_still_completes(backend):
     c = Client(backend.endpoint)
     job_id, _ = submit_job(c, {"steps": 20, "step_s": 0.05})
     c.wait_for("progress", job_id)
-    pid = backend.executor.worker_pids()[job_id]
+    pid = backend.executor.worker_pids()[backend.sid(job_id)]
     os.kill(pid, signal.SIGKILL)
     c.wait_for("done", job_id, timeout=60)
-    job = backend.store.get(job_id)
+    job = backend.store.get(backend.sid(job_id))
     assert job.state == "done" and job.attempts == 2
-    logs = [e.content["text"] for e in backend.store.events_since(job_id, 0) if e.kind == "log"]
+    logs = [e.content["text"] for e in backend.store.events_since(backend.sid(job_id), 0) if e.kind == "log"]
     assert any("re-queued" in t for t in logs)
     c.close()
 
@@ -176,7 +176,7 @@ def test_a_worker_killed_on_its_last_attempt_fails_the_job(tmp_path, executor):
         c = Client(b.endpoint)
         job_id, _ = submit_job(c, {"steps": 50, "step_s": 0.05})
         c.wait_for("progress", job_id)
-        os.kill(b.executor.worker_pids()[job_id], signal.SIGKILL)
+        os.kill(b.executor.worker_pids()[b.sid(job_id)], signal.SIGKILL)
         failed = c.wait_for("failed", job_id, timeout=30)
         assert failed.content["ename"] == "WorkerDied" and "giving up" in failed.content["evalue"]
         if executor == "local":
@@ -214,7 +214,7 @@ def test_a_restarted_backend_finishes_interrupted_jobs_and_keeps_their_events(tm
     c = Client(b.endpoint)
     job_id, _ = submit_job(c, {"steps": 30, "step_s": 0.05})
     c.wait_for("progress", job_id)
-    before = [e.seq for e in b.store.events_since(job_id, 0)]
+    before = [e.seq for e in b.store.events_since(b.sid(job_id), 0)]
     b.stop()  # workers killed with the backend
     c.close()
     b2 = Backend(tmp_path, executor)
@@ -310,16 +310,15 @@ def test_workers_are_pinned_one_gpu_each(tmp_path, monkeypatch):
     executor = LocalExecutor(store, tmp_path / "data", ExecutorConfig(job_fn="tests.gpu_probe_job:report_gpu"))
     assert executor.workers == 2
     try:
-        for name in ("a", "b"):
-            store.submit(name, "o", {"step_s": 0.5}, b"img")
+        ids = [store.submit(name, "o", {"step_s": 0.5}, b"img")[0].job_id for name in ("a", "b")]
         executor.tick()
         time.sleep(0.2)
         executor.tick()
         deadline = time.time() + 30
-        while any(store.get(j).state != "done" for j in ("a", "b")) and time.time() < deadline:
+        while any(store.get(j).state != "done" for j in ids) and time.time() < deadline:
             executor.tick()
             time.sleep(0.05)
-        seen = sorted(next(e.content["gpu"] for e in store.events_since(j, 0) if e.kind == "log") for j in ("a", "b"))
+        seen = sorted(next(e.content["gpu"] for e in store.events_since(j, 0) if e.kind == "log") for j in ids)
         assert seen == ["2", "5"], "two concurrent jobs, one on each GPU"
     finally:
         executor.stop()

@@ -6,7 +6,11 @@ A message is a list of ZeroMQ frames, modelled on Jupyter's:
 
 ``MAGIC`` names the protocol so that a stray peer is told apart at once. The
 header is ``{msg_id, msg_type, version, session, job_id, seq}``; ``seq`` is the
-per-job event sequence number (None outside events). Binary frames carry image
+per-job event sequence number (None outside events). Optional header fields
+(kept in ``extra_header``): ``parent_msg_id`` on every reply (the request it
+answers: a client drops a reply that is not for its current request),
+``boot`` on everything a server sends (a new value means the server restarted
+and the client subscribes again), and ``auth`` (the local token, on loopback). Binary frames carry image
 bytes and result chunks; nothing is ever pickled.
 
 Decoding is strict about what it needs and tolerant of what it does not know:
@@ -35,6 +39,12 @@ SUPPORTED_VERSIONS = ("1.0",)
 MAX_JSON_BYTES = 1 << 20
 MAX_BINARY_BYTES = 64 << 20
 MAX_CHUNK_BYTES = 8 << 20
+MAX_LIST_PAGE = 500
+CHUNK_CREDIT = 8
+"""Result chunks a client may have unread; it acknowledges them by their nonces."""
+MAX_FRAMES = 8
+"""Frames in one message (a submit has 4); more is refused before anything is copied."""
+JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 # msg_type -> {field: type or tuple of types} that content must carry
 CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
@@ -45,14 +55,14 @@ CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
     "event": {"kind": str},
     "status": {},
     "status_reply": {"state": str},
-    "list": {},
+    "list": {},  # optional: offset, limit (a page of at most MAX_LIST_PAGE jobs)
     "list_reply": {"jobs": list},
     "cancel": {},
     "cancel_reply": {"state": str},
     "resume": {"last_seq": int},
     "result_info": {},
     "result_info_reply": {"size": int, "sha256": str},
-    "fetch_chunk": {"offset": int, "length": int},
+    "fetch_chunk": {"offset": int, "length": int},  # optional: acks, the nonces of chunks read
     "chunk": {"offset": int, "size": int},
     "error": {"ename": str, "evalue": str, "hint": str},
 }
@@ -151,8 +161,8 @@ def decode(frames: list[bytes], max_binary: int = MAX_BINARY_BYTES) -> Message:
     job_id = header.get("job_id")
     if job_id is not None:
         _check_type(job_id, str, "header.job_id")
-        if not 1 <= len(job_id) <= 128 or not all(c.isalnum() or c in "-_." for c in job_id):
-            raise ProtocolError("BadField", "job_id must be 1-128 characters of letters, digits, '-', '_' or '.'")
+        if not 1 <= len(job_id) <= 128 or not set(job_id) <= JOB_ID_CHARS:
+            raise ProtocolError("BadField", "job_id must be 1-128 characters of ASCII letters, digits, '-', '_' or '.'")
     if msg_type in NEEDS_JOB_ID and job_id is None:
         raise ProtocolError("BadField", f"{msg_type} needs a job_id in the header")
     seq = header.get("seq")
@@ -167,6 +177,12 @@ def decode(frames: list[bytes], max_binary: int = MAX_BINARY_BYTES) -> Message:
         raise ProtocolError("BadFrames", f"{msg_type} needs {need} binary frame(s), got {len(buffers)}")
     if msg_type == "resume" and content["last_seq"] < 0:
         raise ProtocolError("BadField", "last_seq must be >= 0")
+    if msg_type == "list":
+        for key in ("offset", "limit"):
+            if key in content:
+                _check_type(content[key], int, f"content.{key}")
+                if content[key] < 0:
+                    raise ProtocolError("BadField", f"{key} must be >= 0")
     if msg_type == "fetch_chunk" and (content["offset"] < 0 or not 0 < content["length"] <= MAX_CHUNK_BYTES):
         raise ProtocolError("BadField", f"offset must be >= 0 and length in 1..{MAX_CHUNK_BYTES}")
     known = {"msg_id", "msg_type", "version", "session", "job_id", "seq"}
@@ -189,12 +205,15 @@ def file_digest(path) -> tuple[str, int]:
 
 def error_reply(exc: ProtocolError, parent: Message | None = None, session: str = "") -> Message:
     """The ``error`` message answering a rejected request."""
-    return Message(
+    msg = Message(
         "error",
         {"ename": exc.ename, "evalue": exc.evalue, "hint": exc.hint, "parent_msg_id": parent.msg_id if parent else None},
         job_id=parent.job_id if parent else None,
         session=session,
     )
+    if parent is not None:
+        msg.extra_header["parent_msg_id"] = parent.msg_id
+    return msg
 
 
 LOCAL_TRANSPORTS = ("ipc://", "inproc://")
@@ -204,6 +223,8 @@ def is_loopback(address: str) -> bool:
     """Whether a ZeroMQ endpoint stays on this machine (ipc://, inproc:// or a loopback tcp:// host).
 
     Shared by the server's bind policy and clients' online-access checks."""
+    if ";" in address:
+        return False  # libzmq reads "source;destination": the part before ';' is not where it listens
     if address.startswith(LOCAL_TRANSPORTS):
         return True
     if not address.startswith("tcp://"):
