@@ -89,15 +89,8 @@ def export_mesh(
 
 @torch.no_grad()
 def read_mesh(path: str | Path) -> Mesh:
-    """Positions and faces of a GLB (ours, or any single-primitive glTF binary) or an OBJ."""
-    from .gltf import parse_glb
-    from .obj import read_obj
+    """World-space positions and faces of any .glb, .gltf or .obj (see :mod:`mpod123.export.reader`)."""
+    from .reader import read_mesh_file
 
-    path = Path(path)
-    if path.suffix.lower() == ".glb":
-        glb = parse_glb(path.read_bytes())
-        return Mesh(torch.from_numpy(glb.positions.copy()), torch.from_numpy(glb.indices.astype(np.int64)))
-    if path.suffix.lower() == ".obj":
-        v, f = read_obj(path)
-        return Mesh(torch.from_numpy(v), torch.from_numpy(f))
-    raise ValueError(f"cannot read a mesh from {path}: use .glb or .obj")
+    asset = read_mesh_file(path)
+    return Mesh(torch.from_numpy(asset.positions), torch.from_numpy(asset.faces))
