@@ -75,9 +75,9 @@ class StageBars:
         self.bars.clear()
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
+def generate_config(args: argparse.Namespace):
+    """The preset's PipelineConfig with ``--faces`` and ``--texture-size`` applied."""
     from .config import pipeline_preset
-    from .pipeline import ModelSources, default_workdir, generate
 
     config = pipeline_preset(args.preset)
     if args.faces is not None:
@@ -88,6 +88,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if not 16 <= args.texture_size <= 8192:
             raise ValueError(f"--texture-size must be between 16 and 8192, got {args.texture_size}")
         config.export.texture_size = args.texture_size
+    return config
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import ModelSources, default_workdir, generate
+
+    config = generate_config(args)
     bars = StageBars()
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
     try:

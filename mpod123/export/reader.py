@@ -109,7 +109,7 @@ def _texture_transform(uv: np.ndarray, info: dict) -> np.ndarray:
     r = float(ext.get("rotation", 0.0))
     c, s = np.cos(r), np.sin(r)
     m = np.array([[c * sx, s * sy, ox], [-s * sx, c * sy, oy]], dtype=np.float64)
-    return (np.c_[uv, np.ones(len(uv))] @ m.T).astype(np.float32)
+    return np.c_[uv, np.ones(len(uv))] @ m.T
 
 
 def _texcoord(info: dict) -> int:
@@ -199,13 +199,14 @@ def _flatten(scene, gltf: dict | None, materials: list[BaseColor]) -> MeshAsset:
         index = int(name[len(_TAG):]) if name.startswith(_TAG) else -1  # -1: glTF's default material
         uv = getattr(visual, "uv", None) if getattr(visual, "kind", None) == "texture" else None
         if uv is not None and len(uv) == len(v):
-            uv = np.asarray(uv, dtype=np.float32).copy()
+            uv = np.array(uv, dtype=np.float64)  # trimesh flipped v in float32: within one rounding of the file's
             uv[:, 1] = 1.0 - uv[:, 1]  # trimesh stores OpenGL's bottom-left origin; glTF's is the top-left
             if 0 <= index < len(originals):
                 info = originals[index].get("pbrMetallicRoughness", {}).get("baseColorTexture") or {}
                 if _texcoord(info) != 0:
                     raise MeshReadError("the base colour texture uses TEXCOORD_1, which is not supported: bake it onto UV map 0")
                 uv = _texture_transform(uv, info)
+            uv = uv.astype(np.float32)
             has_uv = True
         else:
             uv = np.zeros((len(v), 2), dtype=np.float32)
