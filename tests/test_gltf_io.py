@@ -148,6 +148,11 @@ def test_a_glb_from_trimesh_reads_with_its_transforms_uvs_and_texture(tmp_path):
     got = asset.uvs[box_rows]
     want = np.stack([uv[:, 0], 1 - uv[:, 1]], -1)
     assert len(box_rows) == len(box.vertices)
+    # the same scene as .gltf JSON with its buffer and image in files beside it
+    for name, blob in scene.export(file_type="gltf").items():
+        (tmp_path / name).write_bytes(blob)
+    as_gltf = read_mesh_file(tmp_path / "model.gltf")
+    assert np.array_equal(as_gltf.positions, asset.positions) and np.array_equal(as_gltf.uvs, asset.uvs)
     assert np.abs(got - want).max() < 1e-6, "the box's vertices keep their order and their UVs"
 
 
@@ -277,6 +282,10 @@ def test_files_the_reader_cannot_use_get_a_clear_error(tmp_path):
         "points.glb": (build_glb({**gltf, "meshes": [{"primitives": [{"attributes": {"POSITION": 3}, "mode": 0}]}] * 2}, blobs),
                        "no triangles"),
         "short.glb": (build_glb(gltf, blobs)[:-40], "truncated"),
+        "index.glb": (build_glb(gltf, [*blobs[:2], np.array([0, 1, 2, 0, 2, 9], np.uint8).tobytes(), *blobs[3:]]),
+                      "indices past"),
+        "count.glb": (build_glb({**gltf, "accessors": [{**gltf["accessors"][0], "count": 10**6}, *gltf["accessors"][1:]]},
+                                blobs), "does not decode"),
         "text.glb": (b"solid not a glb at all, but long enough", "bad magic"),
         "gltf1.glb": (build_glb({**gltf, "asset": {"version": "1.0"}}, blobs)[:8].replace(b"\x02", b"\x01", 1)
                       + build_glb(gltf, blobs)[8:], "glTF 1"),

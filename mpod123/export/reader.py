@@ -192,6 +192,8 @@ def _flatten(scene, gltf: dict | None, materials: list[BaseColor]) -> MeshAsset:
             continue  # points, lines and empty primitives carry no surface
         v = np.asarray(geom.vertices, dtype=np.float64) @ transform[:3, :3].T + transform[:3, 3]
         f = np.asarray(geom.faces, dtype=np.int64)
+        if f.min() < 0 or f.max() >= len(v):
+            raise MeshReadError(f"mesh {geom_name!r} has indices past its {len(v)} vertices: the file is damaged")
         if np.linalg.det(transform[:3, :3]) < 0:
             f = f[:, ::-1]
         visual = getattr(geom, "visual", None)
