@@ -73,16 +73,33 @@ class StageBars:
         self.bars.clear()
 
 
+def generate_config(args: argparse.Namespace):
+    """The preset's PipelineConfig with ``--faces`` and ``--texture-size`` applied."""
+    from .config import pipeline_preset
+
+    config = pipeline_preset(args.preset)
+    if args.faces is not None:
+        if 0 < args.faces < 4 or args.faces < 0:
+            raise ValueError(f"--faces must be at least 4 (or 0 for the full mesh), got {args.faces}")
+        config.export.target_faces = args.faces or None
+    if args.texture_size is not None:
+        if not 16 <= args.texture_size <= 8192:
+            raise ValueError(f"--texture-size must be between 16 and 8192, got {args.texture_size}")
+        config.export.texture_size = args.texture_size
+    return config
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import ModelSources, default_workdir, generate
 
+    config = generate_config(args)
     bars = StageBars()
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
     try:
         result = generate(
             args.image, args.out, preset=args.preset, device=args.device, seed=args.seed,
             models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
-            resume=args.resume, callback=bars, tiny=args.tiny,
+            resume=args.resume, callback=bars, tiny=args.tiny, config=config,
         )
     except KeyboardInterrupt:
         bars.close()
@@ -198,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--embedding", help="a learned <e> embedding (.bin or .safetensors); skips textual inversion")
     gen.add_argument("--workdir", help="folder for checkpoints, previews and run.json (default: OUT.work beside the GLB)")
     gen.add_argument("--resume", action="store_true", help="continue the run in the work folder from its checkpoints")
+    gen.add_argument("--faces", type=int, help="face budget of the exported mesh, quadric-decimated before the unwrap "
+                     "(default: the preset's, 50000 for paper, 20000 fast, 5000 draft; 0 keeps every face)")
+    gen.add_argument("--texture-size", type=int, help="baked texture side in pixels (default: 2048 paper, 1024 fast, 256 draft)")
     gen.add_argument("--tiny", action="store_true",
                      help="tiny random models instead of real weights: exercises everything, makes noise")
     gen.set_defaults(func=_cmd_generate)

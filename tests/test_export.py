@@ -183,3 +183,24 @@ def test_export_with_a_face_budget(tmp_path):
     result = export_mesh(_sphere(20), front_red, tmp_path / "small.glb", cfg)
     assert result.n_faces <= 500 and "decimate_s" in result.seconds
     assert parse_glb(result.glb.read_bytes()).indices.shape[0] == result.n_faces
+
+
+def test_fins_left_by_edge_collapses_are_removed_and_every_normal_has_unit_length():
+    from mpod123.export.decimate import drop_fins
+    from mpod123.export.exporter import unit_normals
+
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [5, 5, 5], [6, 5, 5], [5, 6, 5]], dtype=torch.float32)
+    tetra = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    extra = torch.tensor([[1, 3, 0], [3, 1, 0],  # one face repeated, then reversed: they cancel to the original
+                          [4, 5, 6], [4, 6, 5]])  # a free-standing fin: both go, and their vertices
+    mesh = Mesh(v, torch.cat([tetra, extra]))
+    assert not mesh.is_closed()
+    clean = drop_fins(mesh)
+    assert clean.n_faces == 4 and clean.n_vertices == 4 and clean.is_closed()
+    assert float(clean.signed_volume()) == pytest.approx(float(Mesh(v, tetra).signed_volume()))
+    # normals: a fin's vertices have none by area weighting; the largest face's stands in
+    fin = Mesh(v[4:], torch.tensor([[0, 1, 2], [0, 2, 1]]))
+    assert (fin.vertex_normals().norm(dim=-1) < 0.5).all(), "the problem: area weighting cancels"
+    n = unit_normals(fin)
+    assert torch.allclose(n.norm(dim=-1), torch.ones(3, dtype=n.dtype))
+    assert torch.allclose(unit_normals(clean).norm(dim=-1), torch.ones(4, dtype=torch.float64))

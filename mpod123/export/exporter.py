@@ -48,6 +48,32 @@ def _atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def unit_normals(mesh: Mesh) -> Tensor:
+    """Area-weighted vertex normals, each of unit length (glTF requires it of NORMAL).
+
+    Where the faces around a vertex cancel (a fold), the normal of its largest
+    face stands in; a vertex whose faces all have zero area gets +Y.
+    """
+    normals = mesh.vertex_normals().double()
+    bad = normals.norm(dim=-1) < 0.5
+    if bool(bad.any()):
+        face_n = mesh.face_normals(normalize=False).double()
+        area = face_n.norm(dim=-1)
+        best = torch.zeros(mesh.n_vertices, dtype=area.dtype, device=area.device)
+        pick = torch.zeros(mesh.n_vertices, 3, dtype=area.dtype, device=area.device)
+        for k in range(3):  # largest face per vertex, in three scatter passes
+            v = mesh.faces[:, k]
+            best = best.scatter_reduce(0, v, area, reduce="amax")
+        for k in range(3):
+            v = mesh.faces[:, k]
+            hit = area >= best[v]
+            pick[v[hit]] = face_n[hit]
+        fallback = torch.tensor([0.0, 1.0, 0.0], dtype=area.dtype, device=area.device)
+        pick = torch.where(pick.norm(dim=-1, keepdim=True) > 0, pick, fallback)
+        normals[bad] = pick[bad] / pick[bad].norm(dim=-1, keepdim=True)
+    return normals / normals.norm(dim=-1, keepdim=True)
+
+
 def export_mesh(
     mesh: Mesh, color_fn: Callable[[Tensor], Tensor], out_glb: str | Path, cfg: ExportConfig | None = None
 ) -> ExportResult:
@@ -69,7 +95,7 @@ def export_mesh(
     t2 = time.perf_counter()
     png = png_bytes(texture.float().cpu().numpy())
     positions = uv_mesh.vertices.float().cpu().numpy()
-    normals = mesh.vertex_normals()[uv_mesh.source].float().cpu().numpy()  # welded: smooth across seams
+    normals = unit_normals(mesh)[uv_mesh.source].float().cpu().numpy()  # welded: smooth across seams
     uvs = uv_mesh.uvs.float().cpu().numpy()
     indices = uv_mesh.faces.cpu().numpy().astype(np.uint32)
     name = out_glb.stem
@@ -89,15 +115,8 @@ def export_mesh(
 
 @torch.no_grad()
 def read_mesh(path: str | Path) -> Mesh:
-    """Positions and faces of a GLB (ours, or any single-primitive glTF binary) or an OBJ."""
-    from .gltf import parse_glb
-    from .obj import read_obj
+    """World-space positions and faces of any .glb, .gltf or .obj (see :mod:`mpod123.export.reader`)."""
+    from .reader import read_mesh_file
 
-    path = Path(path)
-    if path.suffix.lower() == ".glb":
-        glb = parse_glb(path.read_bytes())
-        return Mesh(torch.from_numpy(glb.positions.copy()), torch.from_numpy(glb.indices.astype(np.int64)))
-    if path.suffix.lower() == ".obj":
-        v, f = read_obj(path)
-        return Mesh(torch.from_numpy(v), torch.from_numpy(f))
-    raise ValueError(f"cannot read a mesh from {path}: use .glb or .obj")
+    asset = read_mesh_file(path)
+    return Mesh(torch.from_numpy(asset.positions), torch.from_numpy(asset.faces))

@@ -1,8 +1,10 @@
-"""Wavefront OBJ + MTL + PNG writing, and a small OBJ reader (positions and triangles)."""
+"""Wavefront OBJ + MTL + PNG writing (reading goes through :mod:`mpod123.export.reader`).
+
+The writer stays ours: OBJ is a few lines of text, and trimesh, Blender and our
+reader load it with its texture (tested).
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -19,19 +21,3 @@ def encode_obj(positions: np.ndarray, indices: np.ndarray, uvs: np.ndarray, norm
 
 def encode_mtl(material: str, texture_name: str) -> str:
     return f"newmtl {material}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {texture_name}\n"
-
-
-def read_obj(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (V, 3) and triangles (F, 3) of an OBJ; polygons are fanned into triangles."""
-    verts, faces = [], []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            verts.append([float(p) for p in parts[1:4]])
-        elif parts[0] == "f":
-            idx = [int(p.split("/")[0]) for p in parts[1:]]
-            idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
-            faces += [[idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1)]
-    return np.asarray(verts, dtype=np.float32).reshape(-1, 3), np.asarray(faces, dtype=np.int64).reshape(-1, 3)
