@@ -16,7 +16,9 @@ Three steps, after nvdiffrast's split:
    the segment between the pixel centres and blends the two colours by how far
    past the midpoint it lies, as nvdiffrast's antialias op does. The blend is a
    smooth function of the edge's vertices, so masks and colours get silhouette
-   gradients.
+   gradients. Like nvdiffrast, a horizontal pair uses an edge only when it is at
+   least as steep as 45 degrees, a vertical pair only when it is at most that
+   steep, so each edge is blended along the direction it is crossed cleanly.
 
 Screen convention: pixel (x, y) has its centre at (x + 0.5, y + 0.5), rows run
 downwards, and a camera-space point (X, Y, Z) (looking along -Z) lands at
@@ -216,7 +218,15 @@ def antialias(color: Tensor, rast: Rasterized, screen: Tensor, faces: Tensor, n_
         s = e_in / (e_in - e_out).where(crosses, torch.ones_like(e_in))
         s = torch.where(crosses, s, torch.full_like(s, 2.0))
         s_min, k_star = s.detach().min(dim=-1)
-        keep = (s_min <= 1.0) & sil[bi, t, k_star]
+        # nvdiffrast's edge-direction test: a horizontal pair only takes edges at least as
+        # steep as 45 degrees (|dy| >= |dx|), a vertical pair only edges at most that steep.
+        # A near-parallel edge would cross the pair's segment at a position that swings
+        # with 1/slope of the vertex motion (and count twice, once per pass).
+        rows = torch.arange(tri.shape[0], device=tri.device)
+        edge = (tri[rows, (k_star + 2) % 3] - tri[rows, (k_star + 1) % 3]).detach()
+        steep = edge[:, 1].abs() >= edge[:, 0].abs()
+        flat_ok = edge[:, 0].abs() >= edge[:, 1].abs()
+        keep = (s_min <= 1.0) & sil[bi, t, k_star] & (steep if dim == 2 else flat_ok)
         if not keep.any():
             continue
         bi, y_in, x_in, y_out, x_out = bi[keep], y_in[keep], x_in[keep], y_out[keep], x_out[keep]
