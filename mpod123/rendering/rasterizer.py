@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,14 +84,18 @@ def rasterize(screen: Tensor, depth: Tensor, faces: Tensor, width: int, height: 
         ok = (vd.min(1).values > near) & (area.abs() > 1e-12) & (nx > 0) & (ny > 0)
         face_ids = torch.nonzero(ok)[:, 0]
         counts = (nx * ny)[face_ids]
-        # process faces in groups whose candidate pixels fit the memory budget
-        ends = torch.cumsum(counts, 0)
+        # process faces in groups whose candidate pixels fit the memory budget; the groups
+        # are found on the host from one copy of the running totals (one sync per view,
+        # not one per group), which also sizes each group's repeat_interleave
+        ends = torch.cumsum(counts, 0).cpu().numpy()
         start = 0
         while start < face_ids.numel():
-            budget_end = int(torch.searchsorted(ends, (ends[start - 1] if start else 0) + MAX_CANDIDATES, right=True))
+            before = int(ends[start - 1]) if start else 0
+            budget_end = int(np.searchsorted(ends, before + MAX_CANDIDATES, side="right"))
             stop = max(start + 1, min(budget_end, face_ids.numel()))
             _raster_group(
-                face_ids[start:stop], counts[start:stop], v2, vd, area, x0, y0, nx, width, tri_out[b], depth_out[b]
+                face_ids[start:stop], counts[start:stop], v2, vd, area, x0, y0, nx, width, tri_out[b], depth_out[b],
+                int(ends[stop - 1]) - before,
             )
             start = stop
     return Rasterized(tri_out.view(b_views, height, width), depth_out.view(b_views, height, width))
@@ -98,12 +103,12 @@ def rasterize(screen: Tensor, depth: Tensor, faces: Tensor, width: int, height: 
 
 def _raster_group(
     fids: Tensor, counts: Tensor, v2: Tensor, vd: Tensor, area: Tensor, x0: Tensor, y0: Tensor, nx: Tensor,
-    width: int, tri_out: Tensor, depth_out: Tensor,
+    width: int, tri_out: Tensor, depth_out: Tensor, total: int,
 ) -> None:
     dev = v2.device
-    face = torch.repeat_interleave(fids, counts)
+    face = torch.repeat_interleave(fids, counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
-    k = torch.arange(face.numel(), device=dev) - torch.repeat_interleave(first, counts)
+    k = torch.arange(total, device=dev) - torch.repeat_interleave(first, counts, output_size=total)
     px = x0[face] + k % nx[face]
     py = y0[face] + k // nx[face]
     p = torch.stack([px, py], dim=-1).to(v2.dtype) + 0.5
