@@ -14,6 +14,7 @@ import torch
 from mpod123.guidance import MultiViewSupervision
 from mpod123.progress import Preview, Progress, StageDone
 from mpod123.stages import OutlineStage, ReferenceView
+from mpod123.stages.base import PROGRESS_RATE_HZ, OptimisationStage
 from mpod123.synthetic import turntable_dataset
 
 
@@ -90,6 +91,8 @@ def test_progress_is_throttled_but_previews_and_the_stage_end_always_arrive(tiny
     tiny_cfg.steps, tiny_cfg.preview_every = 10, 4
     tiny_cfg.preview_views, tiny_cfg.preview_resolution = 2, 16
     stage = _stage(tiny_cfg, callback=events.append)
+    assert PROGRESS_RATE_HZ == 4.0
+    stage.progress_rate_hz = PROGRESS_RATE_HZ
     ticks = iter(range(10_000))
     stage.clock = lambda: next(ticks) * 0.1  # one reading per step
     stage.run()
@@ -111,6 +114,7 @@ def test_nan_steps_are_counted_in_run_json_and_progress_stays_under_4_per_second
     from tests.test_pipeline import small_config
 
     monkeypatch.setenv("MPOD123_TINY_MODELS", str(tmp_path / "tiny"))
+    monkeypatch.setattr(OptimisationStage, "progress_rate_hz", PROGRESS_RATE_HZ)  # production's rate
     original = Zero123Guidance.__call__
 
     def nan_at_step_2(self, inp):
