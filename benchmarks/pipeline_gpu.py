@@ -114,7 +114,7 @@ def main() -> None:
             setup = max(0.0, timings[stage] - ((done - first) / rate if rate else 0.0))
             full_s = setup + ((budget[stage] - first) / rate if rate else 0.0)
             total += full_s
-            stages[stage] = {"steps_run": done, "steps_per_s": None if rate is None else round(rate, 2),
+            stages[stage] = {"steps_run": done, "steps_per_s": None if rate is None else round(rate, 4),
                              "seconds_run": timings[stage], "setup_s": round(setup, 2),
                              "budget_steps": budget[stage], "extrapolated_s": round(full_s, 1)}
         rows.append({"preset": preset, "stages": stages, "export_s": timings.get("export"),

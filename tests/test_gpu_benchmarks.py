@@ -44,5 +44,5 @@ def test_pipeline_benchmark_extrapolates_each_stage(tmp_path):
     for stage, budget, first in (("outline", 200, 32), ("detail", 200, 0), ("inversion", 20, 0)):
         s = row["stages"][stage]
         assert s["steps_run"] == first + 6 and s["budget_steps"] == budget and s["steps_per_s"] > 0
-        assert s["extrapolated_s"] >= s["setup_s"] + (budget - first) / s["steps_per_s"] - 0.2
+        assert s["extrapolated_s"] >= 0.99 * (s["setup_s"] + (budget - first) / s["steps_per_s"]) - 0.2
     assert row["extrapolated_total_s"] >= sum(s["extrapolated_s"] for s in row["stages"].values())
