@@ -63,7 +63,7 @@ class OutlineStage(OptimisationStage):
 
     # ----------------------------------------------------------------- training
     def train_step(self) -> dict[str, Tensor]:
-        """One optimisation step; returns the losses as floats."""
+        """One optimisation step; returns the losses, detached and still on the device."""
         cfg = self.cfg
         self.field.train()
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
