@@ -238,3 +238,39 @@ def test_nerfacc_without_its_extension_falls_back_to_torch_with_the_reason(monke
         opt.resolve_backend("nerfacc", "nerfacc", cuda)
     # a CPU run never touches the extension
     assert "needs a CUDA device" in opt.unavailable_reason("nerfacc", "cpu")
+
+
+def test_nerfacc_path_jitters_from_the_stage_generator(monkeypatch):
+    """nerfacc 0.5.3's ``OccGridEstimator.sampling(stratified=True)`` jitters with the global RNG
+    (``near = max(near_plane, t_min) + rand_like * step``). Our call passes the jitter as
+    ``t_min``, drawn from the stage's generator, so a resumed run marches the same samples."""
+    import mpod123.rendering.ray_marching as rm
+    from mpod123.config import OccupancyGridConfig
+    from mpod123.rendering import OccupancyGrid
+
+    calls = []
+
+    class Estimator:  # OccGridEstimator.sampling's signature (nerfacc 0.5.3), recording its arguments
+        def sampling(self, rays_o, rays_d, sigma_fn=None, alpha_fn=None, near_plane=0.0, far_plane=1e10,
+                     t_min=None, t_max=None, render_step_size=1e-3, early_stop_eps=1e-4, alpha_thre=0.0,
+                     stratified=False, cone_angle=0.0):
+            calls.append({"t_min": t_min, "stratified": stratified, "step": render_step_size})
+            empty = torch.zeros(0)
+            return empty.long(), empty, empty
+
+    monkeypatch.setattr(rm, "resolve_backend", lambda requested, accelerator, device: "torch")
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=8))
+    marcher = rm.RayMarcher(grid, 0.05, 1.0)
+    marcher.backend, marcher._estimator = "nerfacc", Estimator()
+    rays_o, rays_d = torch.zeros(16, 3) + torch.tensor([0.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, -1.0]).expand(16, 3)
+    torch.manual_seed(123)
+    global_state = torch.get_rng_state()
+    for _ in range(2):
+        marcher.march(rays_o, rays_d, stratified=True, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), global_state), "the global RNG is not touched"
+    a, b = calls
+    assert not a["stratified"] and a["step"] == 0.05
+    torch.testing.assert_close(a["t_min"], torch.rand(16, generator=torch.Generator().manual_seed(7)) * 0.05)
+    assert torch.equal(a["t_min"], b["t_min"]), "same generator state, same samples"
+    marcher.march(rays_o, rays_d, stratified=False)
+    assert calls[-1]["t_min"] is None
