@@ -5,8 +5,9 @@ and text encoder; Zero123-XL's 8-channel UNet and CLIP ViT-L/14 image encoder),
 are saved in the diffusers layout and loaded through the production
 ``from_pretrained`` path. Timed, per step, forward and backward:
 
-* ``zero123``: a 256² render of the stage-1 batch -> VAE encode -> one CFG UNet
-  call -> the SDS gradient back into the render.
+* ``zero123``: a 128² render of the stage-1 batch (the paper's stage-1 size),
+  resized to Zero123's 256² -> VAE encode -> one CFG UNet call -> the SDS
+  gradient back into the render.
 * ``dai``: a 1024² render resized to 512² -> the same with Stable Diffusion and
   MRCA on every cross-attention layer (a real, partly zero mask).
 * ``inversion``: one textual-inversion step (text encoder + UNet forward and
@@ -71,7 +72,7 @@ def main() -> None:
     dev, b = args.device, args.batch
     rows = []
 
-    # ---- Zero123 SDS at 256² (stage 1 renders 128² in the paper; the guidance resizes)
+    # ---- Zero123 SDS: 128² renders (stage 1's size in the paper), resized to the model's 256²
     ref = torch.rand(256, 256, 3)
     z = Zero123Guidance(Zero123Config(model=str(root / "zero123")), ref, orbit_cameras(90.0, 0.0), device=dev)
     cams = orbit_cameras(70.0, [30.0 * i for i in range(b)], 2.5, 40.0, 128)

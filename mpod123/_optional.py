@@ -11,12 +11,21 @@ call :func:`resolve_backend` with what the user asked for:
 
 Probing imports the package only when asked, so ``import mpod123`` never loads
 tinycudann or nerfacc.
+
+Some accelerators import fine without their compiled part: nerfacc 0.5.x and
+nvdiffrast 0.3.x look for (or JIT-build) their CUDA extension only on the first
+call, which would put a minutes-long build, or an ``AttributeError`` on
+``None``, inside the first training step. Their probe therefore also loads the
+extension (``Accelerator.extension``), so the build happens, or fails with a
+clear reason, when the backend is chosen. The extension is only loaded for a
+CUDA run: a CPU run never compiles anything.
 """
 
 from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -31,12 +40,33 @@ class AcceleratorFallbackWarning(UserWarning):
     """``backend="auto"`` fell back to the pure-torch reference."""
 
 
+def _nerfacc_extension(module: ModuleType) -> None:
+    """nerfacc 0.5.x: ``nerfacc.cuda._backend`` imports a prebuilt ``nerfacc.csrc`` or JIT-builds
+    one with nvcc; without either it leaves ``_C = None`` and the first sampling call fails."""
+    backend = importlib.import_module("nerfacc.cuda._backend")
+    if getattr(backend, "_C", None) is None:
+        raise RuntimeError(
+            "nerfacc is installed but its CUDA extension is missing: no prebuilt nerfacc.csrc and no "
+            "CUDA toolkit (nvcc) to build it; install a prebuilt wheel matching your torch and CUDA "
+            "(see nerfacc's README) or install the CUDA toolkit"
+        )
+
+
+def _nvdiffrast_extension(module: ModuleType) -> None:
+    """nvdiffrast 0.3.x builds its CUDA plugin on the first context; build (or fail) now."""
+    get_plugin = getattr(getattr(module, "ops", module), "_get_plugin", None)
+    if get_plugin is not None:
+        get_plugin(gl=False)
+
+
 @dataclass(frozen=True)
 class Accelerator:
     name: str
     module: str
     install_hint: str
     needs_cuda: bool = True
+    extension: Callable[[ModuleType], None] | None = None
+    """Loads the compiled part (raising with a reason when it is missing); None when importing suffices."""
 
 
 ACCELERATORS: dict[str, Accelerator] = {
@@ -46,17 +76,25 @@ ACCELERATORS: dict[str, Accelerator] = {
         "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch "
         "(needs CUDA and a matching compiler)",
     ),
-    "nerfacc": Accelerator("nerfacc", "nerfacc", "pip install nerfacc (its ops need CUDA)"),
+    "nerfacc": Accelerator(
+        "nerfacc", "nerfacc", "pip install nerfacc (its ops need CUDA and its compiled extension)", True, _nerfacc_extension
+    ),
     "kaolin": Accelerator(
         "kaolin", "kaolin", "pip install kaolin -f <the NVIDIA wheel index for your torch and CUDA versions>"
     ),
     "nvdiffrast": Accelerator(
-        "nvdiffrast", "nvdiffrast.torch", "pip install git+https://github.com/NVlabs/nvdiffrast (needs CUDA)"
+        "nvdiffrast",
+        "nvdiffrast.torch",
+        "pip install git+https://github.com/NVlabs/nvdiffrast (needs CUDA)",
+        True,
+        _nvdiffrast_extension,
     ),
 }
 
 _probed: dict[str, ModuleType | Exception] = {}
+_extension: dict[str, Exception | None] = {}
 _warned: set[str] = set()
+_fallbacks: dict[str, str] = {}
 
 
 def probe(name: str) -> ModuleType | None:
@@ -71,18 +109,50 @@ def probe(name: str) -> ModuleType | None:
     return None if isinstance(found, Exception) else found
 
 
-def _why_unavailable(name: str, device: torch.device) -> str | None:
+def probe_extension(name: str) -> str | None:
+    """Import the accelerator and load its compiled extension once (building it if the library
+    does that); returns why it cannot run, or None when it can."""
     acc = ACCELERATORS[name]
+    module = probe(name)
+    if module is None:
+        return f"{acc.module} is not importable ({_probed[name]}); install it with: {acc.install_hint}"
+    if acc.extension is None:
+        return None
+    if name not in _extension:
+        try:
+            acc.extension(module)
+            _extension[name] = None
+        except Exception as exc:  # a missing extension, a failed JIT build, a CUDA/ABI error
+            _extension[name] = exc
+    failed = _extension[name]
+    if failed is None:
+        return None
+    return f"{acc.module} is importable but its CUDA extension does not load ({type(failed).__name__}: {failed})"
+
+
+def unavailable_reason(name: str, device: torch.device | str) -> str | None:
+    """Why accelerator ``name`` cannot run on ``device``, or None when it can (probes on CUDA only)."""
+    acc = ACCELERATORS[name]
+    device = torch.device(device)
     if acc.needs_cuda and device.type != "cuda":
         return f"{acc.module} needs a CUDA device, and this run is on {device.type}"
-    if probe(name) is None:
-        return f"{acc.module} is not importable ({_probed[name]}); install it with: {acc.install_hint}"
+    failed = probe_extension(name)
+    if failed:
+        return failed
     from .accel_selftest import check  # a parity self-test against the torch twin, once per process
 
     failed = check(name, device)
     if failed:
         return f"{acc.module} failed its parity self-test against the torch path ({failed})"
     return None
+
+
+_why_unavailable = unavailable_reason
+
+
+def fallback_reasons() -> dict[str, str]:
+    """Accelerator -> why ``auto`` last fell back to torch for it in this process (for run records)."""
+    return dict(_fallbacks)
 
 
 def resolve_backend(requested: str, accelerator: str, device: torch.device | str) -> str:
@@ -92,11 +162,12 @@ def resolve_backend(requested: str, accelerator: str, device: torch.device | str
         return "torch"
     if requested not in ("auto", accelerator):
         raise ValueError(f"backend must be 'auto', 'torch' or '{accelerator}', not {requested!r}")
-    why = _why_unavailable(accelerator, device)
+    why = unavailable_reason(accelerator, device)
     if why is None:
         return accelerator
     if requested == accelerator:
         raise BackendUnavailable(f"backend '{accelerator}' was requested but {why}. Use backend='torch' or 'auto'.")
+    _fallbacks[accelerator] = why
     if accelerator not in _warned:
         _warned.add(accelerator)
         warnings.warn(f"backend 'auto': using the pure-torch path because {why}", AcceleratorFallbackWarning, stacklevel=3)

@@ -277,6 +277,10 @@ class DetailStageConfig:
     """Render size in pixels (paper: 1024 in stage 2)."""
     nvm_mask_resolution: int = 256
     """Stage-1 masks for L_nvm are rendered at this size and upsampled (nearest)."""
+    nvm_camera_pool: int = 0
+    """0: novel views are drawn afresh each step, and their stage-1 masks rendered each step.
+    N > 0: they come from N orbit views drawn once per run, whose masks are rendered once
+    and cached (a guidance with its own fixed views is always cached by view)."""
     reference_view_prob: float = 0.25
     ref_rgb_weight: float = 1000.0
     ref_mask_weight: float = 500.0
@@ -398,10 +402,12 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     embedding: str | None = None
     """A ready-made `<e>` embedding file; when set, textual inversion is skipped."""
-    deterministic: bool = True
+    deterministic: bool | None = None
     """Use torch's deterministic algorithms, so the same seed on the same device gives the same
-    mesh (multi-threaded CPU scatter-adds otherwise differ in the last bits). The CUDA
-    accelerators (tinycudann, nerfacc) have no deterministic mode; set False for speed there."""
+    mesh (multi-threaded CPU scatter-adds otherwise differ in the last bits). None: on for the
+    CPU, off on CUDA, where they turn every scatter-add (the hash-grid backward, compositing)
+    into a slower sort-based kernel and need ``CUBLAS_WORKSPACE_CONFIG`` (set by the runner);
+    the CUDA accelerators (tinycudann, nerfacc) have no deterministic mode anyway."""
 
     def with_seed(self, seed: int) -> PipelineConfig:
         """The same settings with every seed set to ``seed``."""

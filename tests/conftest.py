@@ -24,6 +24,18 @@ def _quiet_fallback_warnings():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _every_progress_event():
+    """Stages report every step in tests that stop or cancel at a given step; the throttle
+    (4 a second in production) has its own tests, which set the rate they check."""
+    from mpod123.stages.base import OptimisationStage
+
+    rate = OptimisationStage.progress_rate_hz
+    OptimisationStage.progress_rate_hz = 0.0
+    yield
+    OptimisationStage.progress_rate_hz = rate
+
+
 @pytest.fixture
 def tiny_cfg():
     """The draft preset shrunk further: 24 px renders, a small grid and MLPs."""

@@ -145,3 +145,54 @@ def test_bench_reconstruct_detail_end_to_end(tmp_path):
     from mpod123.export import validate_glb
 
     validate_glb((out / "mesh.glb").read_bytes())
+
+
+class _CountingMasks:
+    """The stage-1 mask function, counting the views it renders."""
+
+    def __init__(self, outline):
+        self.outline, self.rendered = outline, 0
+
+    def __call__(self, cams):
+        self.rendered += len(cams)
+        return self.outline.masks(cams)
+
+
+def test_stage1_masks_of_a_guidances_fixed_views_are_rendered_once(fitted):
+    views, ref, guidance, outline = fitted
+    masks = _CountingMasks(outline)
+    cfg = _detail_cfg(reference_view_prob=0.0)
+    cfg.dmtet.init_threshold = 5.0  # no calibration renders
+    stage = DetailStage(cfg, ref, guidance, outline.field, masks)
+    seen = set()
+    for i in range(10):
+        cams, ids, keys = stage.draw_novel_views(cfg.resolution)
+        seen.update(int(v) for v in ids)
+        cached = stage.nvm_targets(cams, 32, 32, keys)
+        if i < 3:  # the same as rendering them now
+            torch.testing.assert_close(cached, stage.nvm_targets(cams, 32, 32))
+            masks.rendered -= len(cams)
+    assert masks.rendered == len(seen) < 10, "each view rendered once"
+    assert len(stage.nvm_cache) == len(seen)
+
+
+def test_a_camera_pool_renders_each_pool_views_mask_once(fitted):
+    views, ref, _, outline = fitted
+
+    class NoGuidance:  # proposes no views: the stage draws them
+        def __call__(self, inp):
+            return {}
+
+    masks = _CountingMasks(outline)
+    cfg = _detail_cfg(reference_view_prob=0.0, nvm_camera_pool=3, normal_consistency_weight=0.0, laplacian_weight=0.0)
+    cfg.dmtet.init_threshold = 5.0
+    stage = DetailStage(cfg, ref, NoGuidance(), outline.field, masks)
+    poses = set()
+    for _ in range(8):
+        cams, ids, keys = stage.draw_novel_views(cfg.resolution)
+        assert ids is None and keys[0][0] == "pool"
+        poses.add(tuple(cams.c2w[0, :3, 3].tolist()))
+        stage.nvm_targets(cams, 32, 32, keys)
+    assert len(poses) <= 3 and masks.rendered == len(poses)
+    losses = stage.train_step()
+    assert "nvm" in losses and masks.rendered == len(poses) + (1 if len(stage.nvm_cache) > len(poses) else 0)

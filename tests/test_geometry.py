@@ -162,7 +162,12 @@ def test_kaolin_marching_tets_matches_the_reference():
     sdf = _torus_sdf(g.vertices)
     ref = marching_tets(g.vertices, sdf, g.tets, backend="torch")
     acc = marching_tets(g.vertices, sdf, g.tets, backend="kaolin")
+    # kaolin's quads split along another diagonal, so compare vertices and winding, not faces
+    # (and not a Chamfer distance of two samplings, whose noise exceeds any useful limit)
     assert acc.n_faces == ref.n_faces
+    torch.testing.assert_close(acc.vertices, ref.vertices, atol=1e-5, rtol=1e-5)
+    assert float(ref.signed_volume()) > 0
     assert float(acc.signed_volume()) == pytest.approx(float(ref.signed_volume()), rel=1e-4), "same winding"
-    g2 = torch.Generator().manual_seed(0)
-    assert float(chamfer_distance(ref.cpu().sample_surface(5000, g2), acc.cpu().sample_surface(5000, g2))) < 0.01
+    c = acc.vertices[acc.faces].mean(1)
+    ring = torch.nn.functional.normalize(c * torch.tensor([1.0, 0.0, 1.0], device=c.device), dim=-1) * 0.5
+    assert bool(((acc.face_normals() * (c - ring)).sum(-1) > 0).all()), "every face faces out"

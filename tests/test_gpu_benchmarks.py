@@ -40,8 +40,9 @@ def test_pipeline_benchmark_extrapolates_each_stage(tmp_path):
                "--out", str(tmp_path / "p.json"), "--models", str(tmp_path / "models"))
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
-    for stage, budget in (("outline", 200), ("detail", 200), ("inversion", 20)):
+    # stage 1 first runs through its occupancy grid's warm-up (32 steps in draft), timed apart
+    for stage, budget, first in (("outline", 200, 32), ("detail", 200, 0), ("inversion", 20, 0)):
         s = row["stages"][stage]
-        assert s["steps_run"] == 6 and s["budget_steps"] == budget and s["steps_per_s"] > 0
-        assert s["extrapolated_s"] >= s["setup_s"] + budget / s["steps_per_s"] - 0.2
+        assert s["steps_run"] == first + 6 and s["budget_steps"] == budget and s["steps_per_s"] > 0
+        assert s["extrapolated_s"] >= 0.99 * (s["setup_s"] + (budget - first) / s["steps_per_s"]) - 0.2
     assert row["extrapolated_total_s"] >= sum(s["extrapolated_s"] for s in row["stages"].values())

@@ -252,3 +252,22 @@ def test_blockwise_early_stop_equals_evaluating_every_step():
     assert keep.sum() < 0.8 * len(every), "the field must be opaque enough for the early stop to matter"
     assert torch.equal(got.ray_indices, every.ray_indices[keep])
     torch.testing.assert_close(got.t_starts, every.t_starts[keep])
+
+
+def test_packed_float64_weights_equal_the_padded_table():
+    """The sync-free way (CUDA's default) gives the table's weights: same rays, same prefix sums."""
+    from mpod123.rendering.compositing import sample_weights
+    from mpod123.rendering.ray_marching import RaySamples
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 300, (64,), generator=g)
+    rays = torch.repeat_interleave(torch.arange(64), counts)
+    t0 = torch.cat([torch.sort(torch.rand(int(c), generator=g) * 3).values for c in counts])
+    samples = RaySamples(rays, t0, t0 + 0.01, 64)
+    sigmas = torch.rand(rays.numel(), generator=g) * 50
+    table = sample_weights(samples, sigmas, packed=False)
+    packed = sample_weights(samples, sigmas, packed=True)
+    assert packed.dtype == torch.float32
+    torch.testing.assert_close(packed, table, atol=1e-6, rtol=1e-5)
+    per_ray = torch.zeros(64).index_add(0, rays, packed)
+    assert float(per_ray.max()) <= 1.0 + 1e-5 and float(per_ray.max()) > 0.9, "opaque rays sum to ~1"

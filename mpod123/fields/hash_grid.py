@@ -19,6 +19,7 @@ for value:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -108,6 +109,39 @@ def hash_grid_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor
     return out.permute(1, 0, 2).reshape(n, n_levels * n_feat)
 
 
+def tcnn_encoding(tcnn, cfg: HashGridConfig, params: nn.Parameter, device: torch.device | str) -> nn.Module:
+    """A ``tinycudann.Encoding`` with our layout, built on ``device`` and reading ``params``.
+
+    tiny-cuda-nn's torch ``Encoding`` (bindings 1.7) builds its native module on the
+    *current* CUDA device, so it is built inside ``torch.cuda.device(device)``. Its
+    parameter count is ``native_tcnn_module.n_params()`` (the Python module has no
+    ``n_params``; ``params.numel()`` is the same number); ours must match it, or the
+    two layouts differ. Its own ``params`` Parameter is then replaced by ours.
+    """
+    device = torch.device(device)
+    config = {
+        "otype": "HashGrid",
+        "n_levels": cfg.n_levels,
+        "n_features_per_level": cfg.n_features_per_level,
+        "log2_hashmap_size": cfg.log2_hashmap_size,
+        "base_resolution": cfg.base_resolution,
+        "per_level_scale": cfg.per_level_scale,
+        "interpolation": "Linear",
+    }
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        encoding = tcnn.Encoding(3, config, dtype=torch.float32)
+    native = getattr(encoding, "native_tcnn_module", None)
+    n_params = int(native.n_params()) if native is not None else encoding.params.numel()
+    if n_params != params.numel():
+        raise RuntimeError(
+            f"tinycudann allocates {n_params} hash-grid parameters, this layout expects {params.numel()}; "
+            "use backend='torch' and report the tinycudann version"
+        )
+    encoding.params = params
+    return encoding
+
+
 class HashEncoding(nn.Module):
     """Hash-grid encoding with a tinycudann path and the torch reference.
 
@@ -127,26 +161,9 @@ class HashEncoding(nn.Module):
             torch.empty(self.n_entries * cfg.n_features_per_level, device=device).uniform_(-1e-4, 1e-4)
         )
         if self.backend == "tcnn":
-            tcnn = probe("tcnn")
-            encoding = tcnn.Encoding(
-                3,
-                {
-                    "otype": "HashGrid",
-                    "n_levels": cfg.n_levels,
-                    "n_features_per_level": cfg.n_features_per_level,
-                    "log2_hashmap_size": cfg.log2_hashmap_size,
-                    "base_resolution": cfg.base_resolution,
-                    "per_level_scale": cfg.per_level_scale,
-                    "interpolation": "Linear",
-                },
-                dtype=torch.float32,
-            )
-            if encoding.n_params != self.params.numel():
-                raise RuntimeError(f"tinycudann allocates {encoding.n_params} parameters, expected {self.params.numel()}")
             # tinycudann reads our parameter, so the state dict is identical on both
             # paths; kept out of the module registry so it is not saved twice.
-            encoding.params = self.params
-            self.__dict__["_tcnn"] = encoding
+            self.__dict__["_tcnn"] = tcnn_encoding(probe("tcnn"), cfg, self.params, device)
 
     @property
     def table(self) -> Tensor:

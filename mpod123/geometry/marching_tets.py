@@ -98,15 +98,25 @@ def marching_tets_reference(vertices: Tensor, sdf: Tensor, tets: Tensor) -> Mesh
     return Mesh(surface, torch.cat(faces, dim=0))
 
 
+def kaolin_faces_outward(faces: Tensor) -> Tensor:
+    """kaolin's faces wound like ours (outward).
+
+    kaolin's ``marching_tetrahedra`` (0.13-0.17) takes inside as ``sdf > 0`` (hence the
+    ``-sdf``) and, on a positively oriented tet grid such as ours, its triangle table
+    winds every face inward: the same vertices in the same order, each triangle
+    reversed. Swapping two corners turns them outward.
+    """
+    return faces[:, [0, 2, 1]].long()
+
+
 def marching_tets(vertices: Tensor, sdf: Tensor, tets: Tensor, backend: str = "torch") -> Mesh:
     """Marching tets with ``backend`` "torch" (reference), "kaolin" (CUDA) or "auto"."""
     chosen = resolve_backend(backend, "kaolin", vertices.device)
     if chosen == "kaolin":
         kaolin = probe("kaolin")
-        # kaolin's inside is sdf > 0; the parity test checks its winding against ours.
         verts, faces = kaolin.ops.conversions.marching_tetrahedra(vertices[None], tets.long(), -sdf[None])
-        return Mesh(verts[0], faces[0].long())
+        return Mesh(verts[0], kaolin_faces_outward(faces[0]))
     return marching_tets_reference(vertices, sdf, tets)
 
 
-__all__ = ["TET_EDGES", "marching_tets", "marching_tets_reference"]
+__all__ = ["TET_EDGES", "kaolin_faces_outward", "marching_tets", "marching_tets_reference"]

@@ -90,8 +90,9 @@ class Mesh:
 
     def sample_surface(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` points uniformly distributed on the surface (by area)."""
-        areas = self.face_normals(normalize=False).norm(dim=-1).detach()
-        face = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator)
+        # the draw runs on the CPU, where a (CPU) generator can drive it on any device
+        areas = self.face_normals(normalize=False).norm(dim=-1).detach().cpu()
+        face = torch.multinomial(areas / areas.sum(), n, replacement=True, generator=generator).to(self.vertices.device)
         u, v = torch.rand(2, n, generator=generator).to(self.vertices.device)
         flip = u + v > 1
         u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)

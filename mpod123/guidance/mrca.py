@@ -5,7 +5,9 @@ An attention processor installed on the UNet's cross-attention layers only
 the dtype's most negative finite value (not -inf, which gives NaN in fp16)
 wherever the stage-1 mask, resized to that layer's resolution, is 0; after the
 softmax `<e>`'s probability there is exactly 0 and the other tokens share the
-rest. It acts on the conditional rows of the CFG batch only.
+rest. It acts on the conditional rows of the CFG batch only. Its logits and
+softmax follow the layer's ``upcast_attention``/``upcast_softmax`` like
+diffusers' own attention, so an SD 2.x UNet in fp16 does not overflow.
 
 Its state lives in a :class:`MaskState` shared by every installed processor,
 rather than in ``cross_attention_kwargs``, whose handling changes between
@@ -95,12 +97,20 @@ class MRCAAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
 
+        # precision as diffusers' Attention.get_attention_scores: q and k in float32 when the
+        # layer says upcast_attention (SD 2.x, whose fp16 logits overflow), the softmax in
+        # float32 when it says upcast_softmax; the probabilities return to the input dtype
+        dtype = query.dtype
+        if attn.upcast_attention:
+            query, key = query.float(), key.float()
         scores = torch.baddbmm(
             torch.empty(query.shape[0], query.shape[1], key.shape[1], dtype=query.dtype, device=query.device),
             query, key.transpose(-1, -2), beta=0, alpha=attn.scale,
         )
         if attention_mask is not None:
             scores = scores + attention_mask
+        if attn.upcast_softmax:
+            scores = scores.float()
         plain = scores
         if state.active:
             heads = attn.heads
@@ -118,7 +128,7 @@ class MRCAAttnProcessor:
             tokens = torch.zeros(key.shape[1], dtype=torch.bool, device=scores.device)
             tokens[state.token_indices] = True
             scores = scores.masked_fill(full[:, :, None] & tokens[None, None, :], torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1).to(value.dtype)
+        probs = scores.softmax(dim=-1).to(dtype)
         if state.record:
             state.recorded.append((self.name, attn.heads, probs.detach(), plain.softmax(dim=-1).detach()))
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))

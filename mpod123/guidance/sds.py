@@ -13,6 +13,7 @@ a run is reproducible on any device and resumes exactly.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -75,16 +76,37 @@ class ScoreDistillation:
         """(B, H, W, 3) in [0, 1] -> latents at the model's size (scaled by the VAE factor if ``scaled``).
 
         Renders larger than the model's size are resized with antialiasing
-        (stage 2 renders 1024² for a 512² VAE), smaller ones bilinearly.
+        (stage 2 renders 1024² for a 512² VAE), smaller ones bilinearly. The resize
+        and its backward run in float32 whatever the model's dtype (in half precision
+        the backward would accumulate with half-precision atomics); the cast comes
+        right before the VAE, which encodes in float32 when its config says
+        ``force_upcast`` (as diffusers' own pipelines do: SD's VAE overflows in fp16).
         """
-        x = images.permute(0, 3, 1, 2)
+        x = images.float().permute(0, 3, 1, 2)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             antialias = x.shape[-1] > self.image_size
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
                               antialias=antialias)
-        posterior = self.vae.encode((x * 2.0 - 1.0).to(self.dtype)).latent_dist
+        vae, dtype = self.encoder()
+        posterior = vae.encode((x * 2.0 - 1.0).to(dtype)).latent_dist
         latents = posterior.mode() if mode else posterior.sample()
-        return latents * self.vae.config.scaling_factor if scaled else latents
+        return latents * vae.config.scaling_factor if scaled else latents
+
+    def encoder(self) -> tuple[torch.nn.Module, torch.dtype]:
+        """The VAE to encode with and its input dtype: a float32 copy of it (decoder left out)
+        when the model runs in float16 and the VAE's config sets ``force_upcast``."""
+        if self.dtype != torch.float16 or not getattr(self.vae.config, "force_upcast", False):
+            return self.vae, self.dtype
+        upcast = self.__dict__.get("_vae_fp32")
+        if upcast is None:
+            decoder = getattr(self.vae, "decoder", None)
+            self.vae.decoder = None  # not copied: only the encoder runs here
+            try:
+                upcast = copy.deepcopy(self.vae).float().requires_grad_(False)
+            finally:
+                self.vae.decoder = decoder
+            self.__dict__["_vae_fp32"] = upcast
+        return upcast, torch.float32
 
     def draw(self, step: int, shape: torch.Size, lo: float, hi: float) -> tuple[Tensor, Tensor]:
         """Integer timesteps (B,) in [lo, hi] x T and unit noise of ``shape``, from the step's generator."""

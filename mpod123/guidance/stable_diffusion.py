@@ -126,7 +126,7 @@ class StableDiffusionGuidance(ScoreDistillation):
         return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
 
     def __call__(self, inp: GuidanceInput) -> dict[str, Tensor]:
-        latents = self.encode(inp.rgb.to(self.dtype)).float()
+        latents = self.encode(inp.rgb).float()  # resized in float32, cast right before the VAE
         t, noise = self.draw(inp.step, latents.shape, self.cfg.t_min, self.cfg.t_max)
         self.mask_state.mask = self.latent_masks(inp.masks) if self.cfg.mrca else None
         try:

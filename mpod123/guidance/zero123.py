@@ -107,7 +107,7 @@ class Zero123Guidance(ScoreDistillation):
             ref = reference_rgb[None].to(self.device, self.dtype)
             clip_in = clip_preprocess(ref.float(), self.image_encoder.config.image_size).to(self.dtype)
             self.reference_embedding = self.image_encoder(pixel_values=clip_in).image_embeds  # (1, D)
-            self.reference_latents = self.encode(ref, mode=True, scaled=False)  # posterior mode, unscaled
+            self.reference_latents = self.encode(ref, mode=True, scaled=False).to(self.dtype)  # posterior mode, unscaled
 
     # ---------------------------------------------------------------- pieces
     def conditioning(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
@@ -135,7 +135,7 @@ class Zero123Guidance(ScoreDistillation):
         return eps_uncond + self.cfg.guidance_scale * (eps_cond - eps_uncond)
 
     def __call__(self, inp: GuidanceInput) -> dict[str, Tensor]:
-        latents = self.encode(inp.rgb.to(self.dtype)).float()
+        latents = self.encode(inp.rgb).float()  # resized in float32, cast right before the VAE
         t, noise = self.draw(inp.step, latents.shape, *self.t_range(inp.step))
         grad = self.sds_grad(latents, t, noise, inp.cameras)
         return {"sds_zero123": self.cfg.weight * self.sds_loss(latents, grad)}

@@ -8,9 +8,10 @@ For samples i along a ray with density sigma_i over an interval delta_i::
     C       = sum_i w_i c_i + (1 - O) * background
     O       = sum_i w_i                                  (opacity, Eq. 4)
 
-The per-ray prefix sums run on a zero-padded (rays, max samples) table rather
-than one global cumulative sum over all samples, whose float32 rounding grows
-with the sample count.
+On the CPU the per-ray prefix sums run on a zero-padded (rays, max samples)
+table rather than one global cumulative sum over all samples, whose float32
+rounding grows with the sample count; on CUDA (where sizing that table is a
+host sync) the global sum runs in float64 instead.
 """
 
 from __future__ import annotations
@@ -35,18 +36,32 @@ class Composited:
     """(M,) per-sample weights w_i."""
 
 
-def sample_weights(samples: RaySamples, sigmas: Tensor) -> Tensor:
-    """Per-sample weights w_i (M,) from densities (M,)."""
+def sample_weights(samples: RaySamples, sigmas: Tensor, packed: bool | None = None) -> Tensor:
+    """Per-sample weights w_i (M,) from densities (M,).
+
+    Two equal ways to the per-ray prefix sums: a zero-padded (rays, max samples)
+    table (the CPU's), whose width needs ``counts.max()`` on the host, or
+    (``packed``, the default on CUDA, where that read is a sync every chunk) one
+    float64 cumulative sum over all samples minus its value at each ray's start,
+    float64 keeping the rounding of the global sum far below float32's.
+    """
     m = len(samples)
     if m == 0:
         return sigmas.new_zeros(0)
     rays = samples.ray_indices
     counts = torch.bincount(rays, minlength=samples.n_rays)
     first = torch.cumsum(counts, 0) - counts
-    col = torch.arange(m, device=rays.device) - first[rays]
     sigma_delta = sigmas * (samples.t_ends - samples.t_starts)
-    table = sigmas.new_zeros(samples.n_rays, int(counts.max())).index_put((rays, col), sigma_delta)
-    trans = transmittance_before(table)[rays, col]
+    if packed is None:
+        packed = rays.device.type == "cuda"
+    if packed:
+        inclusive = torch.cumsum(sigma_delta.double(), 0)
+        start = inclusive[first[rays]] - sigma_delta[first[rays]].double()  # sum before each ray's first sample
+        trans = torch.exp(-(inclusive - sigma_delta.double() - start)).to(sigmas.dtype)
+    else:
+        col = torch.arange(m, device=rays.device) - first[rays]
+        table = sigmas.new_zeros(samples.n_rays, int(counts.max())).index_put((rays, col), sigma_delta)
+        trans = transmittance_before(table)[rays, col]
     return trans * (1.0 - torch.exp(-sigma_delta))
 
 

@@ -42,6 +42,25 @@ class MeshRenderOutput:
         return self.tri_id >= 0
 
 
+def clip_space(vertices: Tensor, cameras: Cameras, near: float = 0.01, far: float = 100.0) -> tuple[Tensor, Tensor]:
+    """OpenGL clip coordinates (B, V, 4) whose perspective divide gives :func:`project`'s screen
+    positions, and the depths (B, V).
+
+    Formed without dividing by depth (x_clip = 2 f X / W, z_clip = a d + b, w = d), so a
+    vertex at depth 0 gives finite values and nvdiffrast clips it, rather than NaN.
+    nvdiffrast's row 0 is the bottom of the image: y points up here, and the renderer
+    flips its output back.
+    """
+    rot = cameras.c2w[:, :3, :3]
+    cam = torch.einsum("bji,bvj->bvi", rot, vertices[None] - cameras.c2w[:, None, :3, 3])
+    depth = -cam[..., 2]
+    f = cameras.focal.to(vertices.dtype)[:, None]
+    x_clip = 2.0 * f * cam[..., 0] / cameras.width
+    y_clip = 2.0 * f * cam[..., 1] / cameras.height
+    z_clip = (far + near) / (far - near) * depth - 2.0 * far * near / (far - near)
+    return torch.stack([x_clip, y_clip, z_clip, depth], dim=-1), depth
+
+
 class MeshRenderer:
     def __init__(self, backend: str = "auto", device: torch.device | str = "cpu") -> None:
         self.backend = resolve_backend(backend, "nvdiffrast", device)
@@ -95,15 +114,8 @@ class MeshRenderer:
         dr = self._dr
         b, h, w = len(cameras), cameras.height, cameras.width
         verts, faces = mesh.vertices, mesh.faces.int()
-        screen, depth = project(verts, cameras)
-        # clip space whose perspective divide gives our screen positions; nvdiffrast's
-        # row 0 is the bottom of the image, so y is flipped and the result flipped back.
-        near, far = 0.01, 100.0
-        x_ndc = screen[..., 0] / w * 2.0 - 1.0
-        y_ndc = 1.0 - screen[..., 1] / h * 2.0
-        z_ndc = (far + near) / (far - near) - 2.0 * far * near / ((far - near) * depth)
-        clip = torch.stack([x_ndc * depth, y_ndc * depth, z_ndc * depth, depth], dim=-1).contiguous()
-        rast, _ = dr.rasterize(self._glctx, clip, faces, (h, w))
+        clip, depth = clip_space(verts, cameras)
+        rast, _ = dr.rasterize(self._glctx, clip.float().contiguous(), faces, (h, w))
         points, _ = dr.interpolate(verts[None].expand(b, -1, -1).contiguous(), rast, faces)
         covered = rast[..., 3:] > 0
         flat_pts = points[covered[..., 0]]

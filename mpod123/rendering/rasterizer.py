@@ -16,7 +16,9 @@ Three steps, after nvdiffrast's split:
    the segment between the pixel centres and blends the two colours by how far
    past the midpoint it lies, as nvdiffrast's antialias op does. The blend is a
    smooth function of the edge's vertices, so masks and colours get silhouette
-   gradients.
+   gradients. Like nvdiffrast, a horizontal pair uses an edge only when it is at
+   least as steep as 45 degrees, a vertical pair only when it is at most that
+   steep, so each edge is blended along the direction it is crossed cleanly.
 
 Screen convention: pixel (x, y) has its centre at (x + 0.5, y + 0.5), rows run
 downwards, and a camera-space point (X, Y, Z) (looking along -Z) lands at
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,14 +84,18 @@ def rasterize(screen: Tensor, depth: Tensor, faces: Tensor, width: int, height: 
         ok = (vd.min(1).values > near) & (area.abs() > 1e-12) & (nx > 0) & (ny > 0)
         face_ids = torch.nonzero(ok)[:, 0]
         counts = (nx * ny)[face_ids]
-        # process faces in groups whose candidate pixels fit the memory budget
-        ends = torch.cumsum(counts, 0)
+        # process faces in groups whose candidate pixels fit the memory budget; the groups
+        # are found on the host from one copy of the running totals (one sync per view,
+        # not one per group), which also sizes each group's repeat_interleave
+        ends = torch.cumsum(counts, 0).cpu().numpy()
         start = 0
         while start < face_ids.numel():
-            budget_end = int(torch.searchsorted(ends, (ends[start - 1] if start else 0) + MAX_CANDIDATES, right=True))
+            before = int(ends[start - 1]) if start else 0
+            budget_end = int(np.searchsorted(ends, before + MAX_CANDIDATES, side="right"))
             stop = max(start + 1, min(budget_end, face_ids.numel()))
             _raster_group(
-                face_ids[start:stop], counts[start:stop], v2, vd, area, x0, y0, nx, width, tri_out[b], depth_out[b]
+                face_ids[start:stop], counts[start:stop], v2, vd, area, x0, y0, nx, width, tri_out[b], depth_out[b],
+                int(ends[stop - 1]) - before,
             )
             start = stop
     return Rasterized(tri_out.view(b_views, height, width), depth_out.view(b_views, height, width))
@@ -96,12 +103,12 @@ def rasterize(screen: Tensor, depth: Tensor, faces: Tensor, width: int, height: 
 
 def _raster_group(
     fids: Tensor, counts: Tensor, v2: Tensor, vd: Tensor, area: Tensor, x0: Tensor, y0: Tensor, nx: Tensor,
-    width: int, tri_out: Tensor, depth_out: Tensor,
+    width: int, tri_out: Tensor, depth_out: Tensor, total: int,
 ) -> None:
     dev = v2.device
-    face = torch.repeat_interleave(fids, counts)
+    face = torch.repeat_interleave(fids, counts, output_size=total)
     first = torch.cumsum(counts, 0) - counts
-    k = torch.arange(face.numel(), device=dev) - torch.repeat_interleave(first, counts)
+    k = torch.arange(total, device=dev) - torch.repeat_interleave(first, counts, output_size=total)
     px = x0[face] + k % nx[face]
     py = y0[face] + k // nx[face]
     p = torch.stack([px, py], dim=-1).to(v2.dtype) + 0.5
@@ -216,7 +223,15 @@ def antialias(color: Tensor, rast: Rasterized, screen: Tensor, faces: Tensor, n_
         s = e_in / (e_in - e_out).where(crosses, torch.ones_like(e_in))
         s = torch.where(crosses, s, torch.full_like(s, 2.0))
         s_min, k_star = s.detach().min(dim=-1)
-        keep = (s_min <= 1.0) & sil[bi, t, k_star]
+        # nvdiffrast's edge-direction test: a horizontal pair only takes edges at least as
+        # steep as 45 degrees (|dy| >= |dx|), a vertical pair only edges at most that steep.
+        # A near-parallel edge would cross the pair's segment at a position that swings
+        # with 1/slope of the vertex motion (and count twice, once per pass).
+        rows = torch.arange(tri.shape[0], device=tri.device)
+        edge = (tri[rows, (k_star + 2) % 3] - tri[rows, (k_star + 1) % 3]).detach()
+        steep = edge[:, 1].abs() >= edge[:, 0].abs()
+        flat_ok = edge[:, 0].abs() >= edge[:, 1].abs()
+        keep = (s_min <= 1.0) & sil[bi, t, k_star] & (steep if dim == 2 else flat_ok)
         if not keep.any():
             continue
         bi, y_in, x_in, y_out, x_out = bi[keep], y_in[keep], x_in[keep], y_out[keep], x_out[keep]

@@ -14,6 +14,7 @@ Both return packed samples (ray index, t_start, t_end), ray-major and sorted by 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,7 +78,12 @@ def march_rays_reference(
     t_near, t_far = ray_box_intersection(rays_o, rays_d, bound)
     t_near = t_near.clamp_min(near_plane)
     span = (t_far - t_near).clamp_min(0.0)
-    n_steps = int(torch.ceil(span.max() / step_size).item()) if n_rays else 0
+    if not n_rays:
+        n_steps = 0
+    elif dev.type == "cuda":  # no host sync: no ray spans more than the box's diagonal
+        n_steps = math.ceil(2.0 * math.sqrt(3.0) * bound / step_size - 1e-6)
+    else:
+        n_steps = int(torch.ceil(span.max() / step_size).item())
     if n_steps == 0:
         empty = torch.zeros(0, device=dev)
         return RaySamples(torch.zeros(0, dtype=torch.long, device=dev), empty, empty.clone(), n_rays)
@@ -91,7 +97,10 @@ def march_rays_reference(
         mids = rays_o[:, None] + (0.5 * (t_starts + t_ends))[..., None] * rays_d[:, None]
         keep &= grid.query(mids)
         if density_fn is not None and (early_stop_eps > 0.0 or alpha_threshold > 0.0):
-            keep &= _visible(rays_o, rays_d, t_starts, t_ends, keep, density_fn, early_stop_eps, alpha_threshold)
+            # on CUDA one block: every block costs host syncs (nonzero, the active set), which
+            # stall the GPU more than the density evaluations behind opaque surfaces cost
+            block = n_steps if dev.type == "cuda" else 32
+            keep &= _visible(rays_o, rays_d, t_starts, t_ends, keep, density_fn, early_stop_eps, alpha_threshold, block)
     ray_idx, step_idx = torch.nonzero(keep, as_tuple=True)
     return RaySamples(ray_idx, t_starts[ray_idx, step_idx], t_ends[ray_idx, step_idx], n_rays)
 
@@ -180,7 +189,7 @@ class RayMarcher:
         generator: torch.Generator | None = None,
     ) -> RaySamples:
         if self.backend == "nerfacc":
-            return self._march_nerfacc(rays_o, rays_d, density_fn, stratified)
+            return self._march_nerfacc(rays_o, rays_d, density_fn, stratified, generator)
         return march_rays_reference(
             rays_o,
             rays_d,
@@ -194,7 +203,10 @@ class RayMarcher:
             generator=generator,
         )
 
-    def _march_nerfacc(self, rays_o: Tensor, rays_d: Tensor, density_fn: DensityFn | None, stratified: bool) -> RaySamples:
+    def _march_nerfacc(
+        self, rays_o: Tensor, rays_d: Tensor, density_fn: DensityFn | None, stratified: bool,
+        generator: torch.Generator | None = None,
+    ) -> RaySamples:
         est = self._estimator
         est.binaries = self.grid.binary[None]  # share our grid; nerfacc only traverses it
         est.occs = self.grid.occs
@@ -205,13 +217,20 @@ class RayMarcher:
                 t_mid = 0.5 * (t_starts + t_ends)
                 return density_fn(rays_o[ray_indices] + t_mid[:, None] * rays_d[ray_indices]).reshape(-1)
 
+        # nerfacc's own jitter (stratified=True) draws from the global RNG; ours comes from the
+        # stage's generator, as the torch path's does, and enters as each ray's t_min
+        # (nerfacc 0.5: near = max(near_plane, t_min), then + U * step when stratified).
+        t_min = None
+        if stratified:
+            t_min = torch.rand(rays_o.shape[0], generator=generator).to(rays_o.device) * self.step_size
         ray_indices, t_starts, t_ends = est.sampling(
             rays_o.contiguous(),
             rays_d.contiguous(),
             sigma_fn=sigma_fn,
+            t_min=t_min,
             render_step_size=self.step_size,
             early_stop_eps=self.early_stop_eps,
             alpha_thre=self.alpha_threshold,
-            stratified=stratified,
+            stratified=False,
         )
         return RaySamples(ray_indices.long(), t_starts, t_ends, rays_o.shape[0])

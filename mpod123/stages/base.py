@@ -2,18 +2,27 @@
 
 A stage subclasses :class:`OptimisationStage` and provides ``train_step``,
 ``preview`` and the modules its checkpoint holds. The loop emits Progress
-every step, a Preview every ``preview_every`` steps and at the end, and
-StageDone; it checks the CancelToken before each step, and on cancel or any
-error it writes a checkpoint (when a path is given) before re-raising, so a
-killed or cancelled run resumes where it stopped.
+(at most ``progress_rate_hz`` a second, always the stage's last step), a
+Preview every ``preview_every`` steps and at the end, and StageDone; it checks
+the CancelToken before each step, and on cancel or any error it writes a
+checkpoint (when a path is given) before re-raising, so a killed or cancelled
+run resumes where it stopped.
+
+A step whose loss or gradients are not finite (an fp16 overflow in a prior, a
+degenerate render) is skipped rather than applied: one NaN in Adam's moments
+would stay there for the rest of the run. Skips are counted (``skipped_steps``,
+kept in checkpoints and reported in run.json). Losses stay on the device until
+an event reports them, so the only host sync of a step is that finiteness check.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,10 @@ from ..rendering import background_color
 from ..progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 
 CHECKPOINT_VERSION = 1
+PROGRESS_RATE_HZ = 4.0
+"""Progress events per second at most: each one is a stored, fsynced row on the backend."""
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -91,6 +104,9 @@ class OptimisationStage(ABC):
     cfg: Any
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    progress_rate_hz: float = PROGRESS_RATE_HZ
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
+    """Seconds, for elapsed times and the progress throttle."""
 
     def __init__(self, device: torch.device | str, callback: ProgressCallback | None, cancel: CancelToken | None) -> None:
         self.device = torch.device(device)
@@ -98,9 +114,36 @@ class OptimisationStage(ABC):
         self.cancel = cancel or CancelToken()
         self.step = 0
         self.elapsed_s = 0.0
+        self.skipped_steps = 0
 
     @abstractmethod
-    def train_step(self) -> dict[str, float]: ...
+    def train_step(self) -> dict[str, Tensor]:
+        """One step; returns the weighted losses, detached (0-d tensors, still on the device)."""
+
+    def optimise(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Backward the sum of ``losses`` and take an optimizer step, unless the loss or any
+        gradient is not finite: then the step is skipped (parameters and optimizer state
+        untouched) and counted. Returns the losses detached."""
+        total = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if isinstance(total, Tensor) and total.requires_grad:  # an empty render has no graph
+            total.backward()
+            if self._finite(total):
+                self.optimizer.step()
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                log.warning("%s step %d: non-finite loss or gradient, step skipped (%d so far)",
+                            self.name, self.step + 1, self.skipped_steps)
+        return {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v)) for k, v in losses.items()}
+
+    def _finite(self, total: Tensor) -> bool:
+        """Whether the loss and every gradient are finite: one host sync for all of them."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        flags = [torch.isfinite(total.detach()).reshape(1)]
+        if grads:
+            flags.append(torch.isfinite(torch.stack(torch._foreach_norm(grads))).to(flags[0].device))
+        return bool(torch.cat(flags).all())
 
     @abstractmethod
     def preview(self) -> Preview: ...
@@ -149,16 +192,21 @@ class OptimisationStage(ABC):
         """Train up to ``steps`` (default: the config's), from wherever the stage is."""
         total = steps if steps is not None else self.cfg.steps
         start_step = self.step
-        t0 = time.perf_counter()
+        t0 = self.clock()
         elapsed0 = self.elapsed_s
+        interval = 1.0 / self.progress_rate_hz if self.progress_rate_hz > 0 else 0.0
+        last_progress = -math.inf
         try:
             while self.step < total:
                 self.cancel.raise_if_cancelled()
                 losses = self.train_step()
-                now = time.perf_counter()
+                now = self.clock()
                 self.elapsed_s = elapsed0 + now - t0
-                eta = (now - t0) / (self.step - start_step) * (total - self.step)
-                emit(self.callback, Progress(self.name, self.step, total, losses, self.elapsed_s, eta))
+                if now - last_progress >= interval or self.step >= total:
+                    last_progress = now
+                    eta = (now - t0) / (self.step - start_step) * (total - self.step)
+                    reported = {k: float(v) for k, v in losses.items()}
+                    emit(self.callback, Progress(self.name, self.step, total, reported, self.elapsed_s, eta))
                 if checkpoint_path and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
                 if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.step < total:
@@ -186,6 +234,7 @@ class OptimisationStage(ABC):
             "modules": {name: m.state_dict() for name, m in self.modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -205,6 +254,7 @@ class OptimisationStage(ABC):
         self.generator.set_state(state["generator"].cpu())
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename) so a crash never leaves half a checkpoint."""

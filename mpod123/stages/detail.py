@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..camera import Cameras
+from ..camera import Cameras, sample_orbit_cameras
 from ..config import DetailStageConfig, from_dict
 from ..fields import NeRFField
 from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
-from ..guidance import Guidance, GuidanceInput
+from ..guidance import CameraProposer, Guidance, GuidanceInput
 from ..metrics import silhouette_iou
 from ..progress import CancelToken, Preview, ProgressCallback
 from ..rendering import MeshRenderer, MeshRenderOutput
@@ -66,6 +66,9 @@ class DetailStage(OptimisationStage):
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.nvm_cache: dict[tuple, Tensor] = {}
+        """Stage-1 masks (h, w) bool by view key; stage 1 is frozen, so a view's mask never changes."""
+        self._camera_pool: Cameras | None = None
         density = self.dmtet.grid_density(nerf.density)
         self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
         self.dmtet.init_from_density(density, self.init_threshold)
@@ -105,15 +108,55 @@ class DetailStage(OptimisationStage):
     def render_mesh(self, mesh: Mesh, cameras: Cameras, background: Tensor | None, with_normals: bool = False) -> MeshRenderOutput:
         return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals)
 
-    def nvm_targets(self, cameras: Cameras, height: int, width: int) -> Tensor:
-        """Stage-1 masks (B, H, W, 1) of these cameras, rendered small and upsampled (nearest)."""
+    def nvm_targets(self, cameras: Cameras, height: int, width: int, keys: list[tuple] | None = None) -> Tensor:
+        """Stage-1 masks (B, H, W, 1) of these cameras, rendered small and upsampled (nearest).
+
+        With ``keys`` (one per camera, naming a fixed view: a guidance's view id or a
+        camera-pool slot), each view's mask is rendered once and then read from
+        :attr:`nvm_cache`: rendering the stage-1 NeRF every step is a large part of
+        a step's cost on the CPU, and a chain of host syncs on CUDA.
+        """
         small = self.cfg.nvm_mask_resolution
         sw, sh = scaled_size(cameras, small)
-        with torch.no_grad():
-            masks = self.stage1_masks(cameras.resized(sw, sh)).float()[:, None]
-        return F.interpolate(masks, size=(height, width), mode="nearest")[:, 0, ..., None].to(self.device)
+        if keys is None:
+            with torch.no_grad():
+                masks = self.stage1_masks(cameras.resized(sw, sh)).to(self.device)
+        else:
+            keys = [(key, sw, sh) for key in keys]
+            missing = sorted({i for i, key in enumerate(keys) if key not in self.nvm_cache})
+            if missing:
+                with torch.no_grad():
+                    fresh = self.stage1_masks(cameras[torch.tensor(missing)].resized(sw, sh)).to(self.device, torch.bool)
+                for i, mask in zip(missing, fresh):
+                    self.nvm_cache.setdefault(keys[i], mask)
+            masks = torch.stack([self.nvm_cache[key] for key in keys])
+        return F.interpolate(masks.float()[:, None], size=(height, width), mode="nearest")[:, 0, ..., None]
 
-    def train_step(self) -> dict[str, float]:
+    def draw_novel_views(self, resolution: int) -> tuple[Cameras, Tensor | None, list[tuple] | None]:
+        """Novel cameras, their guidance view ids, and the keys of their stage-1 masks.
+
+        A guidance that proposes its own (fixed) views keys the masks by view id. Otherwise,
+        with ``nvm_camera_pool`` = N > 0 the cameras come from N orbit views drawn once
+        (their masks are rendered once each); with 0 every step draws fresh cameras
+        and renders their masks.
+        """
+        if isinstance(self.guidance, CameraProposer):
+            cams, ids = self.novel_cameras(self.guidance, resolution)
+            return cams, ids, [("view", int(i)) for i in ids.tolist()]
+        pool = self.cfg.nvm_camera_pool
+        if not pool:
+            cams, ids = self.novel_cameras(self.guidance, resolution)
+            return cams, ids, None
+        if self._camera_pool is None or self._camera_pool.height != resolution:
+            v = self.cfg.views
+            gen = torch.Generator().manual_seed(self.cfg.seed + 7919)  # the pool is the same for a seed
+            self._camera_pool = sample_orbit_cameras(
+                pool, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg, resolution, gen, self.device
+            )
+        slots = torch.randint(pool, (self.cfg.views.batch_size,), generator=self.generator)
+        return self._camera_pool[slots.to(self.device)], None, [("pool", int(i)) for i in slots.tolist()]
+
+    def train_step(self) -> dict[str, Tensor]:
         cfg = self.cfg
         self.texture.train()
         mesh = self.mesh()
@@ -130,22 +173,19 @@ class DetailStage(OptimisationStage):
                 reference_losses(out.rgb, out.opacity, self.reference_target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight)
             )
         else:
-            cams, ids = self.novel_cameras(self.guidance, cfg.resolution)
+            cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
             bg = self.backgrounds(len(cams), cfg.background)
             out = self.render_mesh(mesh, cams, bg)
-            target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2])
+            target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2], mask_keys)
             losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids, target)))
             losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)
         if cfg.normal_consistency_weight:
             losses["normal_consistency"] = cfg.normal_consistency_weight * normal_consistency_loss(mesh)
         if cfg.laplacian_weight:
             losses["laplacian"] = cfg.laplacian_weight * laplacian_loss(mesh)
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        reported = self.optimise(losses)  # skips a non-finite step; no host sync for the losses
         self.step += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return reported
 
     # ------------------------------------------------------------ inspection
     @torch.no_grad()

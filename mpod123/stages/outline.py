@@ -62,8 +62,8 @@ class OutlineStage(OptimisationStage):
         self.set_reference(reference, cfg.render.resolution)
 
     # ----------------------------------------------------------------- training
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns the losses as floats."""
+    def train_step(self) -> dict[str, Tensor]:
+        """One optimisation step; returns the losses, detached and still on the device."""
         cfg = self.cfg
         self.field.train()
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
@@ -78,13 +78,9 @@ class OutlineStage(OptimisationStage):
             bg = self.backgrounds(len(cams), cfg.render.background)
             out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
             losses = self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids))
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        if total.requires_grad:  # an empty render (nothing occupied) has no graph
-            total.backward()
-            self.optimizer.step()
+        reported = self.optimise(losses)  # skips a non-finite step; no host sync for the losses
         self.step += 1
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return reported
 
     # ------------------------------------------------------------ inspection
     @torch.no_grad()

@@ -110,6 +110,22 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+def deterministic_mode(requested: bool | None, device: torch.device) -> bool:
+    """Whether a run uses torch's deterministic algorithms (None: on the CPU yes, on CUDA no).
+
+    On CUDA, determinism needs ``CUBLAS_WORKSPACE_CONFIG`` before the first cuBLAS call,
+    or every GEMM stays non-deterministic; it is set here (unless the user set it) and
+    the runner calls this before any CUDA work of its own.
+    """
+    deterministic = device.type != "cuda" if requested is None else bool(requested)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    return deterministic
+
+
 class Runner:
     """Runs the whole method for one image; see the module docstring."""
 
@@ -129,6 +145,7 @@ class Runner:
         self.cancel = cancel or CancelToken()
         self.resume = resume
         self.record: dict[str, Any] = {}
+        deterministic_mode(cfg.deterministic, self.device)  # before any CUDA work of this run
 
     # ------------------------------------------------------------------ events
     def _on_event(self, event: Event) -> None:
@@ -196,7 +213,10 @@ class Runner:
         }
         self._save_record()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
-        torch.use_deterministic_algorithms(self.cfg.deterministic, warn_only=True)
+        was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        deterministic = deterministic_mode(self.cfg.deterministic, self.device)
+        self.record["deterministic"] = deterministic
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         try:
             glb = self._run(image, out)
         except (Cancelled, KeyboardInterrupt) as exc:
@@ -206,7 +226,7 @@ class Runner:
             self._save_record(status="failed", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            torch.use_deterministic_algorithms(was_deterministic)
+            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
         self.record["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         if self.device.type == "cuda":
             self.record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
@@ -266,6 +286,7 @@ class Runner:
         self.record["backends"].update(
             {"hash_grid": stage.field.encoding.backend, "ray_marching": stage.renderer.marcher.backend}
         )
+        self._record_stage_health(stage)
         self.record["outline_steps"] = stage.step
         self._timed("outline", t0)
         return stage
@@ -273,6 +294,7 @@ class Runner:
     def _inversion(self, reference):
         from ..guidance.stable_diffusion import load_stable_diffusion
         from ..guidance.textual_inversion import TextualInversion, add_token, load_embedding, save_embedding
+        from .base import OptimisationStage
 
         t0 = time.perf_counter()
         cfg = self.cfg
@@ -287,9 +309,15 @@ class Runner:
             ti = TextualInversion(cfg.inversion, models, cfg.sd.token)
             start = time.perf_counter()
 
+            last = [-float("inf")]
+
             def on_step(step: int, total: int, loss: float) -> None:
                 spent = time.perf_counter() - start
-                emit(self.callback, Progress("inversion", step, total, {"ti": loss}, spent, spent / step * (total - step)))
+                rate = OptimisationStage.progress_rate_hz
+                if rate > 0 and spent - last[0] < 1.0 / rate and step < total:
+                    return  # throttled like the stages' progress: at most a few a second, always the last
+                last[0] = spent
+                emit(self.callback, Progress("inversion", step, total, {"ti": float(loss)}, spent, spent / step * (total - step)))
 
             result = ti.train(reference.rgba, on_step, lambda: self.cancel.cancelled)
             self.cancel.raise_if_cancelled()
@@ -316,6 +344,7 @@ class Runner:
         stage.guidance = None
         self._free()
         self.record["backends"]["rasterizer"] = stage.renderer.backend
+        self._record_stage_health(stage)
         self.record["detail_steps"] = stage.step
         self._timed("detail", t0)
         return stage
@@ -339,6 +368,15 @@ class Runner:
         self.record["sha256"] = digest
         emit(self.callback, Result(str(final), digest, {"faces": result.n_faces, "vertices": result.n_vertices}))
         return final
+
+    def _record_stage_health(self, stage) -> None:
+        """Skipped non-finite steps per stage, and why ``auto`` chose torch for an accelerator."""
+        from .._optional import fallback_reasons
+
+        self.record.setdefault("skipped_steps", {})[stage.name] = stage.skipped_steps
+        reasons = fallback_reasons()
+        if reasons:
+            self.record["backend_fallbacks"] = reasons
 
     def _free(self) -> None:
         if self.device.type == "cuda":
