@@ -153,7 +153,7 @@ def test_nan_steps_are_counted_in_run_json_and_progress_stays_under_4_per_second
         gaps = [b - a for a, b in zip(times[:-2], times[1:-1])]
         assert all(g >= 0.24 for g in gaps), (stage, gaps)
     previews = [(e.stage, e.step) for _, e in events if isinstance(e, Preview)]
-    assert previews == [("outline", 2), ("outline", 4), ("detail", 2), ("detail", 4)]
+    assert previews == [("matte", 0), ("outline", 2), ("outline", 4), ("detail", 2), ("detail", 4)], "the matte first"
     ends = [e.stage for _, e in events if isinstance(e, StageDone)]
     assert ends == ["outline", "inversion", "detail", "export"]
 
