@@ -7,6 +7,12 @@ Each step renders either the reference view (reference RGB and mask losses) or
 novel views, which get the guidance's losses plus the paper's
 L_nvm = ||M - O||^2 against the stage-1 masks M of the same cameras. Normal
 consistency and a Laplacian keep the surface smooth.
+
+Novel views scored by a diffusion prior are shaded (:mod:`.shading`), as in
+Magic123; views compared with known images (the reference view, a guidance that
+proposes its own known cameras) stay unlit. The tet grid spans the bounding box
+of the stage-1 density rather than the whole field cube (Magic123), so all its
+cells land on the object.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from ..camera import Cameras
 from ..config import DetailStageConfig, from_dict
 from ..fields import NeRFField
 from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
-from ..guidance import Guidance, GuidanceInput
+from ..geometry.dmtet import density_box
+from ..guidance import CameraProposer, Guidance, GuidanceInput
 from ..metrics import silhouette_iou
 from ..progress import CancelToken, Preview, ProgressCallback
 from ..rendering import MeshRenderer, MeshRenderOutput
@@ -35,6 +42,7 @@ from .base import (
     scaled_size,
     turntable_cameras,
 )
+from .shading import Lighting, shade
 
 STAGE = "detail"
 MaskFn = Callable[[Cameras], Tensor]
@@ -61,7 +69,10 @@ class DetailStage(OptimisationStage):
         self.guidance = guidance
         self.stage1_masks = stage1_masks
         grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
-        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
+        box = None
+        if cfg.dmtet.fit_to_density:
+            box = density_box(nerf.density, nerf.bound, cfg.dmtet.fit_threshold, cfg.dmtet.fit_margin, device=self.device)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
@@ -84,7 +95,7 @@ class DetailStage(OptimisationStage):
     def calibrate_threshold(self, density: Tensor, views: int = 4, resolution: int = 64) -> float:
         """The density threshold whose mesh best reproduces the stage-1 masks (mean IoU over a turntable)."""
         cams = turntable_cameras(self.reference_camera, views, resolution)
-        target = self.stage1_masks(cams).to(self.device)
+        target = self.stage1_masks(cams).to(self.device).float() >= 0.5  # a mask, or the opacity (Eq. 5)
         best, best_iou = THRESHOLD_CANDIDATES[0], -1.0
         for threshold in THRESHOLD_CANDIDATES:
             self.dmtet.init_from_density(density, threshold)
@@ -106,12 +117,31 @@ class DetailStage(OptimisationStage):
         return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals)
 
     def nvm_targets(self, cameras: Cameras, height: int, width: int) -> Tensor:
-        """Stage-1 masks (B, H, W, 1) of these cameras, rendered small and upsampled (nearest)."""
+        """Stage-1 masks (B, H, W, 1) of these cameras: rendered at ``nvm_mask_resolution``,
+        upsampled bilinearly and thresholded at 0.5 (Eq. 5). ``stage1_masks`` may return the
+        stage-1 opacity (then this is Eq. 5 at the render size) or its thresholded mask."""
         small = self.cfg.nvm_mask_resolution
         sw, sh = scaled_size(cameras, small)
         with torch.no_grad():
             masks = self.stage1_masks(cameras.resized(sw, sh)).float()[:, None]
-        return F.interpolate(masks, size=(height, width), mode="nearest")[:, 0, ..., None].to(self.device)
+        if masks.shape[-2:] != (height, width):
+            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
+        return (masks >= 0.5).float()[:, 0, ..., None].to(self.device)
+
+    def shades_novel_views(self) -> bool:
+        """Novel views are lit for a diffusion prior; a guidance with its own known views
+        (a CameraProposer: multi-view supervision) compares them with photos, so they stay unlit."""
+        return self.cfg.shading == "lambertian" and not isinstance(self.guidance, CameraProposer)
+
+    def render_novel(self, mesh: Mesh, cameras: Cameras, background: Tensor) -> MeshRenderOutput:
+        """A novel-view render: lit (see :mod:`.shading`) when :meth:`shades_novel_views`, else albedo."""
+        if not self.shades_novel_views():
+            return self.render_mesh(mesh, cameras, background)
+        cfg = self.cfg
+        light = Lighting.draw(cameras, self.generator, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
+        out = self.render_mesh(mesh, cameras, torch.zeros_like(background), with_normals=True)
+        rgb = shade(out.rgb, out.opacity, out.normals, background, light)
+        return MeshRenderOutput(rgb, out.opacity, out.depth, out.normals, out.tri_id)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -132,7 +162,7 @@ class DetailStage(OptimisationStage):
         else:
             cams, ids = self.novel_cameras(self.guidance, cfg.resolution)
             bg = self.backgrounds(len(cams), cfg.background)
-            out = self.render_mesh(mesh, cams, bg)
+            out = self.render_novel(mesh, cams, bg)
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2])
             losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids, target)))
             losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)
