@@ -81,8 +81,9 @@ def inversion_gradient(sd_dir: Path, dev: str, resolution: int | None) -> dict:
     }
 
 
-def sds_steps(root: Path, dev: str, side: int) -> list[dict]:
-    """One timed SDS step per prior and dtype, after one warm-up step."""
+def sds_steps(root: Path, dev: str, smoke: bool) -> list[dict]:
+    """One timed SDS step per prior and dtype, after one warm-up step. Renders are 128² for Zero123
+    and 1024² for Stable Diffusion; in a smoke run each model's own size (fp16 resizes need CUDA)."""
     from mpod123.guidance.stable_diffusion import StableDiffusionGuidance, load_stable_diffusion
     from mpod123.guidance.textual_inversion import add_token
     from mpod123.guidance.zero123 import Zero123Guidance
@@ -92,14 +93,15 @@ def sds_steps(root: Path, dev: str, side: int) -> list[dict]:
         _peak_reset(dev)
         z = Zero123Guidance(Zero123Config(model=str(root / "zero123"), dtype=dtype), torch.rand(256, 256, 3),
                             orbit_cameras(90.0, 0.0), device=dev)
-        cams = orbit_cameras(70.0, 30.0, 2.5, 40.0, 128)
-        render = torch.rand(1, 128, 128, 3, device=dev, requires_grad=True)
+        r = z.image_size if smoke else 128
+        cams = orbit_cameras(70.0, 30.0, 2.5, 40.0, r)
+        render = torch.rand(1, r, r, 3, device=dev, requires_grad=True)
         times = []
         for _ in range(2):
             render.grad = None
             _sync(dev)
             t0 = time.perf_counter()
-            z(GuidanceInput(render, torch.ones(1, 128, 128, 1, device=dev), cams, torch.ones(1, 3, device=dev), 7, 100))[
+            z(GuidanceInput(render, torch.ones(1, r, r, 1, device=dev), cams, torch.ones(1, 3, device=dev), 7, 100))[
                 "sds_zero123"].backward()
             _sync(dev)
             times.append(time.perf_counter() - t0)
@@ -110,6 +112,7 @@ def sds_steps(root: Path, dev: str, side: int) -> list[dict]:
         models = load_stable_diffusion(str(root / "sd"), dev, dtype)
         add_token(models, "<e>")
         dai = StableDiffusionGuidance(StableDiffusionConfig(model=str(root / "sd"), dtype=dtype), models)
+        side = dai.image_size if smoke else 1024
         render2 = torch.rand(1, side, side, 3, device=dev, requires_grad=True)
         masks = torch.ones(1, side, side, 1, device=dev)
         masks[:, :, : side // 4] = 0.0
@@ -165,7 +168,7 @@ def main() -> None:
     record["inversion_gradient"] = inversion_gradient(root / "sd", dev, 32 if args.smoke else None)
     record["inversion_gradient"]["seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    record["sds"] = sds_steps(root, dev, 64 if args.smoke else 1024)
+    record["sds"] = sds_steps(root, dev, args.smoke)
     record["sds_seconds"] = round(time.perf_counter() - t0, 1)
     if dev.startswith("cuda"):
         rc, tail = _run([sys.executable, "-m", "pytest", "-q", "-rs", *PARITY_TESTS, "-k",
