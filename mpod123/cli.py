@@ -74,10 +74,11 @@ class StageBars:
 
 
 def generate_config(args: argparse.Namespace):
-    """The preset's PipelineConfig with ``--faces`` and ``--texture-size`` applied."""
-    from .config import pipeline_preset
+    """The preset's (or the recorded ``--config``'s) PipelineConfig with the seed, the ``--set``
+    overrides, ``--faces`` and ``--texture-size`` applied."""
+    from .overrides import run_config
 
-    config = pipeline_preset(args.preset)
+    config = run_config(args.preset, args.seed, args.config, args.overrides or [])
     if args.faces is not None:
         if 0 < args.faces < 4 or args.faces < 0:
             raise ValueError(f"--faces must be at least 4 (or 0 for the full mesh), got {args.faces}")
@@ -97,7 +98,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
     try:
         result = generate(
-            args.image, args.out, preset=args.preset, device=args.device, seed=args.seed,
+            args.image, args.out, preset=config.preset, device=args.device, seed=config.seed,
             models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
             resume=args.resume, callback=bars, tiny=args.tiny, config=config,
         )
@@ -196,6 +197,7 @@ def _cmd_make_photo(args: argparse.Namespace) -> int:
 
 COMMAND_MODULES = (
     "mpod123.evaluation.commands", "blender_batch.commands", "backend.commands", "mpod123.setup_commands",
+    "mpod123.preprocess_command",
 )
 """Modules with a ``register(subparsers)`` that adds their commands."""
 
@@ -209,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--preset", default="fast", choices=["paper", "fast", "draft"],
                      help="paper: the paper's budget; fast: minutes on one GPU (default); draft: a CPU smoke run")
     gen.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    gen.add_argument("--seed", type=int, default=0, help="same seed and device, same mesh")
+    gen.add_argument("--seed", type=int, help="same seed and device, same mesh (default 0, or the --config's)")
+    gen.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE",
+                     help="override one config field, e.g. --set detail.sdf_lr=1e-3 (repeatable; recorded in run.json)")
+    gen.add_argument("--config", help="start from the configuration recorded in this run.json instead of --preset")
     gen.add_argument("--zero123", help="Zero-1-to-3 weights: hub id or local folder (diffusers layout)")
     gen.add_argument("--sd", help="Stable Diffusion 1.x weights: hub id or local folder (diffusers layout)")
     gen.add_argument("--embedding", help="a learned <e> embedding (.bin or .safetensors); skips textual inversion")

@@ -39,8 +39,10 @@ class CameraConfig:
 class ViewSamplingConfig:
     """How novel views are drawn for the guidance (uniform in each range)."""
 
-    polar_range_deg: tuple[float, float] = (45.0, 105.0)
-    """Polar range from +Y: 45..105 is elevation -15..45 (Magic123's theta range)."""
+    polar_range_deg: tuple[float, float] = (45.0, 135.0)
+    """Polar range from +Y, elevation -45..45. The paper puts the reference view at the centre
+    of the camera range (polar 90); Magic123 samples theta in [45, 135]. (45..105 is
+    stable-dreamfusion's text-to-3D default, which has no reference view.)"""
     azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
     """Azimuth range; the full circle by default."""
     radius_range: tuple[float, float] = (2.5, 2.5)
@@ -152,6 +154,8 @@ class Zero123Config:
     """Weight of the SDS loss."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """auto: float16 on CUDA, float32 on the CPU."""
+    seed: int = 0
+    """With the stage and the step, seeds the SDS draw of t and noise (set by ``with_seed``)."""
 
 
 @dataclass
@@ -175,10 +179,14 @@ class StableDiffusionConfig:
     """Renders are resized to this before the VAE (1024 -> 512 in the paper); None: the model's native size."""
     mrca: bool = True
     """Mask Rectified Cross-Attention: keep ``token`` inside the stage-1 outline."""
-    weight: float = 1.0
-    """Weight of the SDS loss."""
+    weight: float = 0.1
+    """Weight of the SDS loss. The paper gives no stage-2 loss weights. threestudio's Magic123
+    refine stage weighs SD : reference RGB : normal consistency as 1e-3 : 10 : 100; with our
+    reference RGB at 1000 the same SD/RGB ratio (1e-4) is 0.1 (it was 1.0, ten times stronger)."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """auto: float16 on CUDA, float32 on the CPU."""
+    seed: int = 0
+    """With the stage and the step, seeds the SDS draw of t and noise (set by ``with_seed``)."""
 
 
 @dataclass
@@ -209,6 +217,11 @@ class TextualInversionConfig:
     )
     """Caption templates; ``{}`` is replaced by the token."""
     seed: int = 0
+    loss_scale: float | None = None
+    """Constant factor on the loss before backward. The mean over B*4*64*64 latents makes the
+    gradients inside an fp16 UNet subnormal (below 6e-5); diffusers' script uses a GradScaler.
+    Adam is invariant to a constant gradient scale, so a fixed factor suffices. None: 1024 when
+    the UNet runs in fp16 or bf16, 1 in fp32."""
 
 
 @dataclass
@@ -219,8 +232,9 @@ class OutlineStageConfig:
     """Adam steps (paper: 5000)."""
     lr: float = 1e-3
     """Adam learning rate for every parameter (paper: 1e-3)."""
-    encoding_lr_scale: float = 1.0
-    """Multiplier on the learning rate of the hash-grid tables."""
+    encoding_lr_scale: float = 10.0
+    """Multiplier on the learning rate of the hash-grid tables. The paper says lr 1e-3 only;
+    stable-dreamfusion, Magic123 and threestudio all train the encoding at 10x the MLPs' rate."""
     adam_betas: tuple[float, float] = (0.9, 0.99)
     adam_eps: float = 1e-15
     reference_view_prob: float = 0.25
@@ -230,6 +244,24 @@ class OutlineStageConfig:
     """Weight of the reference-view photometric loss (Eq. 2), inside the input's mask."""
     ref_mask_weight: float = 500.0
     """Weight of the reference-view mask loss against the input's alpha."""
+    entropy_weight: float = 1e-3
+    """Binary entropy of every rendered pixel's opacity (pushes it to 0 or 1: no haze).
+    Magic123's lambda_entropy 1e-3, ramped in linearly over ``entropy_ramp`` of the steps."""
+    entropy_ramp: float = 0.5
+    """Fraction of the steps over which the entropy weight rises from 0 (Magic123: half)."""
+    orientation_weight: float = 1e-2
+    """Ref-NeRF orientation loss, sum_i w_i max(0, n_i . d)^2 per ray (no visible back-facing
+    normals; fights floaters and fog). Magic123's lambda_orient 1e-2."""
+    normal_smoothness_weight: float = 0.5
+    """3D normal smoothness sum_i w_i |n(x_i) - n(x_i + e)|_1 per ray, e ~ N(0, normal_smoothness_eps^2)
+    (stable-dreamfusion's lambda_3d_normal_smooth). Magic123 smooths the 2D normal image at
+    0.5; on a sparse subset of rays we use the 3D form, at the same weight."""
+    normal_smoothness_eps: float = 0.01
+    """Standard deviation of the point perturbation of the normal smoothness (world units)."""
+    regulariser_rays: int = 2048
+    """Rays of each step's render drawn at random for the orientation and smoothness terms
+    (they need second derivatives of the density, so they run on a subset: an unbiased
+    estimate of the per-ray mean)."""
     preview_every: int = 500
     """Emit a preview turntable every N steps (and at the end); 0 disables."""
     preview_views: int = 4
@@ -249,7 +281,16 @@ class DMTetConfig:
     """The detail stage's geometry: a per-vertex SDF and a bounded deformation on a tet grid."""
 
     resolution: int = 128
-    """Cubes per side of the tet grid (6 tets each); 128 has about 2.1M vertices."""
+    """Cubes per side of the tet grid (6 tets each); 128 has about 2.1M vertices, 192 or 256
+    (Magic123's tet_grid_size) give finer surfaces at 3.4x / 8x the memory."""
+    fit_to_density: bool = True
+    """Rescale the grid to the bounding box of the stage-1 density, as Magic123 does, so all
+    ``resolution`` cells span the object (about 70 of 128 do over the whole [-1, 1]^3)."""
+    fit_threshold: float = 0.5
+    """Density above which a point counts as part of the object for the bounding box (the
+    smallest initial-surface candidate, so the box holds every candidate surface)."""
+    fit_margin: float = 0.1
+    """Margin added on every side of the box, as a fraction of its largest side."""
     deform_scale: float = 0.25
     """Largest vertex offset, as a fraction of a grid cell (tanh-bounded)."""
     init_threshold: float | None = None
@@ -267,16 +308,18 @@ class DetailStageConfig:
     """Adam steps (paper: 5000)."""
     lr: float = 1e-3
     """Learning rate of the texture field (paper: 1e-3)."""
-    sdf_lr: float = 1e-2
-    """Learning rate of the SDF values, which are in [-1, 1] at initialisation."""
-    deform_lr: float = 1e-2
-    """Learning rate of the deformation parameters (pre-tanh)."""
+    sdf_lr: float = 1e-3
+    """Learning rate of the SDF values, which are in [-1, 1] at initialisation (paper: 1e-3 for
+    everything; threestudio's refine stage uses 1e-2, the ``draft`` preset too)."""
+    deform_lr: float = 1e-3
+    """Learning rate of the deformation parameters (pre-tanh), as ``sdf_lr``."""
     adam_betas: tuple[float, float] = (0.9, 0.99)
     adam_eps: float = 1e-15
     resolution: int = 1024
     """Render size in pixels (paper: 1024 in stage 2)."""
-    nvm_mask_resolution: int = 256
-    """Stage-1 masks for L_nvm are rendered at this size and upsampled (nearest)."""
+    nvm_mask_resolution: int = 512
+    """The stage-1 opacity for L_nvm is rendered at this size, upsampled bilinearly to the
+    render size and thresholded at 0.5 (Eq. 5): no 4-pixel staircases at weight 500."""
     nvm_camera_pool: int = 0
     """0: novel views are drawn afresh each step, and their stage-1 masks rendered each step.
     N > 0: they come from N orbit views drawn once per run, whose masks are rendered once
@@ -286,8 +329,21 @@ class DetailStageConfig:
     ref_mask_weight: float = 500.0
     nvm_weight: float = 500.0
     """Weight of L_nvm = ||M - rendered opacity||^2 against the stage-1 masks."""
-    normal_consistency_weight: float = 10.0
+    normal_consistency_weight: float = 1000.0
+    """threestudio's refine stage weighs normal consistency at 10x the reference RGB, Magic123's
+    at 1/50 of it; the paper is silent. 1000 (1x) sits between; it was 10 (1/100)."""
     laplacian_weight: float = 1000.0
+    shading: Literal["lambertian", "albedo"] = "lambertian"
+    """How novel views scored by a diffusion prior are shaded. Magic123 and stable-dreamfusion
+    light them (a directional light near the camera), so SDS reaches the geometry through the
+    normals and not only through silhouettes. Views supervised by known images (the reference
+    view, multi-view supervision) stay unlit: those images carry their own light."""
+    min_ambient: float = 0.1
+    """Ambient share of a lit view is drawn uniformly in [min_ambient, 1] (stable-dreamfusion: 0.1)."""
+    textureless_prob: float = 0.2
+    """Share of lit views rendered with a white albedo, geometry only (stable-dreamfusion: 0.2)."""
+    light_jitter: float = 1.0
+    """The light sits at the camera position plus N(0, light_jitter^2) per axis, seen from the origin."""
     rasterizer_backend: Backend = "auto"
     """"torch" (reference) or "nvdiffrast" (CUDA) or "auto"."""
     preview_every: int = 500
@@ -325,14 +381,23 @@ class ExportConfig:
 class PreprocessConfig:
     """Reading, matting and framing the input photo (see mpod123.preprocess)."""
 
-    size: int = 256
-    """Side of the square working image (the reference view's resolution)."""
+    size: int = 1024
+    """Side of the square framed reference. Each consumer downsamples it (area) to its own size:
+    Zero123 256, stage 1 128, textual inversion 512, stage 2 1024."""
     border_ratio: float = 0.2
     """Margin on each side, as a fraction of ``size`` (the object spans 1 - 2 x this)."""
     max_pixels: int = 40_000_000
     """Larger images are refused before decoding (a 5000x4000 photo is 20 MP)."""
     work_side: int = 768
-    """Photos are reduced to about this longer side before matting and framing."""
+    """Matting runs on a copy reduced to about this longer side; its alpha is upsampled back."""
+    source_side: int = 2048
+    """Photos are read at up to this longer side: the framed reference is cut from this
+    resolution, so a 1024 reference keeps the photo's detail."""
+    matting: Literal["auto", "alpha", "plain", "model"] = "auto"
+    """auto: the alpha channel if it has one, else the segmentation model when installed, else
+    plain-background matting when it is confident, else a refusal. The others force one way."""
+    min_confidence: float = 0.5
+    """Plain-background matting below this confidence (0..1) refuses instead of guessing."""
     background_tolerance: float = 0.08
     """Matting: a pixel this far (RGB distance, 0..1) from the border colour is foreground."""
     border_max_spread: float = 0.06
@@ -350,7 +415,9 @@ def detail_preset(name: str) -> DetailStageConfig:
         cfg.dmtet.resolution = 96
         return cfg
     if name == "draft":
-        cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50)
+        cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50,
+                                sdf_lr=1e-2, deform_lr=1e-2,  # a 200-step CPU budget: threestudio's 1e-2
+                                normal_consistency_weight=10.0)  # on a 32^3 grid 1000 over-smooths (docs/benchmarks.md)
         cfg.preview_resolution = 64
         cfg.dmtet.resolution = 32
         return cfg
@@ -370,7 +437,8 @@ def outline_preset(name: str) -> OutlineStageConfig:
         cfg.render.samples_per_ray = 256
         return cfg
     if name == "draft":
-        cfg = OutlineStageConfig(steps=200, lr=1e-2, preview_every=50, checkpoint_every=100)
+        cfg = OutlineStageConfig(steps=200, lr=1e-2, encoding_lr_scale=1.0, preview_every=50, checkpoint_every=100,
+                                 regulariser_rays=256)
         cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
         cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)
         cfg.nerf = NeRFFieldConfig(
@@ -402,6 +470,8 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     embedding: str | None = None
     """A ready-made `<e>` embedding file; when set, textual inversion is skipped."""
+    overrides: tuple[str, ...] = ()
+    """The ``--set name=value`` overrides applied to the preset (recorded in run.json)."""
     deterministic: bool | None = None
     """Use torch's deterministic algorithms, so the same seed on the same device gives the same
     mesh (multi-threaded CPU scatter-adds otherwise differ in the last bits). None: on for the
@@ -413,6 +483,7 @@ class PipelineConfig:
         """The same settings with every seed set to ``seed``."""
         self.seed = seed
         self.outline.seed = self.detail.seed = self.inversion.seed = seed
+        self.zero123.seed = self.sd.seed = seed
         return self
 
 

@@ -7,13 +7,19 @@ Steps, each with an error that says what to supply instead:
    decompression bomb (a 30000² PNG of a few kB) is refused at once; large
    photos (up to ``max_pixels``) are reduced fast (JPEG DCT scaling, then
    integer box reduction) before the final resample.
-2. **Foreground.** The alpha channel when there is a meaningful one; else,
-   for product photos on a plain background, matting by background
-   estimation from the image border (the largest connected object is kept);
-   else ``rembg`` when it is installed; else an error.
+2. **Foreground** (``PreprocessConfig.matting``). The alpha channel when there
+   is a meaningful one; else a segmentation model (``rembg``) when it is
+   installed; else, for product photos on a plain background, matting by
+   background estimation from the image border (the largest connected object
+   is kept), which measures its own confidence (how plain the border is,
+   whether the object touches it, how compact and clear-cut the foreground is)
+   and refuses below ``min_confidence`` rather than guess; else an error.
+   Matting runs on a copy reduced to ``work_side``; its alpha is upsampled.
 3. **Frame.** The object's bounding box is centred and scaled so that its
    longer side fills ``1 - 2 * border_ratio`` of a square of ``size`` pixels
-   (Zero123's inputs leave such a margin), composited on white.
+   (Zero123's inputs leave such a margin), composited on white. The crop is
+   taken from the photo read at up to ``source_side``, so a 1024 reference
+   keeps the photo's detail; each consumer downsamples it to its own size.
 
 The processed input and its mask are written next to the outputs by the
 runner, so a user can see what the model was given.
@@ -22,7 +28,7 @@ runner, so a user can see what the model was given.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +51,13 @@ class Preprocessed:
     source_size: tuple[int, int]
     """(width, height) of the file as given."""
     bbox: tuple[int, int, int, int]
-    """(left, top, right, bottom) of the object in the reduced source image."""
+    """(left, top, right, bottom) of the object in the image as read (at most ``source_side``)."""
+    confidence: float = 1.0
+    """How sure the matting is, 0..1 (1 for a real alpha channel)."""
+    details: dict = field(default_factory=dict)
+    """The matting's measurements behind ``confidence``."""
+    matte: np.ndarray | None = None
+    """(H, W) alpha at the size the image was read at (``source_side`` at most)."""
 
     @property
     def rgb_on_white(self) -> np.ndarray:
@@ -63,6 +75,16 @@ class Preprocessed:
         Image.fromarray(to_uint8(self.rgba), "RGBA").save(folder / "input.png")
         Image.fromarray(to_uint8(self.rgba[..., 3]), "L").save(folder / "mask.png")
         return folder / "input.png", folder / "mask.png"
+
+    def save_matte(self, path: str | Path) -> Path:
+        """Write the alpha at the photo's own size (``source_size``) as an 8-bit PNG."""
+        path = Path(path)
+        matte = self.matte if self.matte is not None else self.rgba[..., 3]
+        image = Image.fromarray(to_uint8(matte), "L")
+        if image.size != tuple(self.source_size):
+            image = image.resize(tuple(self.source_size), Image.Resampling.BILINEAR)
+        image.save(path)
+        return path
 
 
 # ------------------------------------------------------------------ reading
@@ -92,7 +114,7 @@ def _open(source: str | Path | bytes) -> Image.Image:
 
 
 def read_image(source: str | Path | bytes, cfg: PreprocessConfig | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """(H, W, 3 or 4) float32 in [0, 1], reduced to about ``cfg.work_side``, and the original (width, height)."""
+    """(H, W, 3 or 4) float32 in [0, 1], reduced to about ``cfg.source_side``, and the original (width, height)."""
     cfg = cfg or PreprocessConfig()
     image = _open(source)
     width, height = image.size
@@ -101,7 +123,8 @@ def read_image(source: str | Path | bytes, cfg: PreprocessConfig | None = None) 
             f"the image is {width}x{height} ({width * height / 1e6:.0f} MP); the limit is {cfg.max_pixels / 1e6:.0f} MP. "
             "Downscale it (a 2000 px side is plenty) and try again"
         )
-    scale = cfg.work_side / max(width, height)
+    side = cfg.source_side
+    scale = side / max(width, height)
     try:
         if scale < 1.0 and image.format == "JPEG":
             image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))  # DCT scaling, very fast
@@ -110,11 +133,11 @@ def read_image(source: str | Path | bytes, cfg: PreprocessConfig | None = None) 
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputImageError(f"the image is corrupt or truncated ({exc}); re-export it and try again") from None
     image = _to_8bit_rgb_or_rgba(image)
-    factor = int(max(image.size) / cfg.work_side)
+    factor = int(max(image.size) / side)
     if factor >= 2:
         image = image.reduce(factor)
-    if max(image.size) > cfg.work_side:
-        s = cfg.work_side / max(image.size)
+    if max(image.size) > side:
+        s = side / max(image.size)
         image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.Resampling.LANCZOS)
     return np.asarray(image, dtype=np.float32) / 255.0, (width, height)
 
@@ -200,9 +223,63 @@ def fill_small_holes(mask: np.ndarray, max_fraction: float = 0.001) -> np.ndarra
 
 def plain_background_alpha(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray | None:
     """Soft alpha from the distance to the border's colour, or None when the border is not plain."""
+    found = plain_background_matte(rgb, cfg)
+    return None if found is None else found[0]
+
+
+def matting_confidence(
+    dist: np.ndarray, core: np.ndarray, spread: float, tol: float, cfg: PreprocessConfig
+) -> tuple[float, dict[str, float]]:
+    """How far to trust a plain-background matte, 0..1, and the measurements behind it.
+
+    The weakest of five scores, each 1 for a product shot on a backdrop and falling to 0 at a
+    level seen on photos with a natural background:
+
+    - ``border``: how uniform the border is (``spread`` against ``border_max_spread``, squared);
+    - ``contact``: how little of the outermost ring of pixels the object covers (a background
+      region matted as object touches the border; 5% of the ring scores 0);
+    - ``fill``: the object must not fill the frame (above 80% of the image scores 0);
+    - ``compact``: the kept object holds most foreground pixels (clutter leaves many pieces);
+    - ``clear``: few background pixels that are not clearly background (beyond half the
+      tolerance), per pixel of the object's edge: an antialiased cut leaves one or two, a
+      textured, blurred or shaded background many more.
+    """
+    h, w = core.shape
+    ring = np.concatenate([core[0], core[-1], core[:, 0], core[:, -1]])
+    area = max(1, int(core.sum()))
+    fg = dist > tol
+    inner = core.copy()  # erode by one pixel: the object's edge is core minus its interior
+    inner[1:] &= core[:-1]
+    inner[:-1] &= core[1:]
+    inner[:, 1:] &= core[:, :-1]
+    inner[:, :-1] &= core[:, 1:]
+    edge = max(1, int((core & ~inner).sum()))
+    band = int((~core & (dist > 0.5 * tol)).sum())  # background pixels that are not clearly background
+    details = {
+        "border_spread": float(spread),
+        "border_contact": float(ring.mean()),
+        "object_fraction": float(area / (h * w)),
+        "kept_fraction": float(area / max(1, int(fg.sum()))),
+        "unclear_per_edge_pixel": float(band / edge),
+    }
+    scores = {
+        "border": 1.0 - (spread / cfg.border_max_spread) ** 2,
+        "contact": 1.0 - details["border_contact"] / 0.05,
+        "fill": (0.8 - details["object_fraction"]) / 0.2,
+        "compact": (details["kept_fraction"] - 0.6) / 0.3,
+        "clear": 1.0 - (details["unclear_per_edge_pixel"] - 2.0) / 6.0,
+    }
+    scores = {k: float(np.clip(v, 0.0, 1.0)) for k, v in scores.items()}
+    details.update({f"score_{k}": v for k, v in scores.items()})
+    return min(scores.values()), details
+
+
+def plain_background_matte(rgb: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, float, dict] | None:
+    """(soft alpha, confidence, details) from the distance to the border's colour, or None when the
+    border is not plain at all."""
     border = _border(rgb, max(2, min(rgb.shape[:2]) // 64))
     colour = np.median(border, axis=0)
-    spread = np.abs(border - colour).mean()
+    spread = float(np.abs(border - colour).mean())
     if spread > cfg.border_max_spread:
         return None
     dist = np.sqrt(((rgb - colour) ** 2).sum(-1) / 3.0)
@@ -215,7 +292,9 @@ def plain_background_alpha(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray
     grown[:-1] |= core[1:]
     grown[:, 1:] |= core[:, :-1]
     grown[:, :-1] |= core[:, 1:]
-    return np.where(core, 1.0, np.where(grown, soft, 0.0)).astype(np.float32)
+    alpha = np.where(core, 1.0, np.where(grown, soft, 0.0)).astype(np.float32)
+    confidence, details = matting_confidence(dist, core, spread, tol, cfg)
+    return alpha, confidence, details
 
 
 def _rembg_alpha(rgb: np.ndarray) -> np.ndarray | None:
@@ -227,25 +306,89 @@ def _rembg_alpha(rgb: np.ndarray) -> np.ndarray | None:
     return np.asarray(out.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
 
 
-def foreground(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, str]:
-    """(alpha (H, W) in [0, 1], method) for an RGB or RGBA image."""
-    if image.shape[-1] == 4:
+@dataclass
+class Matte:
+    """The foreground found in an image, how, and how sure."""
+
+    alpha: np.ndarray
+    """(H, W) in [0, 1] at the image's size."""
+    method: str
+    """alpha, rembg or plain-background."""
+    confidence: float
+    details: dict = field(default_factory=dict)
+
+
+FIX_IT = (
+    "give a PNG with an alpha channel (a cut-out), a photo on a plain background, "
+    "or install the background remover (pip install rembg)"
+)
+
+
+def _at_work_size(rgb: np.ndarray, side: int) -> np.ndarray:
+    if max(rgb.shape[:2]) <= side:
+        return rgb
+    s = side / max(rgb.shape[:2])
+    size = (max(1, round(rgb.shape[1] * s)), max(1, round(rgb.shape[0] * s)))
+    return np.asarray(Image.fromarray(to_uint8(rgb), "RGB").resize(size, Image.Resampling.BOX), np.float32) / 255.0
+
+
+def _upsample_alpha(alpha: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if alpha.shape == shape:
+        return alpha
+    img = Image.fromarray(alpha.astype(np.float32), "F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(img, np.float32), 0.0, 1.0)
+
+
+def find_foreground(image: np.ndarray, cfg: PreprocessConfig) -> Matte:
+    """The foreground of an RGB or RGBA image, by ``cfg.matting`` (see the module docstring)."""
+    mode = cfg.matting
+    if mode not in ("auto", "alpha", "plain", "model"):
+        raise InputImageError(f"unknown matting {mode!r}: choose auto, alpha, plain or model")
+    if image.shape[-1] == 4 and mode in ("auto", "alpha"):
         alpha = image[..., 3]
         if (alpha < 0.5).mean() > 0.01:  # a real cut-out, not an opaque alpha channel
-            return alpha, "alpha"
+            return Matte(alpha, "alpha", 1.0)
         if (alpha >= 0.5).mean() < cfg.min_object_fraction:
             raise InputImageError("the image's alpha channel is empty: nothing is marked as the object")
+    if mode == "alpha":
+        raise InputImageError("--matting alpha needs an image with a transparent background; " + FIX_IT)
     rgb = image[..., :3]
-    alpha = plain_background_alpha(rgb, cfg)
-    if alpha is not None:
-        return alpha, "plain-background"
-    alpha = _rembg_alpha(rgb)
-    if alpha is not None:
-        return alpha, "rembg"
-    raise InputImageError(
-        "cannot separate the object from its background: give a PNG with an alpha channel (a cut-out), "
-        "a photo on a plain background, or install the background remover (pip install rembg)"
-    )
+    small = _at_work_size(rgb, cfg.work_side)
+    if mode in ("auto", "model"):
+        alpha = _rembg_alpha(small)
+        if alpha is not None:
+            decided = float(((alpha < 0.1) | (alpha > 0.9)).mean())
+            return Matte(_upsample_alpha(alpha, rgb.shape[:2]), "rembg", decided, {"decided_fraction": decided})
+        if mode == "model":
+            raise InputImageError(
+                "--matting model needs the background remover: pip install rembg (or 'mpod123[matting]')"
+            )
+    found = plain_background_matte(small, cfg)
+    if found is None:
+        raise InputImageError(
+            "cannot separate the object from its background (the border is not a plain colour): " + FIX_IT
+        )
+    alpha, confidence, details = found
+    if mode == "auto" and confidence < cfg.min_confidence:
+        weakest = min((k for k in details if k.startswith("score_")), key=details.get)[6:]
+        why = {
+            "border": "the border is not a uniform colour",
+            "contact": "the object touches the image border",
+            "fill": "the object fills most of the image",
+            "compact": "the foreground is in many pieces",
+            "clear": "the cut between object and background is unclear",
+        }[weakest]
+        raise InputImageError(
+            f"plain-background matting is not confident here ({confidence:.2f} < {cfg.min_confidence}: {why}); "
+            + FIX_IT + ". To use it anyway, force it (--matting plain) and check matte.png"
+        )
+    return Matte(_upsample_alpha(alpha, rgb.shape[:2]), "plain-background", confidence, details)
+
+
+def foreground(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, str]:
+    """(alpha (H, W) in [0, 1], method) for an RGB or RGBA image (see :func:`find_foreground`)."""
+    matte = find_foreground(image, cfg)
+    return matte.alpha, matte.method
 
 
 # -------------------------------------------------------------------- frame
@@ -284,9 +427,9 @@ def preprocess(source: str | Path | bytes, cfg: PreprocessConfig | None = None) 
     """Read, find the foreground, and frame: the reference image the pipeline starts from."""
     cfg = cfg or PreprocessConfig()
     image, size = read_image(source, cfg)
-    alpha, method = foreground(image, cfg)
-    rgba, bbox = frame(image, alpha, cfg)
-    return Preprocessed(rgba, method, size, bbox)
+    matte = find_foreground(image, cfg)
+    rgba, bbox = frame(image, matte.alpha, cfg)
+    return Preprocessed(rgba, matte.method, size, bbox, matte.confidence, matte.details, matte.alpha)
 
 
 __all__ = [
@@ -294,8 +437,12 @@ __all__ = [
     "PreprocessConfig",
     "Preprocessed",
     "connected_components",
+    "Matte",
+    "find_foreground",
     "foreground",
+    "matting_confidence",
     "plain_background_alpha",
+    "plain_background_matte",
     "preprocess",
     "read_image",
 ]

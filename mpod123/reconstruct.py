@@ -124,7 +124,7 @@ def reconstruct(
     rows = [list(gt.rgb.numpy()), renders]
     stages: dict = {"outline": outline}
     if detail_cfg is not None:
-        detail = DetailStage(detail_cfg, reference, guidance, outline.field, outline.masks, device=device, callback=callback)
+        detail = DetailStage(detail_cfg, reference, guidance, outline.field, outline.opacity, device=device, callback=callback)
         t1 = time.perf_counter()
         detail.run()
         fit2_s = time.perf_counter() - t1

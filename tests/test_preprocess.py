@@ -89,7 +89,7 @@ def test_large_photos_are_reduced_fast(tmp_path):
     big.paste((200, 30, 30), (1500, 1000, 3500, 3000))
     big.save(tmp_path / "big.jpg", quality=85)
     image, size = read_image(tmp_path / "big.jpg")
-    assert size == (5000, 4000) and max(image.shape[:2]) <= 768
+    assert size == (5000, 4000) and max(image.shape[:2]) <= 2048
     out = preprocess(tmp_path / "big.jpg", PreprocessConfig(size=64))
     assert out.method == "plain-background" and out.source_size == (5000, 4000)
 
@@ -154,3 +154,81 @@ def test_product_photos_give_one_connected_object():
         out = preprocess(path)
         assert connected_components(out.mask)[1] == 1, path.name
         assert out.mask.mean() > 0.05, path.name
+
+
+# ------------------------------------------------------------ matting confidence
+def _photo_on(background: np.ndarray, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The procedural object (a cut-out) composited on ``background``; (photo RGB, true mask)."""
+    from mpod123.camera import orbit_cameras
+    from mpod123.synthetic import render_object
+
+    rgba = render_object(orbit_cameras(90.0, 30.0, 2.5, 40.0, size, size))[0].numpy()
+    a = rgba[..., 3:]
+    return (rgba[..., :3] * a + background * (1 - a)).astype(np.float32), rgba[..., 3] >= 0.5
+
+
+def _smooth_noise(size: int, seed: int, cells: int = 6) -> np.ndarray:
+    """A blurred, natural-looking background: random colours on a coarse grid, bicubic-upsampled."""
+    rng = np.random.default_rng(seed)
+    coarse = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_unseen_photos_are_refused_or_matted_well(seed):
+    from mpod123.preprocess import find_foreground
+
+    rng = np.random.default_rng(seed)
+    plain = np.full((256, 256, 3), rng.uniform(0.6, 0.97), np.float32) + rng.normal(0, 0.008, (256, 256, 3)).astype(np.float32)
+    base = rng.uniform(0.3, 0.9, 3).astype(np.float32)
+    blurred = [base + amp * (_smooth_noise(256, seed, cells) - 0.5) * 2 for amp, cells in ((0.08, 5), (0.15, 5), (0.15, 40))]
+    for background, must_accept in [(plain, True)] + [(b, False) for b in blurred]:
+        photo, truth = _photo_on(np.clip(background, 0, 1))
+        try:
+            matte = find_foreground(photo, PreprocessConfig())
+        except InputImageError as exc:
+            assert not must_accept, f"a plain backdrop was refused: {exc}"
+            assert "alpha channel" in str(exc)
+            continue
+        assert _iou(matte.alpha >= 0.5, truth) >= 0.85, (seed, matte.method, matte.confidence, matte.details)
+        if must_accept:
+            assert matte.confidence >= 0.5
+
+
+@pytest.mark.skipif(not REALFUSION.is_dir(), reason="the shared test images are not beside this checkout")
+def test_realfusion_photos_are_refused_or_matted_to_their_masks():
+    """Each RealFusion15 photo (no alpha) is either refused with the fix-it message or matted to
+    IoU >= 0.85 against its true mask, at the photo's own size."""
+    from mpod123.preprocess import find_foreground
+
+    cfg = PreprocessConfig()
+    for folder in sorted(p for p in REALFUSION.iterdir() if p.is_dir()):
+        image, size = read_image(folder / "image.png", cfg)
+        gt = np.asarray(Image.open(folder / "mask.png").convert("L"), dtype=np.float32) / 255.0 >= 0.5
+        try:
+            matte = find_foreground(image[..., :3], cfg)
+        except InputImageError as exc:
+            assert "alpha channel" in str(exc), folder.name
+            continue
+        alpha = Image.fromarray(matte.alpha).resize(size, Image.Resampling.BILINEAR)
+        assert _iou(np.asarray(alpha) >= 0.5, gt) >= 0.85, (folder.name, matte.method, matte.details)
+
+
+def test_matting_can_be_forced_and_the_refusal_says_how(tmp_path):
+    from mpod123.preprocess import find_foreground
+
+    photo, truth = _photo_on(_smooth_noise(128, 3), 128)
+    with pytest.raises(InputImageError, match="--matting alpha needs"):
+        find_foreground(photo, PreprocessConfig(matting="alpha"))
+    try:
+        import rembg  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputImageError, match="pip install rembg"):
+            find_foreground(photo, PreprocessConfig(matting="model"))
+    # an object cut by the image border is refused in auto and accepted when forced
+    photo, _ = _photo_on(np.full((128, 128, 3), 0.9, np.float32), 128)
+    photo = photo[:64]
+    with pytest.raises(InputImageError, match="not confident.*touches the image border.*--matting plain"):
+        find_foreground(photo, PreprocessConfig())
+    forced = find_foreground(photo, PreprocessConfig(matting="plain"))
+    assert forced.method == "plain-background" and forced.confidence < 0.5

@@ -17,13 +17,56 @@ from .mesh import Mesh
 from .tet_grid import TetGrid
 
 
+@torch.no_grad()
+def density_box(
+    density_fn: Callable[[Tensor], Tensor],
+    bound: float,
+    threshold: float,
+    margin: float = 0.1,
+    resolution: int = 64,
+    device: torch.device | str = "cpu",
+    chunk: int = 1 << 18,
+) -> tuple[Tensor, Tensor]:
+    """(lo, hi) (3,) of the points where the density exceeds ``threshold``, on a ``resolution``^3
+    lattice over [-bound, bound]^3, grown by one lattice cell plus ``margin`` x the box's largest
+    side and clipped to the cube; the whole cube when nothing is that dense.
+
+    Magic123 (like stable-dreamfusion) rescales its tet grid to the NeRF's density box before
+    the DMTet stage, so the grid's cells all land on the object."""
+    axis = torch.linspace(-bound, bound, resolution, device=device)
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    dense = torch.cat([density_fn(c).reshape(-1) > threshold for c in pts.split(chunk)])
+    full = torch.full((3,), float(bound), device=device)
+    if not bool(dense.any()):
+        return -full, full
+    inside = pts[dense]
+    lo, hi = inside.amin(0), inside.amax(0)
+    grow = 2.0 * bound / (resolution - 1) + margin * float((hi - lo).max())
+    return (lo - grow).clamp(-bound, bound), (hi + grow).clamp(-bound, bound)
+
+
 class DMTet(nn.Module):
-    def __init__(self, grid: TetGrid, deform_scale: float = 0.25, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        grid: TetGrid,
+        deform_scale: float = 0.25,
+        backend: str = "auto",
+        box: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
+        """``box`` (lo, hi) maps the grid's cube onto that axis-aligned box (None: the grid's own cube)."""
         super().__init__()
         self.grid = grid
         self.deform_scale = deform_scale
         self.backend = backend
-        self.register_buffer("base_vertices", grid.vertices.clone(), persistent=False)
+        vertices = grid.vertices.clone()
+        cell = torch.full((3,), grid.cell_size, device=vertices.device)
+        if box is not None:
+            lo, hi = (b.to(vertices) for b in box)
+            scale = (hi - lo) / (2.0 * grid.bound)
+            vertices = (vertices + grid.bound) * scale + lo
+            cell = cell * scale
+        self.register_buffer("cell_size", cell, persistent=False)
+        self.register_buffer("base_vertices", vertices, persistent=False)
         self.register_buffer("tets", grid.tets.clone(), persistent=False)
         n = grid.vertices.shape[0]
         self.sdf = nn.Parameter(torch.zeros(n, device=grid.vertices.device))
@@ -31,7 +74,7 @@ class DMTet(nn.Module):
 
     def vertices(self) -> Tensor:
         """Deformed grid vertices: each moves at most ``deform_scale`` of a cell per axis."""
-        return self.base_vertices + self.deform_scale * self.grid.cell_size * torch.tanh(self.deform)
+        return self.base_vertices + self.deform_scale * self.cell_size * torch.tanh(self.deform)
 
     def mesh(self) -> Mesh:
         return marching_tets(self.vertices(), self.sdf, self.tets, backend=self.backend)

@@ -59,13 +59,17 @@ def find_token_indices(tokenizer, prompt: str, token: str = "<e>") -> list[int]:
 
 
 def layer_mask(mask: Tensor, seq_len: int) -> Tensor:
-    """The mask (B, 1, H, W) resized (nearest) to a layer whose query has ``seq_len`` positions: (B, seq_len) bool."""
+    """The mask (B, 1, H, W) resized to a layer whose query has ``seq_len`` positions: (B, seq_len) bool.
+
+    Area-averaged, then >= 0.5, as for the latent masks: a cell is inside when most of it is.
+    (Nearest sampling would read each block's top-left pixel: a half-cell shift and an erosion
+    on the 32/16/8 layers that set the layout.)"""
     h, w = mask.shape[-2:]
     factor = math.sqrt(h * w / seq_len)
     lh, lw = max(1, round(h / factor)), max(1, round(w / factor))
     if lh * lw != seq_len:
         raise ValueError(f"cannot map a {h}x{w} mask onto {seq_len} attention positions")
-    return F.interpolate(mask.float(), size=(lh, lw), mode="nearest").reshape(mask.shape[0], -1) >= 0.5
+    return F.interpolate(mask.float(), size=(lh, lw), mode="area").reshape(mask.shape[0], -1) >= 0.5
 
 
 class MRCAAttnProcessor:

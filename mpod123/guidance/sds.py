@@ -7,13 +7,15 @@ z, so autograd carries it back through the VAE encoder into the render and
 from there into the 3D representation. ε̂ comes from one batched UNet call
 over the conditional and unconditional branches (classifier-free guidance).
 
-Every draw (timestep, noise) comes from a CPU generator seeded by the step, so
-a run is reproducible on any device and resumes exactly.
+Every draw (timestep, noise) comes from a CPU generator seeded by the run's seed,
+the prior and the step, so a run is reproducible on any device and resumes
+exactly, while other seeds and the other stage draw other sequences.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 
 import torch
@@ -108,9 +110,20 @@ class ScoreDistillation:
             self.__dict__["_vae_fp32"] = upcast
         return upcast, torch.float32
 
+    seed: int = 0
+    """The run's seed (the prior's config sets it); with ``stream`` and the step it seeds each draw."""
+    stream: str = "sds"
+    """Names the prior (and so the stage), so the two stages never replay each other's draws."""
+
+    def draw_seed(self, step: int) -> int:
+        """A 63-bit seed from (run seed, stream, step): a new sequence for every run and stage."""
+        key = f"{int(self.seed)}:{self.stream}:{int(step)}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
+
     def draw(self, step: int, shape: torch.Size, lo: float, hi: float) -> tuple[Tensor, Tensor]:
-        """Integer timesteps (B,) in [lo, hi] x T and unit noise of ``shape``, from the step's generator."""
-        gen = torch.Generator().manual_seed(step)
+        """Integer timesteps (B,) in [lo, hi] x T and unit noise of ``shape``, from a generator seeded
+        by the run's seed, the prior and the step (so a resumed run replays the same draws)."""
+        gen = torch.Generator().manual_seed(self.draw_seed(step))
         t = (torch.rand(shape[0], generator=gen) * (hi - lo) + lo).mul(self.num_train_timesteps).long()
         t = t.clamp(0, self.num_train_timesteps - 1).to(self.device)
         noise = torch.randn(shape, generator=gen).to(self.device)

@@ -82,6 +82,7 @@ class StableDiffusionGuidance(ScoreDistillation):
 
     def __init__(self, cfg: StableDiffusionConfig, models: StableDiffusionModels) -> None:
         self.cfg = cfg
+        self.seed, self.stream = cfg.seed, "stable_diffusion"
         self.models = models
         self.device, self.dtype = models.device, models.dtype
         self.vae, self.unet = models.vae, models.unet

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TextualInversionConfig
+from .multiview import resize_rgba
 from .stable_diffusion import StableDiffusionModels
 
 
@@ -173,7 +174,11 @@ class TextualInversion:
     def encode_pool(self, reference_rgba: Tensor, chunk: int = 8) -> Tensor:
         """Encode ``cfg.augmentations`` augmented views once: (N, 4, h, w) scaled latents."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        views = augment(reference_rgba, self.cfg.augmentations, self.cfg.resolution or self.models.native_size, gen)
+        size = self.cfg.resolution or self.models.native_size
+        ref = reference_rgba.float()
+        if max(ref.shape[:2]) > size:  # kept at the photo's resolution: area-downsample before the bilinear warps
+            ref = resize_rgba(ref[None], size, size)[0]
+        views = augment(ref, self.cfg.augmentations, size, gen)
         vae = self.models.vae
         out = []
         for start in range(0, len(views), chunk):
@@ -208,11 +213,21 @@ class TextualInversion:
         noise = torch.randn(latents.shape, generator=generator).to(self.models.device)
         return latents, t, noise, self.prompts(generator, b)
 
+    @property
+    def loss_scale(self) -> float:
+        """The constant the loss is multiplied by before backward (see TextualInversionConfig.loss_scale)."""
+        if self.cfg.loss_scale is not None:
+            return float(self.cfg.loss_scale)
+        return 1024.0 if self.models.dtype in (torch.float16, torch.bfloat16) else 1.0
+
     def step(self, batch: tuple[Tensor, Tensor, Tensor, list[str]], optimizer: torch.optim.Optimizer) -> float:
-        """One optimisation step of ``vector`` on ``batch``; returns the loss before the step."""
+        """One optimisation step of ``vector`` on ``batch``; returns the loss before the step.
+
+        The loss is scaled by :attr:`loss_scale` for the backward pass only, so an fp16 UNet's
+        gradients stay in fp16's normal range; Adam's update does not depend on that constant."""
         loss = self.loss(*batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_scale).backward()
         optimizer.step()
         return float(loss.detach())
 

@@ -88,6 +88,7 @@ class Zero123Guidance(ScoreDistillation):
     ) -> None:
         """``reference_rgb``: (H, W, 3) in [0, 1] on a white background; ``reference_camera``: its camera."""
         self.cfg = cfg
+        self.seed, self.stream = cfg.seed, "zero123"
         self.device = torch.device(device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         src = cfg.model
@@ -104,7 +105,13 @@ class Zero123Guidance(ScoreDistillation):
         self.image_size = self.unet.config.sample_size * self.vae_scale
         self.reference_camera = reference_camera.to(self.device)
         with torch.no_grad():
-            ref = reference_rgb[None].to(self.device, self.dtype)
+            ref = reference_rgb[None].float()
+            if ref.shape[1] > self.image_size or ref.shape[2] > self.image_size:
+                # the reference is kept at the photo's resolution: area-downsample it to the model's
+                # size first (CLIP's bicubic 224 resize has no antialiasing)
+                ref = F.interpolate(ref.permute(0, 3, 1, 2), size=(self.image_size, self.image_size), mode="area")
+                ref = ref.permute(0, 2, 3, 1)
+            ref = ref.to(self.device, self.dtype)
             clip_in = clip_preprocess(ref.float(), self.image_encoder.config.image_size).to(self.dtype)
             self.reference_embedding = self.image_encoder(pixel_values=clip_in).image_embeds  # (1, D)
             self.reference_latents = self.encode(ref, mode=True, scaled=False).to(self.dtype)  # posterior mode, unscaled

@@ -7,6 +7,12 @@ Each step renders either the reference view (reference RGB and mask losses) or
 novel views, which get the guidance's losses plus the paper's
 L_nvm = ||M - O||^2 against the stage-1 masks M of the same cameras. Normal
 consistency and a Laplacian keep the surface smooth.
+
+Novel views scored by a diffusion prior are shaded (:mod:`.shading`), as in
+Magic123; views compared with known images (the reference view, a guidance that
+proposes its own known cameras) stay unlit. The tet grid spans the bounding box
+of the stage-1 density rather than the whole field cube (Magic123), so all its
+cells land on the object.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..camera import Cameras, sample_orbit_cameras
 from ..config import DetailStageConfig, from_dict
 from ..fields import NeRFField
 from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
+from ..geometry.dmtet import density_box
 from ..guidance import CameraProposer, Guidance, GuidanceInput
 from ..metrics import silhouette_iou
 from ..progress import CancelToken, Preview, ProgressCallback
@@ -35,6 +42,7 @@ from .base import (
     scaled_size,
     turntable_cameras,
 )
+from .shading import Lighting, shade
 
 STAGE = "detail"
 MaskFn = Callable[[Cameras], Tensor]
@@ -61,7 +69,10 @@ class DetailStage(OptimisationStage):
         self.guidance = guidance
         self.stage1_masks = stage1_masks
         grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
-        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
+        box = None
+        if cfg.dmtet.fit_to_density:
+            box = density_box(nerf.density, nerf.bound, cfg.dmtet.fit_threshold, cfg.dmtet.fit_margin, device=self.device)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
@@ -87,7 +98,7 @@ class DetailStage(OptimisationStage):
     def calibrate_threshold(self, density: Tensor, views: int = 4, resolution: int = 64) -> float:
         """The density threshold whose mesh best reproduces the stage-1 masks (mean IoU over a turntable)."""
         cams = turntable_cameras(self.reference_camera, views, resolution)
-        target = self.stage1_masks(cams).to(self.device)
+        target = self.stage1_masks(cams).to(self.device).float() >= 0.5  # a mask, or the opacity (Eq. 5)
         best, best_iou = THRESHOLD_CANDIDATES[0], -1.0
         for threshold in THRESHOLD_CANDIDATES:
             self.dmtet.init_from_density(density, threshold)
@@ -109,10 +120,13 @@ class DetailStage(OptimisationStage):
         return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals)
 
     def nvm_targets(self, cameras: Cameras, height: int, width: int, keys: list[tuple] | None = None) -> Tensor:
-        """Stage-1 masks (B, H, W, 1) of these cameras, rendered small and upsampled (nearest).
+        """Stage-1 masks (B, H, W, 1) of these cameras: the stage-1 opacity rendered at
+        ``nvm_mask_resolution``, upsampled bilinearly and thresholded at 0.5 (Eq. 5), so the
+        targets have no 4-pixel staircases at weight 500. ``stage1_masks`` may return the
+        stage-1 opacity (then this is Eq. 5 at the render size) or its thresholded mask.
 
         With ``keys`` (one per camera, naming a fixed view: a guidance's view id or a
-        camera-pool slot), each view's mask is rendered once and then read from
+        camera-pool slot), each view's small render is made once and then read from
         :attr:`nvm_cache`: rendering the stage-1 NeRF every step is a large part of
         a step's cost on the CPU, and a chain of host syncs on CUDA.
         """
@@ -120,17 +134,35 @@ class DetailStage(OptimisationStage):
         sw, sh = scaled_size(cameras, small)
         if keys is None:
             with torch.no_grad():
-                masks = self.stage1_masks(cameras.resized(sw, sh)).to(self.device)
+                masks = self.stage1_masks(cameras.resized(sw, sh)).to(self.device).float()
         else:
             keys = [(key, sw, sh) for key in keys]
             missing = sorted({i for i, key in enumerate(keys) if key not in self.nvm_cache})
             if missing:
                 with torch.no_grad():
-                    fresh = self.stage1_masks(cameras[torch.tensor(missing)].resized(sw, sh)).to(self.device, torch.bool)
+                    fresh = self.stage1_masks(cameras[torch.tensor(missing)].resized(sw, sh)).to(self.device).float()
                 for i, mask in zip(missing, fresh):
                     self.nvm_cache.setdefault(keys[i], mask)
             masks = torch.stack([self.nvm_cache[key] for key in keys])
-        return F.interpolate(masks.float()[:, None], size=(height, width), mode="nearest")[:, 0, ..., None]
+        masks = masks[:, None]
+        if masks.shape[-2:] != (height, width):
+            masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
+        return (masks >= 0.5).float()[:, 0, ..., None]
+
+    def shades_novel_views(self) -> bool:
+        """Novel views are lit for a diffusion prior; a guidance with its own known views
+        (a CameraProposer: multi-view supervision) compares them with photos, so they stay unlit."""
+        return self.cfg.shading == "lambertian" and not isinstance(self.guidance, CameraProposer)
+
+    def render_novel(self, mesh: Mesh, cameras: Cameras, background: Tensor) -> MeshRenderOutput:
+        """A novel-view render: lit (see :mod:`.shading`) when :meth:`shades_novel_views`, else albedo."""
+        if not self.shades_novel_views():
+            return self.render_mesh(mesh, cameras, background)
+        cfg = self.cfg
+        light = Lighting.draw(cameras, self.generator, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
+        out = self.render_mesh(mesh, cameras, torch.zeros_like(background), with_normals=True)
+        rgb = shade(out.rgb, out.opacity, out.normals, background, light)
+        return MeshRenderOutput(rgb, out.opacity, out.depth, out.normals, out.tri_id)
 
     def draw_novel_views(self, resolution: int) -> tuple[Cameras, Tensor | None, list[tuple] | None]:
         """Novel cameras, their guidance view ids, and the keys of their stage-1 masks.
@@ -175,7 +207,7 @@ class DetailStage(OptimisationStage):
         else:
             cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
             bg = self.backgrounds(len(cams), cfg.background)
-            out = self.render_mesh(mesh, cams, bg)
+            out = self.render_novel(mesh, cams, bg)
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2], mask_keys)
             losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids, target)))
             losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)

@@ -3,8 +3,10 @@
 Each step renders either the reference view (on ``reference_view_prob`` of the
 steps, on a fixed schedule) with the paper's reconstruction loss (Eq. 2, masked
 by the input's alpha) plus a mask loss on the alpha, or novel views scored by
-the guidance. Adam updates the field; the occupancy grid is refreshed every few
-steps from the current density. The stage reports through ``mpod123.progress``
+the guidance. Every step also adds the density regularisers of
+:mod:`.regularisers` (opacity entropy, orientation, 3D normal smoothness; the
+paper names none, the defaults are Magic123's). Adam updates the field; the
+occupancy grid is refreshed every few steps from the current density. The stage reports through ``mpod123.progress``
 events only, checks its CancelToken once per step, and saves checkpoints from
 which a run resumes exactly where it stopped.
 """
@@ -27,6 +29,7 @@ from .base import (
     is_reference_step,
     reference_losses,
 )
+from .regularisers import normal_regularisers, opacity_entropy
 
 STAGE = "outline"
 
@@ -69,7 +72,8 @@ class OutlineStage(OptimisationStage):
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.render.background)
-            out = self.renderer.render(self.reference_camera, bg, stratified=True, generator=self.generator)
+            cams = self.reference_camera
+            out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
             losses = reference_losses(
                 out.rgb, out.opacity, self.reference_target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight
             )
@@ -78,9 +82,34 @@ class OutlineStage(OptimisationStage):
             bg = self.backgrounds(len(cams), cfg.render.background)
             out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
             losses = self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids))
+        losses.update(self.regularisers(cams, out.opacity))
         reported = self.optimise(losses)  # skips a non-finite step; no host sync for the losses
         self.step += 1
         return reported
+
+    def entropy_weight(self) -> float:
+        """Magic123's ramp: the entropy weight rises linearly over ``entropy_ramp`` of the steps."""
+        cfg = self.cfg
+        if cfg.entropy_ramp <= 0:
+            return cfg.entropy_weight
+        return cfg.entropy_weight * min(1.0, self.step / (cfg.entropy_ramp * max(1, cfg.steps)))
+
+    def regularisers(self, cameras: Cameras, opacity: Tensor) -> dict[str, Tensor]:
+        """The weighted density regularisers for this step's render (see :mod:`.regularisers`)."""
+        cfg = self.cfg
+        out: dict[str, Tensor] = {}
+        if cfg.entropy_weight and opacity.requires_grad:
+            out["entropy"] = self.entropy_weight() * opacity_entropy(opacity)
+        if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0:
+            terms = normal_regularisers(
+                self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
+                with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
+            )
+            if "orientation" in terms:
+                out["orientation"] = cfg.orientation_weight * terms["orientation"]
+            if "normal_smoothness" in terms:
+                out["normal_smoothness"] = cfg.normal_smoothness_weight * terms["normal_smoothness"]
+        return out
 
     # ------------------------------------------------------------ inspection
     @torch.no_grad()
@@ -103,6 +132,10 @@ class OutlineStage(OptimisationStage):
     def masks(self, cameras: Cameras) -> Tensor:
         """Stage-1 masks (B, H, W), opacity >= 0.5 (Eq. 5): the hand-off to stage 2."""
         return self.render(cameras).mask
+
+    def opacity(self, cameras: Cameras) -> Tensor:
+        """Stage-1 opacity (B, H, W) in [0, 1]: what stage 2 upsamples before thresholding (Eq. 5)."""
+        return self.render(cameras).opacity[..., 0]
 
     # ------------------------------------------------------------ checkpoints
     def modules(self) -> dict[str, nn.Module]:

@@ -245,7 +245,9 @@ class Runner:
         t0 = time.perf_counter()
         pre = preprocess(image, cfg.preprocess)
         pre.save(self.workdir)
-        self.record["input"] = {"method": pre.method, "source_size": list(pre.source_size), "bbox": list(pre.bbox)}
+        self.record["input"] = {"method": pre.method, "confidence": round(pre.confidence, 3),
+                                "source_size": list(pre.source_size), "bbox": list(pre.bbox),
+                                "reference_size": list(pre.rgba.shape[:2])}
         self._timed("preprocess", t0)
         self._emit_matte(pre)
         reference = ReferenceView.on_orbit(torch.from_numpy(pre.rgba), cfg.outline.camera)
@@ -336,7 +338,7 @@ class Runner:
         guidance = StableDiffusionGuidance(self.cfg.sd, models)
         try:
             stage = DetailStage(
-                self.cfg.detail, reference, guidance, outline.field, outline.masks, self.device, self._on_event, self.cancel
+                self.cfg.detail, reference, guidance, outline.field, outline.opacity, self.device, self._on_event, self.cancel
             )
             self._train_or_load(stage)
         finally:
