@@ -136,6 +136,17 @@ _JOB_COLUMNS = ("job_id, owner, state, options, created, updated, attempts, erro
 _MIGRATIONS = (("client_id", "TEXT"), ("image_sha256", "TEXT"), ("workdir", "TEXT"))
 
 
+
+def _job_filter(owner: str | None, states: tuple[str, ...]) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) that ``list`` and ``count`` share: jobs in ``states``, of ``owner``."""
+    where = f"state IN ({','.join('?' * len(states))})"
+    params: list[Any] = list(states)
+    if owner is not None:
+        where += " AND owner=?"
+        params.append(owner)
+    return where, params
+
+
 def _job(row: tuple) -> Job:
     return Job(row[0], row[1], row[2], json.loads(row[3]), *row[4:12], row[12] or row[0], row[13])
 
@@ -260,27 +271,17 @@ class JobStore:
     def list(self, owner: str | None = None, states: tuple[str, ...] = STATES, offset: int = 0,
              limit: int | None = None) -> list[Job]:
         """Jobs in ``states`` (of ``owner``), oldest first; ``offset``/``limit`` give one page."""
-        marks = ",".join("?" * len(states))
-        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"
-        params: list[Any] = list(states)
-        if owner is not None:
-            query += " AND owner=?"
-            params.append(owner)
-        query += " ORDER BY created, rowid LIMIT ? OFFSET ?"
+        where, params = _job_filter(owner, states)
+        query = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY created, rowid LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return [_job(r) for r in rows]
 
     def count(self, owner: str | None = None, states: tuple[str, ...] = STATES) -> int:
-        marks = ",".join("?" * len(states))
-        query = f"SELECT count(*) FROM jobs WHERE state IN ({marks})"
-        params: list[Any] = list(states)
-        if owner is not None:
-            query += " AND owner=?"
-            params.append(owner)
+        where, params = _job_filter(owner, states)
         with self._lock:
-            return self._db.execute(query, params).fetchone()[0]
+            return self._db.execute(f"SELECT count(*) FROM jobs WHERE {where}", params).fetchone()[0]
 
     def set_state(self, job_id: str, state: str, error: str | None = None) -> Job:
         """Move a job along the state machine; an impossible move raises."""
