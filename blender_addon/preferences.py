@@ -7,14 +7,16 @@ not saved into .blend files that get shared.
 from __future__ import annotations
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
+
+from .properties import MPOD123_ImportOptions
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_LOCAL_COMMAND = ""
 """Empty: start the managed backend (Install Backend); an expert's command otherwise."""
 
 
-class MPOD123_Preferences(bpy.types.AddonPreferences):
+class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
     bl_idname = __package__
 
     address: StringProperty(
@@ -95,24 +97,7 @@ class MPOD123_Preferences(bpy.types.AddonPreferences):
         name="Serve Arguments", default="",
         description="Extra arguments for the managed backend's `mpod123 serve`, e.g. --workers 2 or --sd /models/sd15",
     )
-    # --- import options and cache limits (defaults for every job; the panel can override them per job) ---
-    rest_on_ground: BoolProperty(
-        name="Rest on the Ground", default=True,
-        description="Put the origin at the bottom of the object and the bottom at the 3D cursor")
-    target_height: FloatProperty(
-        name="Height", default=0.0, min=0.0, soft_max=100.0, unit="LENGTH", subtype="DISTANCE",
-        description="Scale each result to this height in scene units (0: keep the exported size, about 1)")
-    target_faces: IntProperty(
-        name="Face Budget", default=0, min=0, max=10_000_000,
-        description="Have the backend simplify each mesh to at most this many faces (0: keep every face)")
-    shading: EnumProperty(
-        name="Shading", default="SMOOTH",
-        items=(("KEEP", "As Exported", "Keep the exported normals"), ("SMOOTH", "Smooth", "Shade smooth"),
-               ("FLAT", "Flat", "Shade flat")),
-        description="Shade each result smooth or flat, or keep the exported normals")
-    clear_custom_normals: BoolProperty(
-        name="Clear Custom Normals", default=True,
-        description="Remove the exported custom split normals so that Blender computes them (smaller, editable)")
+    # --- cache limits (the import options, defaults for every job, come from MPOD123_ImportOptions) ---
     cache_limit_mb: IntProperty(
         name="Cache Size Limit", default=2048, min=0, soft_max=100_000,
         description="Most megabytes of downloaded results, previews and input copies the add-on keeps; the "
@@ -120,7 +105,7 @@ class MPOD123_Preferences(bpy.types.AddonPreferences):
     cache_max_days: IntProperty(
         name="Cache Age Limit", default=30, min=0, soft_max=3650,
         description="Delete cached results, previews and input copies older than this many days (0: keep them)")
-    # --- end of import options and cache limits ---
+    # --- end of cache limits ---
 
     def draw(self, context):
         draw_preferences(self.layout, self)
