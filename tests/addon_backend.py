@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 300.0  # generous: tiny jobs slow down a lot on a shared, loaded 2-core machine
+
+
+ADDON = "blender_addon"
+
+
+def _raise(exc):
+    raise exc
+
+
+@contextlib.contextmanager
+def enabled_addon(user_dir: Path):
+    """The add-on enabled in bpy's factory settings, keeping its user folder (results, previews, the
+    managed environment) under ``user_dir`` as it does outside an extension; disabled afterwards."""
+    import addon_utils
+    import bpy
+
+    saved_tmp = tempfile.tempdir
+    tempfile.tempdir = str(user_dir)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    try:
+        yield addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+        addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    finally:
+        tempfile.tempdir = saved_tmp
 
 
 def free_port() -> int:

@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
-ADDON = "blender_addon"
-
-
-def _raise(exc):
-    raise exc
+from tests.addon_backend import enabled_addon  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
-    import addon_utils
+    with enabled_addon(tmp_path_factory.mktemp("addon-user")):
+        from blender_addon import operators_backend
 
-    saved_tmp = tempfile.tempdir
-    tempfile.tempdir = str(tmp_path_factory.mktemp("addon-user"))  # the add-on's user folder outside an extension
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
-    from blender_addon import operators_backend
-
-    yield operators_backend
-    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
-    tempfile.tempdir = saved_tmp
+        yield operators_backend
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,30 +21,17 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
-from tests.addon_backend import JOB_TIMEOUT_S, ROOT, ServeProcess, free_port, object_png
-
-ADDON = "blender_addon"
-
-
-def _raise(exc):
-    raise exc
+from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, _raise, enabled_addon, free_port, object_png
 
 
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
-    import addon_utils
+    with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
+        assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
+        from blender_addon import bridge
 
-    saved_tmp = tempfile.tempdir
-    tempfile.tempdir = str(tmp_path_factory.mktemp("addon-user"))  # where the add-on keeps results outside an extension
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    mod = addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
-    assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
-    from blender_addon import bridge
-
-    yield bridge
-    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+        yield bridge
     assert not hasattr(bpy.types.WindowManager, "mpod123")
-    tempfile.tempdir = saved_tmp
 
 
 @pytest.fixture(scope="module")
