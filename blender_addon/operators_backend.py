@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,6 +31,7 @@ CHECK_TIMEOUT_S = 300.0
 _installer: be.Installer | None = None
 _last: be.Status | None = None
 _check: dict | None = None
+_check_thread: threading.Thread | None = None
 _build: be.TorchBuild | None = None
 
 
@@ -171,6 +173,8 @@ def draw_managed_backend(layout, p) -> None:
 
 def check_lines() -> list[str]:
     """The last Check Backend result, as short lines."""
+    if checking():
+        return ["Check: running mpod123 doctor in the backend environment..."]
     if _check is None:
         return []
     if "error" in _check:
@@ -330,6 +334,26 @@ def run_check(timeout_s: float = CHECK_TIMEOUT_S) -> dict:
         raise be.EnvError(f"mpod123 doctor failed (code {proc.returncode}): {(proc.stderr or proc.stdout)[-400:]}") from None
 
 
+def checking() -> bool:
+    return _check_thread is not None and _check_thread.is_alive()
+
+
+def _check_into_state(timeout_s: float) -> None:
+    """Run the check and keep its result (or its error) for :func:`check_lines`; a thread's body."""
+    global _check
+    try:
+        result = run_check(timeout_s)
+    except (be.EnvError, OSError, subprocess.TimeoutExpired) as exc:
+        result = {"error": str(exc)}
+    _check = result
+    print(f"MPOD123: backend check: {result.get('error') or result.get('summary', 'done')}")
+
+
+def _check_tick() -> float | None:
+    _tag_redraw()
+    return POLL_INTERVAL_S if checking() else None
+
+
 class MPOD123_OT_check_backend(bpy.types.Operator):
     """Run `mpod123 doctor` in the managed environment: torch build, device, accelerators, weights, disk"""
 
@@ -337,13 +361,39 @@ class MPOD123_OT_check_backend(bpy.types.Operator):
     bl_label = "Check Backend"
     bl_options = {"INTERNAL"}
 
+    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                       description="Block until the check ends (scripts and background mode)")
+
+    @classmethod
+    def poll(cls, context):
+        if checking():
+            cls.poll_message_set("a check is already running")
+            return False
+        return True
+
     def execute(self, context):
-        global _check
-        try:
-            _check = run_check()
-        except (be.EnvError, OSError, subprocess.TimeoutExpired) as exc:
-            _check = {"error": str(exc)}
-            self.report({"ERROR"}, str(exc))
+        """Doctor imports torch and probes each accelerator: seconds to minutes, so it runs in a thread.
+
+        The panel says "running" meanwhile and shows the result when the thread ends; ``wait=True``
+        blocks instead, for scripts (and background mode, where timers never fire).
+        """
+        global _check, _check_thread
+        if not managed_env().usable():
+            _check = {"error": "the backend is not installed: click Install Backend first"}
+            self.report({"ERROR"}, _check["error"])
+            return {"CANCELLED"}
+        _check = None
+        _check_thread = threading.Thread(target=_check_into_state, args=(CHECK_TIMEOUT_S,), name="mpod123-check",
+                                         daemon=True)
+        _check_thread.start()
+        if not self.wait:
+            if not bpy.app.timers.is_registered(_check_tick):
+                bpy.app.timers.register(_check_tick, first_interval=POLL_INTERVAL_S)
+            self.report({"INFO"}, "checking the backend; the result appears in the panel")
+            return {"FINISHED"}
+        _check_thread.join()
+        if "error" in _check:
+            self.report({"ERROR"}, _check["error"])
             return {"CANCELLED"}
         self.report({"INFO"}, _check.get("summary", "checked"))
         return {"FINISHED"}
@@ -363,7 +413,8 @@ def unregister() -> None:
     if _installer is not None:
         _installer.cancel(reason="the add-on was disabled")
         _installer = None
-    if bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.unregister(_tick)
+    for timer in (_tick, _check_tick):
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -98,7 +98,7 @@ try:
     out["env_info"] = env.info()
     out["status_line"] = ob.status_line()
     out["log_kept"] = env.log.is_file() and "CANCELLED" in env.log.read_text() and "usable:" in env.log.read_text()
-    out["check_result"] = sorted(bpy.ops.mpod123.check_backend())
+    out["check_result"] = sorted(bpy.ops.mpod123.check_backend(wait=True))
     out["check_lines"] = ob.check_lines()
     progress = [f for f, _ in seen]
     out["progress_monotone"] = progress == sorted(progress) and len(set(progress)) > 2

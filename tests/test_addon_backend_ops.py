@@ -129,3 +129,39 @@ def test_install_returns_at_once_the_timer_follows_it_and_a_failure_is_shown(add
             bpy.app.timers.unregister(addon._tick)
         env.remove()
         addon._last = None
+
+
+def test_check_backend_returns_at_once_and_the_panel_shows_the_doctor_result(addon, prefs):
+    """Doctor imports torch and probes accelerators (seconds to minutes): the click must not freeze Blender."""
+    env = addon.managed_env()
+    with pytest.raises(RuntimeError, match="the backend is not installed: click Install Backend first"):
+        bpy.ops.mpod123.check_backend()
+    assert addon.check_lines() == ["Check: the backend is not installed: click Install Backend first"]
+    try:
+        env.python.parent.mkdir(parents=True, exist_ok=True)
+        # the test's own interpreter (which has mpod123 and torch) behind the managed path: doctor really runs.
+        # A wrapper, not a symlink: a symlinked venv python outside its venv loses the venv's site-packages.
+        env.python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        env.python.chmod(0o755)
+        env.marker.write_text(json.dumps({"torch": "2.13.0+cpu", "wheel_version": "0.1.0", "build": {"variant": "cpu"}}))
+        t0 = time.monotonic()
+        assert bpy.ops.mpod123.check_backend() == {"FINISHED"}
+        returned_s = time.monotonic() - t0
+        assert returned_s < 1.0, f"the operator waited {returned_s:.2f} s for doctor"
+        assert addon.checking() and addon.check_lines() == ["Check: running mpod123 doctor in the backend environment..."]
+        assert bpy.app.timers.is_registered(addon._check_tick)
+        assert not bpy.ops.mpod123.check_backend.poll(), "a second check while one runs is refused by poll()"
+        addon._check_thread.join(timeout=240)
+        assert not addon.checking()
+        assert addon._check_tick() is None, "the redraw timer stops with the check"
+        lines = addon.check_lines()
+        assert lines and not any("failed" in line or "error" in line.lower() for line in lines), lines
+        assert any("torch" in line.lower() or "cpu" in line.lower() for line in lines), lines
+        # scripts block with wait=True and get the same result
+        assert bpy.ops.mpod123.check_backend(wait=True) == {"FINISHED"}
+        assert not addon.checking() and addon.check_lines() == lines
+    finally:
+        if bpy.app.timers.is_registered(addon._check_tick):
+            bpy.app.timers.unregister(addon._check_tick)
+        env.remove()
+        addon._check = None
