@@ -124,6 +124,9 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        # a send blocks while no connection can take it (a CURVE handshake the server refused drops
+        # the pipe): bound it, so a refused key is a clear timeout and never a hang
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
         if self._server_key is not None:
             sock.curve_serverkey = self._server_key
             sock.curve_publickey, sock.curve_secretkey = self._client_keys
@@ -158,7 +161,10 @@ class Client:
 
     def _send(self, msg: Message) -> str:
         msg.extra_header.update(self.auth_header())
-        self.sock.send_multipart(protocol.encode(msg))
+        try:
+            self.sock.send_multipart(protocol.encode(msg))
+        except zmq.Again:
+            raise self._timeout(msg.msg_type) from None
         return msg.msg_id
 
     def _timeout(self, what: str) -> BackendTimeout:

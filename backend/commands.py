@@ -94,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
     token, token_file = (None, None) if security else ensure_local_token()
     info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": job_fn, "executor": args.executor}
-    server = Server(store, ServerConfig(bind=args.bind, info=info, local_token=token), ctx,
+    server = Server(store, ServerConfig(bind=args.bind, info=info, local_token=token,
+                                        key_allowed=security.allows if security else None), ctx,
                     security.configure if security else None)
     try:
         endpoint = server.start()

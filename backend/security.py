@@ -233,9 +233,20 @@ class CurveServerSecurity:
         self.auth = ThreadAuthenticator(context)
         self.auth.start()
         self.auth.configure_curve(domain="*", location=str(keys.clients_dir))
+        self._allowed = self._read_allow_list()
+
+    def _read_allow_list(self) -> frozenset[str]:
+        return frozenset(k.decode("ascii") for k in zmq.auth.load_certificates(str(self.keys.clients_dir)))
 
     def reload_allow_list(self) -> None:
+        """Re-read ``clients/`` (SIGHUP): new connections are vetted by ZAP against it, and the
+        server asks :meth:`allows` on every request, so a removed key's open connection is cut too."""
         self.auth.configure_curve(domain="*", location=str(self.keys.clients_dir))
+        self._allowed = self._read_allow_list()
+
+    def allows(self, user_id: str) -> bool:
+        """Whether a User-Id (a z85 public key, as ZAP sets it) is on the allow-list as last read."""
+        return user_id in self._allowed
 
     def configure(self, sock: zmq.Socket) -> None:
         sock.curve_secretkey = self.keys.secret

@@ -87,6 +87,9 @@ class ServerConfig:
     """Consecutive failed loop turns after which the router thread gives up (``alive()`` False)."""
     info: dict = field(default_factory=dict)
     """Extra facts for the hello reply (the GPUs, the job kind), shown by clients."""
+    key_allowed: Callable[[str], bool] | None = None
+    """With CURVE: whether a client key (its User-Id) is still on the allow-list. ZAP vets only new
+    connections, so without this a key revoked by a SIGHUP reload would keep its open connection."""
 
     @property
     def message_limit(self) -> int:
@@ -260,6 +263,10 @@ class Server:
             if not user_id:
                 raise ProtocolError("Unauthenticated", "this CURVE server has no authenticated key for you",
                                     "the server must run its ZAP allow-list; ask its administrator")
+            if self.cfg.key_allowed is not None and not self.cfg.key_allowed(user_id):
+                raise ProtocolError("KeyRevoked", "this client's key is no longer on this server's allow-list",
+                                    "ask the server's administrator to allow your key again (mpod123 keys allow), "
+                                    "then reconnect")
             return f"key:{user_id}"
         if self.cfg.local_token is not None:
             token = msg.extra_header.get("auth")
@@ -423,6 +430,11 @@ class Server:
                        job_id=msg.job_id, session=msg.session)
 
     # ------------------------------------------------------------ forwarding
+    def _revoked(self, owner: str) -> bool:
+        """A job of a CURVE key that has been taken off the allow-list: its streams stop."""
+        return (self.cfg.key_allowed is not None and owner.startswith("key:")
+                and not self.cfg.key_allowed(owner[len("key:"):]))
+
     def _forward(self, sock: zmq.Socket) -> None:
         self._backlog = False
         if not self._subs:
@@ -437,7 +449,7 @@ class Server:
                     except UnknownJob:
                         jobs[job_id] = None
                 job = jobs[job_id]
-                if job is None:
+                if job is None or self._revoked(job.owner):
                     del self._subs[key]
                     continue
                 if job.last_seq <= sub.sent:

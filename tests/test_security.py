@@ -29,9 +29,10 @@ def secure(tmp_path):
     ctx = zmq.Context()
     security = CurveServerSecurity(ctx, load_server_keys(keys))
     store = JobStore(tmp_path / "jobs.sqlite")
-    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"), context=ctx, configure_socket=security.configure)
+    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0", key_allowed=security.allows), context=ctx,
+                    configure_socket=security.configure)
     endpoint = server.start()
-    yield keys, endpoint, store
+    yield keys, endpoint, store, security
     server.stop()
     security.stop()
     store.close()
@@ -49,7 +50,7 @@ def _client(keys, endpoint, name, server_key=None, timeout=3.0):
 
 
 def test_allowed_clients_talk_and_jobs_belong_to_their_key(secure):
-    keys, endpoint, store = secure
+    keys, endpoint, store, _ = secure
     with _client(keys, endpoint, "alice") as alice, _client(keys, endpoint, "bob") as bob:
         assert alice.hello()["server"]
         job_id = alice.submit(b"\x89PNG image", {"steps": 1})
@@ -64,7 +65,7 @@ def test_allowed_clients_talk_and_jobs_belong_to_their_key(secure):
 
 
 def test_a_client_without_an_allowed_key_gets_nothing(secure, tmp_path):
-    keys, endpoint, _ = secure
+    keys, endpoint, _, _ = secure
     stranger = tmp_path / "stranger"
     init_keys(stranger, "eve")  # a valid key pair, but not on the server's allow-list
     client = Client(
@@ -77,7 +78,7 @@ def test_a_client_without_an_allowed_key_gets_nothing(secure, tmp_path):
 
 
 def test_a_wrong_server_key_is_a_clear_timeout_not_a_hang(secure, tmp_path):
-    keys, endpoint, _ = secure
+    keys, endpoint, _, _ = secure
     other = tmp_path / "other"
     init_keys(other, "x")
     with _client(keys, endpoint, "alice", server_key=load_public_key(other / "server.key"), timeout=1.5) as c:
@@ -86,7 +87,7 @@ def test_a_wrong_server_key_is_a_clear_timeout_not_a_hang(secure, tmp_path):
 
 
 def test_a_plain_client_cannot_talk_to_a_curve_server(secure):
-    _, endpoint, _ = secure
+    _, endpoint, _, _ = secure
     with Client(endpoint, timeout_s=1.5) as c:
         with pytest.raises(BackendTimeout):
             c.hello()
@@ -126,3 +127,32 @@ def test_key_setup_errors_say_what_to_run(tmp_path):
         init_keys(tmp_path / "k", "../evil")
     assert (tmp_path / "k" / "clients" / "alice.key").is_file()
     assert oct((tmp_path / "k" / "alice.key_secret").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_revoked_key_loses_its_open_connection_at_the_next_request_and_its_event_stream(secure):
+    """SIGHUP reloads the allow-list; a client already connected with a removed key must not keep working."""
+    import time
+
+    keys, endpoint, store, security = secure
+    with _client(keys, endpoint, "alice") as alice, _client(keys, endpoint, "bob") as bob:
+        bob_job = bob.submit(b"\x89PNG image", {"steps": 1})  # bob is subscribed to his job's events
+        server_job = store.list()[0].job_id
+        store.append_event(server_job, "progress", {"stage": "outline", "step": 1, "total": 2})
+        deadline = time.monotonic() + 5
+        seen = []
+        while not seen and time.monotonic() < deadline:
+            seen = bob.drain()
+            time.sleep(0.05)
+        assert [e.content["kind"] for e in seen] == ["progress"], "the stream works before the revocation"
+
+        (keys / "clients" / "bob.key").unlink()
+        security.reload_allow_list()  # what the SIGHUP handler calls
+        with pytest.raises(BackendError, match=r"KeyRevoked.*no longer on this server's allow-list"):
+            bob.status(bob_job)
+        with pytest.raises(BackendError, match="KeyRevoked"):
+            bob.submit(b"\x89PNG another", {"steps": 1})
+        store.append_event(server_job, "progress", {"stage": "outline", "step": 2, "total": 2})
+        time.sleep(1.0)
+        assert bob.drain() == [], "no event of a revoked key's job is forwarded on its old connection"
+        assert alice.hello()["server"] and alice.list_jobs() == [], "other keys are unaffected"
+        assert len(store.list()) == 1, "the revoked key's submit created nothing"
