@@ -14,7 +14,8 @@ Two kinds, so that an artist can choose before the 3D stages start:
 Everything a client sends is checked at the front door (:func:`check_submit`):
 the prompt (text, not empty, at most 500 characters, printable), no image frame
 beside it, and the candidate options' types and ranges. The same checks run
-again in the worker. Stdlib only at import: the server never loads torch for this.
+again in the worker. Stdlib only, and mpod123's (pure-Python) prompt check only when a
+prompt is there: the server never loads torch, nor mpod123 for an image job.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from mpod123.prompt import PromptError, check_prompt
 
 from .protocol import ProtocolError
 
@@ -55,6 +54,8 @@ def _int(options: dict[str, Any], name: str, low: int, high: int) -> int | None:
 
 def parse_prompt_options(options: dict[str, Any]) -> PromptOptions:
     """The prompt options of a job, or ValueError (PromptError for the prompt) saying what is wrong."""
+    from mpod123.prompt import check_prompt
+
     prompt = check_prompt(options.get("prompt"))
     candidates = _int(options, "candidates", 1, MAX_CANDIDATES) or DEFAULT_CANDIDATES
     pick = _int(options, "pick", 0, MAX_CANDIDATES - 1)
@@ -68,9 +69,21 @@ def parse_prompt_options(options: dict[str, Any]) -> PromptOptions:
     return PromptOptions(prompt, candidates, pick, only)
 
 
+def _refuse_stray(options: dict[str, Any]) -> None:
+    stray = [k for k in PROMPT_OPTIONS[1:] if k in options]
+    if stray:
+        raise ProtocolError("BadOption", f"{', '.join(stray)} only apply to a prompt job",
+                            "add options.prompt (and no image), or leave them out")
+
+
 def check_submit(options: dict[str, Any], buffers: list[bytes]) -> bool:
     """At the front door: True for a valid prompt job, False for an image job (no prompt options);
     a ProtocolError with the fix otherwise."""
+    if "prompt" not in options and "prompt_for_inversion" not in options:
+        _refuse_stray(options)
+        return False  # an image job: nothing of this module's to check (and nothing to import)
+    from mpod123.prompt import PromptError, check_prompt
+
     inversion_prompt = options.get("prompt_for_inversion")
     if inversion_prompt is not None:
         try:
@@ -78,10 +91,7 @@ def check_submit(options: dict[str, Any], buffers: list[bytes]) -> bool:
         except PromptError as exc:
             raise ProtocolError("BadPrompt", f"prompt_for_inversion: {exc}", "send the prompt the image was drawn from") from None
     if "prompt" not in options:
-        stray = [k for k in PROMPT_OPTIONS[1:] if k in options]
-        if stray:
-            raise ProtocolError("BadOption", f"{', '.join(stray)} only apply to a prompt job",
-                                "add options.prompt (and no image), or leave them out")
+        _refuse_stray(options)
         return False
     if buffers:
         raise ProtocolError("PromptAndImage", "the job has both a prompt and an image frame",

@@ -52,6 +52,7 @@ import zmq
 
 from . import protocol
 from .jobs import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
+from .prompt_jobs import check_submit
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -331,8 +332,7 @@ class Server:
         return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
 
     def _submit(self, identity: bytes, owner: str, msg: Message) -> Message:
-        from .prompt_jobs import check_submit  # a prompt job (text to 3D) has no image frame
-
+        # a prompt job (text to 3D) has no image frame
         image = b"" if check_submit(msg.content["options"], msg.buffers) else msg.buffers[0] if msg.buffers else None
         if image is None:
             raise ProtocolError("BadFrames", "submit needs the image as a binary frame (or options.prompt and none)",
