@@ -341,9 +341,23 @@ def generate_from_prompt(
         text.verdicts = [asdict(judge(p, i, cfg.preprocess)) for i, p in enumerate(paths)] if pick is None else []
         write_record(folder, key, text, str(exc))
         raise
+    earlier = _earlier_pick(folder, key) if resume else None
+    if earlier is not None and earlier != text.picked and (runner.workdir / "outline.ckpt").is_file():
+        raise RunError(f"the run in {runner.workdir} was made from candidate {earlier}, not {text.picked}; resume "
+                       f"with --pick {earlier}, or choose another --workdir for candidate {text.picked}")
     write_record(folder, key, text)
     runner.extra_record["text"] = asdict(text)
     return runner.run(paths[text.picked], out)
+
+
+def _earlier_pick(folder: Path, key: dict) -> int | None:
+    """The candidate an earlier run in this folder was made from (None: no such run)."""
+    try:
+        saved = json.loads((folder / CANDIDATE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    picked = saved.get("picked")
+    return picked if saved.get("key") == key and isinstance(picked, int) and picked >= 0 else None
 
 
 def write_record(folder: Path, key: dict, text: TextRun, error: str = "") -> Path:

@@ -187,7 +187,7 @@ def test_generate_prompt_with_only_noise_candidates_says_what_to_do(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_generate_prompt_end_to_end_with_a_picked_candidate(tmp_path):
+def test_generate_prompt_end_to_end_with_a_picked_candidate(tmp_path, capsys):
     """The tiny model draws noise, which the automatic choice refuses (above). An artist who picks a
     candidate may force the plain-background matting; noise has no plain border, so the test also
     widens the border tolerance (both are ordinary --set overrides, recorded in run.json)."""
@@ -209,6 +209,15 @@ def test_generate_prompt_end_to_end_with_a_picked_candidate(tmp_path):
     picked = np.asarray(Image.open(work / "candidates" / "1.png"))
     assert picked.shape == (16, 16, 3)  # the tiny model's native size
 
+    # --resume reuses the candidates (not drawn again) and refuses to continue candidate 1's run from candidate 0
+    stamp = (work / "candidates" / "0.png").stat().st_mtime_ns
+    capsys.readouterr()
+    code = main(["generate", "--prompt", "a red vintage kettle", "-o", str(out), "--pick", "0", "--seed", "7", *CHEAP,
+                 "--set", "preprocess.matting=plain", "--set", "preprocess.border_max_spread=1.0", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "made from candidate 1, not 0" in err and "--pick 1" in err, err
+    assert (work / "candidates" / "0.png").stat().st_mtime_ns == stamp
+
 
 @pytest.mark.parametrize("argv, message", [
     (["in.png", "--prompt", "a kettle"], "not both"),
@@ -225,3 +234,4 @@ def test_generate_input_choice_errors_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not out.exists() and not (tmp_path / "x.work" / "candidates").exists()
+
