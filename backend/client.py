@@ -263,7 +263,9 @@ class Client:
             raise BackendError("ImageTooLarge", f"the image is {len(image)} bytes, over the backend's limit of "
                                f"{self.max_image_bytes}", "send a smaller or compressed image")
         job_id = job_id or uuid.uuid4().hex
-        self.request("submit", {"options": options or {}}, [image], job_id=job_id)
+        options = options or {}
+        frames = [] if "prompt" in options and not image else [image]  # a prompt job (text to 3D) sends no image
+        self.request("submit", {"options": options}, frames, job_id=job_id)
         self.last_seq.setdefault(job_id, 0)
         return job_id
 

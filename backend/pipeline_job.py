@@ -120,8 +120,13 @@ def _run(ctx: JobContext, tiny: bool) -> str:
         elif isinstance(event, StageDone):
             ctx.emit("stage_done", content(event))
 
+    from .prompt_jobs import inversion_templates, run_prompt_job
+
+    inversion_templates(cfg, ctx.options)  # an image drawn from a prompt: its words join the captions
     runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True)
     try:
+        if "prompt" in ctx.options:  # text to 3D: candidates, or the whole run from the prompt
+            return run_prompt_job(ctx, cfg, on_event, cancel, tiny)
         result = runner.run(ctx.image, ctx.workdir / "result.glb")
     except Cancelled as exc:
         raise JobCancelled(str(exc) or "cancelled by the client") from None

@@ -52,6 +52,7 @@ import zmq
 
 from . import protocol
 from .jobs import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
+from .prompt_jobs import check_submit
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -338,11 +339,15 @@ class Server:
         return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
 
     def _submit(self, identity: bytes, owner: str, msg: Message) -> Message:
-        image = msg.buffers[0]
+        # a prompt job (text to 3D) has no image frame
+        image = b"" if check_submit(msg.content["options"], msg.buffers) else msg.buffers[0] if msg.buffers else None
+        if image is None:
+            raise ProtocolError("BadFrames", "submit needs the image as a binary frame (or options.prompt and none)",
+                                "send the image file's bytes")
         if len(image) > self.cfg.max_image_bytes:
             raise ProtocolError("ImageTooLarge", f"the image is {len(image)} bytes, over {self.cfg.max_image_bytes}",
                                 "send a smaller or compressed image")
-        if not image:
+        if not image and "prompt" not in msg.content["options"]:
             raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
         try:
             existing = self.store.get_owned(msg.job_id, owner)

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import bpy
 
-from . import importer, jobfile
+from . import importer, jobfile, text_input
 from .client import FINAL_KINDS, Message, NetworkThread, Outcome, is_loopback, parse_key
 from .preferences import prefs
 from .properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, find_job, state
@@ -335,6 +335,7 @@ def _record(job) -> dict:
         "stages": [{"stage": s.stage, "step": s.step, "total": s.total, "done": s.done} for s in job.stages],
         "previews": {stage: _preview_path(job.job_id, stage) for stage, field in PREVIEW_STAGES.items()
                      if getattr(job, field)},
+        **text_input.record(job),
     }
 
 
@@ -380,6 +381,7 @@ def _fill(job, job_id: str, rec: dict) -> None:
     job.result_path = str(rec.get("result_path", ""))
     job.result_size = int(rec.get("result_size", 0))
     job.object_name = str(rec.get("object_name", ""))
+    text_input.fill(job, rec)
     for k, v in (rec.get("import") or {}).items():
         if k in IMPORT_OPTION_NAMES:
             try:
@@ -485,6 +487,7 @@ def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 
     job.collection = collection or "Generated"
     job.preset, job.seed, job.steps = str(options.get("preset", "")), int(options.get("seed", 0)), int(options.get("steps", 0))
     job.input_label = input_label
+    text_input.fill_job(job, options)  # a prompt job, or an image drawn from one
     for k, v in (import_options or {}).items():
         setattr(job, k, v)
     job.input_path = _store_input(job_id, image)
@@ -501,6 +504,7 @@ def _job_options(job) -> dict:
         options["steps"] = int(job.steps)
     if job.target_faces > 0:
         options["target_faces"] = int(job.target_faces)
+    options.update(text_input.job_options(job))
     return options
 
 
@@ -598,6 +602,8 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
     elif kind == "preview" and msg.buffers:
         stage = str(c.get("stage", ""))
         field = PREVIEW_STAGES.get(stage)
+        if text_input.on_preview(context, job, stage, msg.buffers[0], preview):  # a candidate image (Text mode)
+            _mark()
         if field and preview:
             written = c.get("preview_path") == _preview_path(job.job_id, stage)
             image = preview_image(job.job_id, stage, None if written else msg.buffers[0])
@@ -611,6 +617,7 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         _mark()
     elif kind == "log":
         job.message = str(c.get("text", "")).strip().splitlines()[-1][:500] if c.get("text") else job.message
+        text_input.on_log(context, job, c)
     elif kind == "failed":
         job.state = "failed"
         _fail(context, f"MPOD123 job for {job.name} failed: {c.get('ename', 'Error')}: {c.get('evalue', '')}", job)
@@ -634,6 +641,9 @@ def _result_path(job) -> Path:
 
 def _download(context, job) -> None:
     """Fetch the result on the network thread (if not here yet), then import it in a tick of its own."""
+    if text_input.is_candidates(job):  # its candidates arrived as images; there is no mesh to import
+        job.message = "candidates ready: pick one in the Input panel (Text)"
+        return
     dest = _result_path(job)
     if dest.is_file():
         job.result_path = str(dest)

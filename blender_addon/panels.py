@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import bridge, operators_backend
+from . import bridge, operators_backend, text_input
 from .preferences import prefs
 from .properties import ACTIVE_STATES, active_job, state
 
@@ -51,6 +51,8 @@ class MPOD123_PT_input(_Sidebar, bpy.types.Panel):
 
         st = state(context)
         layout = self.layout
+        if text_input.draw_input(layout, context):  # Text mode: the prompt and its candidates instead
+            return
         layout.prop(st, "source", expand=True)
         if st.source == "FILE":
             layout.prop(st, "filepath", text="")

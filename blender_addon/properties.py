@@ -99,6 +99,9 @@ class MPOD123_Job(MPOD123_ImportOptions, bpy.types.PropertyGroup):
     input_label: StringProperty(name="Input", description="Where the input image came from")
     input_path: StringProperty(name="Input copy", subtype="FILE_PATH",
                                description="The add-on's copy of the input image (to send again or recall)")
+    prompt: StringProperty(name="Prompt", description="Text to 3D: the prompt (text_input.py)")
+    kind: StringProperty(name="Kind", description="'candidates' for a job that draws candidate images; '' for a mesh")
+    candidates: IntProperty(name="Candidates", min=0, description="Candidate images a candidates job draws")
 
 
 class MPOD123_State(MPOD123_ImportOptions, bpy.types.PropertyGroup):

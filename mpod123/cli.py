@@ -96,6 +96,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = generate_config(args)
     bars = StageBars()
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
+    if args.image is None or args.prompt is not None or args.candidates is not None or args.pick is not None:
+        from .candidates import prompt_generate  # text to 3D: exactly one of IMAGE or --prompt
+
+        generate = prompt_generate(args)
     try:
         result = generate(
             args.image, args.out, preset=config.preset, device=args.device, seed=config.seed,
@@ -206,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mpod123", description="MPOD123: one image to a textured 3D asset")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="one image to a textured GLB (the main job)")
-    gen.add_argument("image", help="PNG, JPEG or WebP: a cut-out with alpha, or a photo on a plain background")
+    gen.add_argument("image", nargs="?", help="PNG, JPEG or WebP: a cut-out with alpha, or a photo on a plain background")
+    gen.add_argument("--prompt", help="text to 3D instead of an image: Stable Diffusion draws candidates of the object")
+    gen.add_argument("--candidates", type=int, help="with --prompt: candidate images to draw (default 4; 2 with --tiny)")
+    gen.add_argument("--pick", type=int, metavar="K", help="with --prompt: use candidate K (0-based) instead of the "
+                     "first that mattes as one clean object")
     gen.add_argument("-o", "--out", required=True, help="the GLB to write")
     gen.add_argument("--preset", default="fast", choices=["paper", "fast", "draft"],
                      help="paper: the paper's budget; fast: minutes on one GPU (default); draft: a CPU smoke run")

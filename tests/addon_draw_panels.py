@@ -78,6 +78,16 @@ def main() -> None:
         for msg in events:
             bridge.apply_event(bpy.context, msg)
     st.jobs[1].state = "failed"
+    if "--text" in sys.argv:  # a candidates job whose first candidate arrived, with its verdict
+        from blender_addon import text_input
+
+        job = st.jobs.add()
+        job.job_id, job.name, job.state, job.kind, job.prompt = "c" * 32, "kettle", "done", "candidates", "a kettle"
+        text_input.text_state().job_id, text_input.text_state().job_prompt = job.job_id, "a kettle"
+        bridge.apply_event(bpy.context, Message("event", {"kind": "preview", "stage": "candidate_0", "step": 0, "width": 16,
+                                                          "height": 16}, [_png(16, 16, (250, 250, 250))], job_id=job.job_id, seq=1))
+        bridge.apply_event(bpy.context, Message("event", {"kind": "log", "text": "1 drawn", "verdicts": [
+            {"index": 0, "usable": False, "reason": "no object found"}]}, job_id=job.job_id, seq=2))
     results: dict = {"drawn": [], "errors": []}
 
     def draw(menu, context):
@@ -100,6 +110,20 @@ def main() -> None:
             prefs = preferences.prefs(context)
             preferences.draw_preferences(menu.layout.column(), prefs)
             results["drawn"].append("preferences")
+            if "--text" in sys.argv:  # the Text input mode, with a candidate in its pick list
+                from blender_addon import text_input
+
+                ts = text_input.text_state(context)
+                ts.mode, ts.prompt = "TEXT", "a red vintage kettle"
+                panels.MPOD123_PT_input.draw(SimpleNamespace(layout=_NoListLayout(menu.layout.column(), results["lists"])),
+                                             context)
+                text_input.MPOD123_UL_candidates.draw_item(None, context, menu.layout.row(), ts, ts.candidates[0], 0, ts,
+                                                           "picked", 0)
+                results["text"] = {"candidates": [(r.index, r.image_name, r.usable, r.verdict) for r in ts.candidates],
+                                   "polls": {op.bl_idname: bool(getattr(bpy.ops.mpod123, op.bl_idname[8:]).poll())
+                                             for op in text_input.CLASSES if hasattr(op, "bl_idname")
+                                             and op.bl_idname.startswith("mpod123.")}}
+                results["drawn"].append("text_input")
             if "--canary" in sys.argv:  # proves the test notices a bad property and a bad operator
                 menu.layout.prop(st, "no_such_property")
                 menu.layout.operator("mpod123.no_such_operator")

@@ -173,6 +173,8 @@ def decode(frames: list[bytes], max_binary: int = MAX_BINARY_BYTES) -> Message:
             raise ProtocolError("BadField", f"{msg_type} content needs {key!r}")
         _check_type(content[key], typ, f"content.{key}")
     need = NEEDS_BINARY.get(msg_type, 0)
+    if msg_type == "submit" and "prompt" in content["options"]:
+        need = 0  # text to 3D: the prompt replaces the image (the server checks both)
     if len(buffers) < need:
         raise ProtocolError("BadFrames", f"{msg_type} needs {need} binary frame(s), got {len(buffers)}")
     if msg_type == "resume" and content["last_seq"] < 0:

@@ -145,6 +145,8 @@ class Runner:
         self.cancel = cancel or CancelToken()
         self.resume = resume
         self.record: dict[str, Any] = {}
+        self.extra_record: dict[str, Any] = {}
+        """Entries added to run.json at the start of :meth:`run` (e.g. ``"text"`` for a prompt's candidates)."""
         deterministic_mode(cfg.deterministic, self.device)  # before any CUDA work of this run
 
     # ------------------------------------------------------------------ events
@@ -210,6 +212,7 @@ class Runner:
             "backends": {},
             "resumed": self.resume,
             "source": image if isinstance(image, str) else str(image) if isinstance(image, Path) else "<bytes>",
+            **self.extra_record,
         }
         self._save_record()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
