@@ -120,9 +120,12 @@ def _run(ctx: JobContext, tiny: bool) -> str:
         elif isinstance(event, StageDone):
             ctx.emit("stage_done", content(event))
 
-    runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True)
+    from .view_frames import job_views
+
+    image, views = job_views(ctx.image, ctx.options)  # extra views travel as extra frames
+    runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True, views=views)
     try:
-        result = runner.run(ctx.image, ctx.workdir / "result.glb")
+        result = runner.run(image, ctx.workdir / "result.glb")
     except Cancelled as exc:
         raise JobCancelled(str(exc) or "cancelled by the client") from None
     return str(result.glb)
