@@ -221,6 +221,8 @@ def place_extra_view_cameras(stage: Any, cameras: Cameras, keys: list[tuple] | N
     joined = Cameras.cat([cam, cameras[1:]]) if len(cameras) > 1 else cam
     if keys is not None:
         keys = [("extra_view", j), *keys[1:]]
+    elif len(joined) == 1:  # fresh draws are not cached, but a lone extra-view camera is a fixed view
+        keys = [("extra_view", j)]
     return joined, keys
 
 
