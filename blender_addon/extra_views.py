@@ -63,27 +63,22 @@ def collect(context) -> tuple[list[bytes], list[dict]]:
     return frames, angles
 
 
-def _folder(inputs: Path, job_id: str) -> Path:
-    return inputs / f"{job_id}.views"
-
-
 def store(inputs: Path, job_id: str, frames: list[bytes], angles: list[dict]) -> None:
-    """Keep the job's views beside its input copy (written before the job is first sent)."""
-    folder = _folder(inputs, job_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Keep the job's views beside its input copy (written before the job is first sent), as flat files
+    named after the job (``<id>.view<i>.img``, ``<id>.views.json``), so the cache limits see them and
+    never delete an unfinished job's."""
     for i, data in enumerate(frames):
-        (folder / f"{i}.img").write_bytes(data)
-    (folder / "views.json").write_text(json.dumps(angles))
+        (inputs / f"{job_id}.view{i}.img").write_bytes(data)
+    (inputs / f"{job_id}.views.json").write_text(json.dumps(angles))
 
 
 def load(inputs: Path, job_id: str) -> tuple[list[bytes], list[dict]]:
     """The job's stored views ([], [] for a job without any)."""
-    folder = _folder(inputs, job_id)
-    index = folder / "views.json"
+    index = inputs / f"{job_id}.views.json"
     if not index.is_file():
         return [], []
     angles = json.loads(index.read_text())
-    return [(folder / f"{i}.img").read_bytes() for i in range(len(angles))], angles
+    return [(inputs / f"{job_id}.view{i}.img").read_bytes() for i in range(len(angles))], angles
 
 
 class MPOD123_OT_add_view(bpy.types.Operator):

@@ -12,7 +12,7 @@ pytest.importorskip("zmq")
 pytest.importorskip("diffusers")
 
 from tests.test_addon_live import _bridge, _reset_jobs, _settle, _state, addon, prefs, server  # noqa: E402,F401
-from tests.test_views import EYES, photo  # noqa: E402
+from tests.test_views import photo  # noqa: E402
 
 
 def _slots():
@@ -60,10 +60,10 @@ def test_generate_sends_the_slots_as_extra_views(prefs, server, tmp_path):
         slot.azimuth, slot.polar = az, polar
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     job = st.jobs[0]
-    stored = Path(job.input_path).with_name(f"{job.job_id}.views")
-    assert json.loads((stored / "views.json").read_text()) == [{"azimuth": 180.0, "polar": 90.0},
-                                                               {"azimuth": 90.0, "polar": 80.0}]
-    assert (stored / "0.img").read_bytes() == paths["back"].read_bytes(), "the slot's image file, as it is"
+    inputs = Path(job.input_path).parent
+    assert json.loads((inputs / f"{job.job_id}.views.json").read_text()) == [{"azimuth": 180.0, "polar": 90.0},
+                                                                             {"azimuth": 90.0, "polar": 80.0}]
+    assert (inputs / f"{job.job_id}.view0.img").read_bytes() == paths["back"].read_bytes(), "the slot's file, as is"
 
     # the backend's worker received both views with their angles and framed them
     found = []

@@ -340,8 +340,8 @@ def test_four_views_with_no_prior_reconstruct_the_object(tiny_models_home, tmp_p
         paths.append(tmp_path / f"az{az}.png")
         paths[-1].write_bytes(png_of(render_object(camera_at(tuple(eye.tolist()), size))[0].numpy()))
     out = tmp_path / "four.glb"
-    sets = ["zero123.weight=0", "sd.weight=0", "outline.reference_view_prob=1.0", "outline.steps=100",
-            "outline.orientation_weight=0", "outline.normal_smoothness_weight=0", "detail.steps=20",
+    sets = ["zero123.weight=0", "sd.weight=0", "outline.reference_view_prob=1.0", "outline.steps=80",
+            "outline.orientation_weight=0", "outline.normal_smoothness_weight=0", "detail.steps=10", "export.target_faces=2000",
             "detail.reference_view_prob=0.5", "inversion.steps=1", "export.uv_backend=torch", "export.texture_size=64",
             "outline.preview_every=0", "detail.preview_every=0"]
     code = main(["generate", str(paths[0]), "-o", str(out), "--preset", "draft", "--tiny", "--device", "cpu",
