@@ -128,6 +128,21 @@ def parse_view_specs(texts: list[str] | tuple[str, ...]) -> list[ViewSpec]:
     return specs
 
 
+def views_fingerprint(specs: list[ViewSpec]) -> str | None:
+    """sha256 over every view's image bytes and angles (None without views): a resumed run must have
+    the same extra views as the checkpoints it continues."""
+    if not specs:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for spec in specs:
+        data = bytes(spec.image) if isinstance(spec.image, (bytes, bytearray)) else Path(spec.image).read_bytes()
+        digest.update(hashlib.sha256(data).digest())
+        digest.update(f"{spec.azimuth_deg!r},{spec.polar_deg!r};".encode())
+    return digest.hexdigest()
+
+
 # ------------------------------------------------------------------ cameras
 def view_camera(spec: ViewSpec, cfg: PipelineConfig, width: int, height: int) -> Cameras:
     """The extra view's camera: the reference camera's radius and fov at the view's angles."""
@@ -269,4 +284,5 @@ __all__ = [
     "reference_views",
     "save_views",
     "view_camera",
+    "views_fingerprint",
 ]

@@ -366,3 +366,21 @@ def test_four_views_with_no_prior_reconstruct_the_object(tiny_models_home, tmp_p
         scores.append(silhouette_iou(ours.cpu(), truth))
     assert np.mean(scores) >= 0.8 and min(scores) >= 0.7, scores
     print(f"four views, no prior: held-out silhouette IoU {np.mean(scores):.3f} (min {min(scores):.3f})")
+
+
+def test_resuming_with_other_extra_views_is_refused_and_the_folder_is_kept(photos, tmp_path):
+    from mpod123.config import to_dict
+    from mpod123.stages.runner import RunError, Runner
+    from mpod123.views import views_fingerprint
+
+    cfg = pipeline_preset("draft")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "outline.ckpt").write_bytes(b"a finished stage 1")
+    back = [ViewSpec(photos["back"], 180.0)]
+    (work / "run.json").write_text(json.dumps({"config": to_dict(cfg), "views_fingerprint": views_fingerprint(back)}))
+    for other in ([], [ViewSpec(photos["back"], 170.0)], [ViewSpec(photos["left"], 180.0)]):
+        with pytest.raises(RunError, match="other extra views"):
+            Runner(cfg, work, "cpu", resume=True, views=other).run(photos["front"])
+    assert (work / "outline.ckpt").read_bytes() == b"a finished stage 1"
+    assert views_fingerprint([]) is None and views_fingerprint(back) == views_fingerprint(list(back))

@@ -194,6 +194,11 @@ class Runner:
                     f"the run in {self.workdir} used other settings (preset {saved_cfg.preset!r}, seed "
                     f"{saved_cfg.seed}); resume with the same options, or choose another --workdir"
                 )
+            from ..views import views_fingerprint
+
+            if has_state and saved.get("views_fingerprint") != views_fingerprint(self.views):
+                raise RunError(f"the run in {self.workdir} had other extra views (--view); resume with the same "
+                               "views, or choose another --workdir")
 
     # --------------------------------------------------------------------- run
     def run(self, image: str | Path | bytes, out_glb: str | Path | None = None) -> RunResult:
@@ -214,6 +219,7 @@ class Runner:
             "backends": {},
             "resumed": self.resume,
             "source": image if isinstance(image, str) else str(image) if isinstance(image, Path) else "<bytes>",
+            "views_fingerprint": self._views_fingerprint(),
         }
         self._save_record()
         was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -236,6 +242,11 @@ class Runner:
             self.record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
         self._save_record(status="done", output=str(glb))
         return RunResult(glb, self.workdir, self.record)
+
+    def _views_fingerprint(self) -> str | None:
+        from ..views import views_fingerprint
+
+        return views_fingerprint(self.views)
 
     def _timed(self, name: str, t0: float) -> None:
         self.record["timings_s"][name] = round(time.perf_counter() - t0, 3)
