@@ -15,6 +15,14 @@ from tests.test_addon_live import _bridge, _reset_jobs, _settle, _state, addon, 
 from tests.test_views import photo  # noqa: E402
 
 
+def test_the_extra_views_panel_draws_into_a_real_layout():
+    from tests.test_addon_build import _draw
+
+    res, problems = _draw()
+    assert res["errors"] == [] and problems == "", (res["errors"], problems)
+    assert res["extra_views"] == ["extra view 2 has no image: pick one or remove the slot", 2]
+
+
 def _slots():
     return bpy.context.window_manager.mpod123_views
 
