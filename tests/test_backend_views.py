@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 
 import pytest
@@ -133,12 +134,17 @@ def serve(tmp_path_factory):
     from tests.addon_backend import ServeProcess
 
     proc = ServeProcess(tmp_path_factory.mktemp("serve-views"))
-    import os
-
-    os.environ.setdefault("MPOD123_TINY_MODELS", str(tmp_path_factory.mktemp("tiny-models")))
-    proc.start(timeout_s=60)
-    yield proc
-    proc.stop()
+    old = os.environ.get("MPOD123_TINY_MODELS")
+    os.environ["MPOD123_TINY_MODELS"] = str(tmp_path_factory.mktemp("tiny-models"))  # the server inherits it
+    try:
+        proc.start(timeout_s=60)
+        yield proc
+        proc.stop()
+    finally:
+        if old is None:
+            os.environ.pop("MPOD123_TINY_MODELS", None)
+        else:
+            os.environ["MPOD123_TINY_MODELS"] = old
 
 
 def _object_png(eye) -> bytes:
