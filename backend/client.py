@@ -251,9 +251,12 @@ class Client:
             self.max_image_bytes = content["max_image_bytes"]
         return content
 
-    def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None) -> str:
+    def submit(
+        self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None, views: list[bytes] | tuple = ()
+    ) -> str:
         """Queue a job (idempotent by ``job_id``: the same id with the same image and options is the
         same job; with another body it is refused); returns the job id once the backend has stored it.
+        ``views``: the extra views' images, one per entry of ``options["views"]`` (their angles).
 
         An image over the server's limit is refused here, before it is sent (the server would
         drop the connection, and the client would only see a timeout)."""
@@ -264,7 +267,11 @@ class Client:
                                f"{self.max_image_bytes}", "send a smaller or compressed image")
         job_id = job_id or uuid.uuid4().hex
         options = options or {}
-        frames = [] if "prompt" in options and not image else [image]  # a prompt job (text to 3D) sends no image
+        if views and self.max_image_bytes is not None and len(image) + sum(map(len, views)) > self.max_image_bytes:
+            raise BackendError("ImageTooLarge", f"the images are {len(image) + sum(map(len, views))} bytes together, "
+                               f"over the backend's limit of {self.max_image_bytes}", "send smaller or compressed images")
+        # a prompt job (text to 3D) sends no image; extra views travel as one more frame each
+        frames = [] if "prompt" in options and not image else [image, *views]
         self.request("submit", {"options": options}, frames, job_id=job_id)
         self.last_seq.setdefault(job_id, 0)
         return job_id

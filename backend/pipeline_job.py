@@ -121,13 +121,15 @@ def _run(ctx: JobContext, tiny: bool) -> str:
             ctx.emit("stage_done", content(event))
 
     from .prompt_jobs import inversion_templates, run_prompt_job
+    from .view_frames import job_views
 
     inversion_templates(cfg, ctx.options)  # an image drawn from a prompt: its words join the captions
-    runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True)
+    image, views = job_views(ctx.image, ctx.options)  # extra views travel as extra frames
+    runner = Runner(cfg, ctx.workdir / "run", "auto", on_event, cancel, resume=True, views=views)
     try:
         if "prompt" in ctx.options:  # text to 3D: candidates, or the whole run from the prompt
             return run_prompt_job(ctx, cfg, on_event, cancel, tiny)
-        result = runner.run(ctx.image, ctx.workdir / "result.glb")
+        result = runner.run(image, ctx.workdir / "result.glb")
     except Cancelled as exc:
         raise JobCancelled(str(exc) or "cancelled by the client") from None
     return str(result.glb)

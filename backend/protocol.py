@@ -42,8 +42,9 @@ MAX_CHUNK_BYTES = 8 << 20
 MAX_LIST_PAGE = 500
 CHUNK_CREDIT = 8
 """Result chunks a client may have unread; it acknowledges them by their nonces."""
-MAX_FRAMES = 8
-"""Frames in one message (a submit has 4); more is refused before anything is copied."""
+MAX_FRAMES = 12
+"""Frames in one message (a submit has 4, plus one per extra view, at most 8); more is refused before
+anything is copied. The bytes of all frames together stay under the server's message limit."""
 JOB_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 # msg_type -> {field: type or tuple of types} that content must carry

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import zmq
 
-from . import protocol
+from . import protocol, view_frames
 from .jobs import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
 from .prompt_jobs import check_submit
 from .protocol import Message, ProtocolError
@@ -349,6 +349,11 @@ class Server:
                                 "send a smaller or compressed image")
         if not image and "prompt" not in msg.content["options"]:
             raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
+        try:  # extra views: one more frame each, angles in options["views"] (backend/view_frames.py)
+            if view_frames.check_views(msg.content["options"], msg.buffers[1:]):
+                image = view_frames.pack(image, msg.buffers[1:])
+        except view_frames.ViewFramesError as exc:
+            raise ProtocolError("BadViews", str(exc), exc.hint) from None
         try:
             existing = self.store.get_owned(msg.job_id, owner)
         except UnknownJob:

@@ -474,7 +474,7 @@ def _store_input(job_id: str, image: bytes) -> str:
 
 
 def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 0.0), *, collection: str = "Generated",
-           import_options: dict | None = None, input_label: str = "") -> str:
+           import_options: dict | None = None, input_label: str = "", views: tuple | None = None) -> str:
     """Track a new job and queue its upload; returns its id at once (the upload runs on the network thread)."""
     import uuid
 
@@ -491,6 +491,10 @@ def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 
     for k, v in (import_options or {}).items():
         setattr(job, k, v)
     job.input_path = _store_input(job_id, image)
+    if views and views[0]:  # (frames, angles): kept beside the input copy, sent again the same way
+        from . import extra_views
+
+        extra_views.store(user_dir("inputs"), job_id, *views)
     st.active_job = len(st.jobs) - 1
     job_file().update(job_id, endpoint=net.endpoint, **_record(job))
     _send(context, job, image)
@@ -518,7 +522,11 @@ def _send(context, job, image: bytes | None = None) -> None:
             _mark(now=True)
             return
     job.state, job.activity = "sending", f"uploading {len(image) / 1e6:.1f} MB…"
-    network(context).call("submit", image, _job_options(job), job.job_id, tag=job.job_id)
+    from . import extra_views
+
+    frames, angles = extra_views.load(user_dir("inputs"), job.job_id)
+    options = {**_job_options(job), **({"views": angles} if angles else {})}
+    network(context).call("submit", image, options, job.job_id, frames, tag=job.job_id)
     _sending.add(job.job_id)
 
 

@@ -197,8 +197,9 @@ class AddonClient:
         self.state, self.message = "connected", ""
         return info
 
-    def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None) -> str:
-        job_id = self._call(self.client.submit, image, options, job_id)
+    def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None,
+               views: list[bytes] | tuple = ()) -> str:
+        job_id = self._call(self.client.submit, image, options, job_id, views)
         self.watched.add(job_id)
         return job_id
 
@@ -404,12 +405,14 @@ class NetworkThread:
         except OSError as exc:
             self._outbox.append(Outcome("notice", value=f"cannot write a preview: {exc}"))
 
-    def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str) -> str:
-        self.busy[job_id] = f"uploading {len(image) / 1e6:.1f} MB"
+    def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str,
+                views: list[bytes] | tuple = ()) -> str:
+        nbytes = len(image) + sum(map(len, views))
+        self.busy[job_id] = f"uploading {nbytes / 1e6:.1f} MB"
         saved = client.client.timeout_s
-        client.client.timeout_s = upload_timeout(saved, len(image))
+        client.client.timeout_s = upload_timeout(saved, nbytes)
         try:
-            return client.submit(image, options, job_id)
+            return client.submit(image, options, job_id, views)
         finally:
             client.client.timeout_s = saved
             self.busy.pop(job_id, None)

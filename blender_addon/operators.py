@@ -195,11 +195,16 @@ class MPOD123_OT_generate(_BridgeOperator):
 
     @classmethod
     def poll(cls, context):
-        return _poll(cls, input_problem(context) or _address_problem(context))
+        from . import extra_views
+
+        return _poll(cls, input_problem(context) or extra_views.problem(context) or _address_problem(context))
 
     def run(self, context):
+        from . import extra_views
+
         st = state(context)
         data, name, label = input_image(context)
+        views = extra_views.collect(context)  # optional photos from other sides, with their angles
         if st.random_seed:
             st.seed = random.randrange(0, 2**31 - 1)
         options = {"preset": st.preset, "seed": int(st.seed)}
@@ -207,7 +212,7 @@ class MPOD123_OT_generate(_BridgeOperator):
             options["steps"] = int(st.steps)
         job_id = bridge.submit(context, data, name, options, tuple(context.scene.cursor.location),
                                collection=st.collection, import_options=_job_import_options(context),
-                               input_label=label)
+                               input_label=label, views=views)
         st.last_error = ""
         self.report({"INFO"}, f"sending {name} as job {job_id[:8]}")
 

@@ -92,8 +92,10 @@ def generate_config(args: argparse.Namespace):
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import ModelSources, default_workdir, generate
+    from .views import parse_view_specs
 
     config = generate_config(args)
+    views = parse_view_specs(args.views or [])
     bars = StageBars()
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
     if args.image is None or args.prompt is not None or args.candidates is not None or args.pick is not None:
@@ -104,7 +106,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         result = generate(
             args.image, args.out, preset=config.preset, device=args.device, seed=config.seed,
             models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
-            resume=args.resume, callback=bars, tiny=args.tiny, config=config,
+            resume=args.resume, callback=bars, tiny=args.tiny, config=config, views=views,
         )
     except KeyboardInterrupt:
         bars.close()
@@ -216,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--pick", type=int, metavar="K", help="with --prompt: use candidate K (0-based) instead of the "
                      "first that mattes as one clean object")
     gen.add_argument("-o", "--out", required=True, help="the GLB to write")
+    gen.add_argument("--view", dest="views", action="append", metavar="IMAGE@AZ[,POLAR]",
+                     help="an extra photo of the object and where it was taken from, in degrees relative to the "
+                     "main photo (azimuth 0): azimuth 90 = from the object's left (the side on the right of the "
+                     "main photo), 180 = from behind, 270 = from its right; polar from straight above, 90 = level "
+                     "(default: the main photo's). E.g. --view back.png@180 --view left.png@90,80 (repeatable, "
+                     "up to 8; framed at the main photo's scale, or each on its own with "
+                     "--set preprocess.view_framing=independent)")
     gen.add_argument("--preset", default="fast", choices=["paper", "fast", "draft"],
                      help="paper: the paper's budget; fast: minutes on one GPU (default); draft: a CPU smoke run")
     gen.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")

@@ -324,6 +324,9 @@ class DetailStageConfig:
     """0: novel views are drawn afresh each step, and their stage-1 masks rendered each step.
     N > 0: they come from N orbit views drawn once per run, whose masks are rendered once
     and cached (a guidance with its own fixed views is always cached by view)."""
+    extra_view_novel_share: float = 0.25
+    """With extra views (``generate --view``): share of the novel-view draws placed at an extra
+    view's camera instead, so its stage-1 mask drives L_nvm and MRCA there (ignored without them)."""
     reference_view_prob: float = 0.25
     ref_rgb_weight: float = 1000.0
     ref_mask_weight: float = 500.0
@@ -404,6 +407,11 @@ class PreprocessConfig:
     """Matting applies only when the border is this uniform (mean deviation from its median)."""
     min_object_fraction: float = 0.005
     """The foreground must cover at least this fraction of the image."""
+    view_framing: Literal["shared", "independent"] = "shared"
+    """Extra views (``generate --view``): shared frames each at the main photo's scale (per the
+    photo's longer side: the same camera at the same distance), centred on its own object;
+    independent frames each like the main photo (its longer side at 1 - 2 x border_ratio),
+    for photos taken from unknown distances. See mpod123.views."""
 
 
 def detail_preset(name: str) -> DetailStageConfig:

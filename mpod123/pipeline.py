@@ -62,10 +62,12 @@ def generate(
     cancel: CancelToken | None = None,
     tiny: bool = False,
     config: PipelineConfig | None = None,
+    views: list | tuple = (),
 ) -> RunResult:
-    """One image to a textured GLB at ``out_glb``; see :mod:`mpod123.stages.runner`."""
+    """One image to a textured GLB at ``out_glb``; see :mod:`mpod123.stages.runner`. ``views``: extra
+    photos with their angles (:class:`mpod123.views.ViewSpec`, see :mod:`mpod123.views`)."""
     cfg = configure(preset, seed, models, tiny, config)
-    runner = Runner(cfg, workdir or default_workdir(out_glb), device, callback, cancel, resume)
+    runner = Runner(cfg, workdir or default_workdir(out_glb), device, callback, cancel, resume, views=views)
     return runner.run(image, out_glb)
 
 

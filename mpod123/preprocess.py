@@ -392,8 +392,13 @@ def foreground(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, st
 
 
 # -------------------------------------------------------------------- frame
-def frame(image: np.ndarray, alpha: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Centre the object's bounding box in a ``cfg.size`` square with the configured margin."""
+def frame(
+    image: np.ndarray, alpha: np.ndarray, cfg: PreprocessConfig, scale: float | None = None
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Centre the object's bounding box in a ``cfg.size`` square with the configured margin.
+
+    ``scale`` (framed pixels per pixel of ``image``) replaces the margin's: extra views are framed
+    at the main photo's scale (:mod:`mpod123.views`)."""
     on = alpha >= 0.5
     if on.mean() < cfg.min_object_fraction:
         raise InputImageError(
@@ -405,7 +410,7 @@ def frame(image: np.ndarray, alpha: np.ndarray, cfg: PreprocessConfig) -> tuple[
     rgba = np.concatenate([image[..., :3], alpha[..., None]], axis=-1)
     crop = rgba[top:bottom, left:right]
     side = max(1, round(cfg.size * (1.0 - 2.0 * cfg.border_ratio)))
-    s = side / max(crop.shape[:2])
+    s = side / max(crop.shape[:2]) if scale is None else scale
     w, h = max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))
     # premultiply so the resample does not bleed background colour into the edges
     premul = crop.copy()

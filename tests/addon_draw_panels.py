@@ -124,6 +124,14 @@ def main() -> None:
                                              for op in text_input.CLASSES if hasattr(op, "bl_idname")
                                              and op.bl_idname.startswith("mpod123.")}}
                 results["drawn"].append("text_input")
+            from blender_addon import extra_views  # the Extra Views sub-panel: a slot with an image, an empty one
+
+            views = context.window_manager.mpod123_views
+            views.add().image = bpy.data.images.new("side", 4, 4)
+            views.add()
+            extra_views.MPOD123_PT_extra_views.draw(SimpleNamespace(layout=menu.layout.column()), context)
+            results["extra_views"] = [extra_views.problem(context), len(views)]
+            views.clear()
             if "--canary" in sys.argv:  # proves the test notices a bad property and a bad operator
                 menu.layout.prop(st, "no_such_property")
                 menu.layout.operator("mpod123.no_such_operator")

@@ -71,6 +71,12 @@ def is_reference_step(step: int, prob: float) -> bool:
     return math.floor((step + 1) * prob) > math.floor(step * prob)
 
 
+def reference_view_index(step: int, prob: float, n_views: int) -> int:
+    """Which of ``n_views`` reference views a reference step shows: round-robin over the reference
+    steps (0 = the main photo), so every view gets the same share of the reference schedule."""
+    return math.floor(step * prob) % max(1, n_views)
+
+
 def scaled_size(camera: Cameras, height: int) -> tuple[int, int]:
     """(width, height) at ``height`` pixels with the camera's aspect ratio."""
     return max(1, round(height * camera.width / camera.height)), height
@@ -160,6 +166,23 @@ class OptimisationStage(ABC):
         w, h = scaled_size(reference.camera, height)
         self.reference_camera = reference.camera.resized(w, h).to(self.device)
         self.reference_target = resize_rgba(reference.rgba[None].float(), h, w).to(self.device)
+
+    extra_references: tuple[tuple[Cameras, Tensor], ...] = ()
+    """Extra reference views (``generate --view``): (camera, RGBA target) at the stage's render height."""
+
+    def add_reference_views(self, views: list[ReferenceView]) -> None:
+        """Extra photos with known cameras: they share the reference schedule with the main view."""
+        height = self.reference_camera.height
+        extras = []
+        for view in views:
+            w, h = scaled_size(view.camera, height)
+            extras.append((view.camera.resized(w, h).to(self.device), resize_rgba(view.rgba[None].float(), h, w).to(self.device)))
+        self.extra_references = tuple(extras)
+
+    def reference_for_step(self) -> tuple[Cameras, Tensor]:
+        """The reference view of this (reference) step: the main photo, or an extra view in turn."""
+        k = reference_view_index(self.step, self.cfg.reference_view_prob, 1 + len(self.extra_references))
+        return (self.reference_camera, self.reference_target) if k == 0 else self.extra_references[k - 1]
 
     def preview_cameras(self) -> Cameras:
         """The preview turntable: ``preview_views`` views around the reference elevation."""

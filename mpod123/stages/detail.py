@@ -200,12 +200,15 @@ class DetailStage(OptimisationStage):
             )
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.background)
-            out = self.render_mesh(mesh, self.reference_camera, bg)
-            losses.update(
-                reference_losses(out.rgb, out.opacity, self.reference_target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight)
-            )
+            cams, target = self.reference_for_step()  # the main photo, or an extra view in turn
+            out = self.render_mesh(mesh, cams, bg)
+            losses.update(reference_losses(out.rgb, out.opacity, target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight))
         else:
             cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
+            if self.extra_references and ids is None:  # extra views' cameras join the novel views
+                from ..views import place_extra_view_cameras
+
+                cams, mask_keys = place_extra_view_cameras(self, cams, mask_keys)
             bg = self.backgrounds(len(cams), cfg.background)
             out = self.render_novel(mesh, cams, bg)
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2], mask_keys)

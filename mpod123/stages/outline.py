@@ -72,11 +72,9 @@ class OutlineStage(OptimisationStage):
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.render.background)
-            cams = self.reference_camera
+            cams, target = self.reference_for_step()  # the main photo, or an extra view in turn
             out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
-            losses = reference_losses(
-                out.rgb, out.opacity, self.reference_target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight
-            )
+            losses = reference_losses(out.rgb, out.opacity, target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight)
         else:
             cams, ids = self.novel_cameras(self.guidance, cfg.render.resolution)
             bg = self.backgrounds(len(cams), cfg.render.background)

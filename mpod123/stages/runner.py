@@ -137,8 +137,12 @@ class Runner:
         callback: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         resume: bool = False,
+        views: list | tuple = (),
     ) -> None:
+        """``views``: extra photos with their angles (:class:`mpod123.views.ViewSpec`)."""
         self.cfg = cfg
+        self.views = list(views)
+        self.extra_views: list = []
         self.workdir = Path(workdir)
         self.device = resolve_device(device)
         self.callback = callback
@@ -192,6 +196,11 @@ class Runner:
                     f"the run in {self.workdir} used other settings (preset {saved_cfg.preset!r}, seed "
                     f"{saved_cfg.seed}); resume with the same options, or choose another --workdir"
                 )
+            from ..views import views_fingerprint
+
+            if has_state and saved.get("views_fingerprint") != views_fingerprint(self.views):
+                raise RunError(f"the run in {self.workdir} had other extra views (--view); resume with the same "
+                               "views, or choose another --workdir")
 
     # --------------------------------------------------------------------- run
     def run(self, image: str | Path | bytes, out_glb: str | Path | None = None) -> RunResult:
@@ -212,6 +221,7 @@ class Runner:
             "backends": {},
             "resumed": self.resume,
             "source": image if isinstance(image, str) else str(image) if isinstance(image, Path) else "<bytes>",
+            "views_fingerprint": self._views_fingerprint(),
             **self.extra_record,
         }
         self._save_record()
@@ -236,6 +246,11 @@ class Runner:
         self._save_record(status="done", output=str(glb))
         return RunResult(glb, self.workdir, self.record)
 
+    def _views_fingerprint(self) -> str | None:
+        from ..views import views_fingerprint
+
+        return views_fingerprint(self.views)
+
     def _timed(self, name: str, t0: float) -> None:
         self.record["timings_s"][name] = round(time.perf_counter() - t0, 3)
         self._save_record()
@@ -254,6 +269,12 @@ class Runner:
         self._timed("preprocess", t0)
         self._emit_matte(pre)
         reference = ReferenceView.on_orbit(torch.from_numpy(pre.rgba), cfg.outline.camera)
+        if self.views:  # extra photos with known angles (mpod123.views)
+            from ..views import reference_views, save_views
+
+            prepared = reference_views(self.views, pre, cfg)
+            self.record["views"] = save_views(self.workdir, prepared)
+            self.extra_views = [ref for _, _, ref in prepared]
 
         outline = self._outline(reference, pre.rgb_on_white)
         self.cancel.raise_if_cancelled()
@@ -284,6 +305,7 @@ class Runner:
             self.cfg.zero123, torch.from_numpy(rgb_on_white).float(), reference.camera, device=self.device
         )
         stage = OutlineStage(self.cfg.outline, reference, guidance, self.device, self._on_event, self.cancel)
+        stage.add_reference_views(self.extra_views)
         self._train_or_load(stage)
         stage.guidance = None  # Zero123 is not needed any more: free its memory
         del guidance
@@ -324,6 +346,10 @@ class Runner:
                 last[0] = spent
                 emit(self.callback, Progress("inversion", step, total, {"ti": float(loss)}, spent, spent / step * (total - step)))
 
+            if self.extra_views:  # every view joins the augmentation pool
+                from ..views import encode_view_pool
+
+                encode_view_pool(ti, [reference.rgba, *(v.rgba for v in self.extra_views)])
             result = ti.train(reference.rgba, on_step, lambda: self.cancel.cancelled)
             self.cancel.raise_if_cancelled()
             save_embedding(saved, cfg.sd.token, result.vector)
@@ -343,6 +369,7 @@ class Runner:
             stage = DetailStage(
                 self.cfg.detail, reference, guidance, outline.field, outline.opacity, self.device, self._on_event, self.cancel
             )
+            stage.add_reference_views(self.extra_views)
             self._train_or_load(stage)
         finally:
             guidance.close()
