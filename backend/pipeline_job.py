@@ -97,6 +97,7 @@ def _run(ctx: JobContext, tiny: bool) -> str:
         cfg.inversion.steps = min(cfg.inversion.steps, steps)
         for stage in (cfg.outline, cfg.detail):
             stage.preview_every = max(1, stage.steps // 2)
+            stage.mesh_preview.every = max(1, stage.steps // 2)
             stage.checkpoint_every = max(1, stage.steps // 2)
     models = ModelSources(**{k: os.environ.get(v) or None for k, v in ENV_MODELS.items()})
     cfg = configure(preset, seed, models, tiny, cfg)

@@ -187,7 +187,7 @@ def fill_mesh(mesh, co: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> No
     mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(faces, dtype=np.int32).ravel())
     mesh.polygons.add(f)
     mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * f, 3, dtype=np.int32))
-    attr = mesh.color_attributes.new("Color", "BYTE_COLOR", "POINT")
+    attr = mesh.color_attributes.new("Color", "FLOAT_COLOR", "POINT")  # linear floats: no per-value conversion
     attr.data.foreach_set("color", np.ascontiguousarray(colors, dtype=np.float32).ravel())
     mesh.color_attributes.active_color = attr
     mesh.color_attributes.render_color_index = mesh.color_attributes.find("Color")

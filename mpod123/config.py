@@ -480,6 +480,7 @@ def outline_preset(name: str) -> OutlineStageConfig:
             hidden_dim=32,
         )
         cfg.preview_resolution = 64
+        cfg.mesh_preview.grid_resolution = 32  # a CPU budget: a preview costs about a step (docs/benchmarks.md)
         return cfg
     raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
 

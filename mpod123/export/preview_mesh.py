@@ -74,10 +74,14 @@ def density_surface(
     """
     grid = tet_grid(resolution, bound)
     points = grid.vertices.to(device)
-    density = torch.cat([density_fn(c).reshape(-1).float() for c in points.split(chunk)])
-    if occupied_fn is not None:
+    if occupied_fn is None:
+        density = torch.cat([density_fn(c).reshape(-1).float() for c in points.split(chunk)])
+    else:  # the network runs only where the grid is occupied (often a small share of the cube)
         occupied = torch.cat([occupied_fn(c).reshape(-1) for c in points.split(chunk)])
-        density = torch.where(occupied, density, torch.zeros_like(density))
+        density = torch.zeros(points.shape[0], device=points.device)
+        inside = points[occupied]
+        if inside.shape[0]:
+            density[occupied] = torch.cat([density_fn(c).reshape(-1).float() for c in inside.split(chunk)])
     sdf = threshold - density  # inside (dense) is negative, as marching tets wants
     sdf = torch.where(sdf == 0, torch.full_like(sdf, 1e-6), sdf)  # no vertex exactly on the surface
     return marching_tets(points, sdf, grid.tets.to(device), backend="torch")
