@@ -58,6 +58,7 @@ def small_config(steps: int = 6):
     cfg.inversion.steps = 2
     for stage in (cfg.outline, cfg.detail):
         stage.preview_every = stage.checkpoint_every = max(1, steps // 2)
+        stage.mesh_preview.every = max(1, steps // 2)  # a tenth of 6 steps would be every step
     cfg.outline.occupancy.warmup_steps = 2
     cfg.export.uv_backend = "torch"
     cfg.export.texture_size = 64
