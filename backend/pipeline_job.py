@@ -8,8 +8,8 @@ locations are the server's business, never the client's: ``serve --zero123 /
 (``MPOD123_ZERO123``, ``MPOD123_SD``, ``MPOD123_EMBEDDING``).
 
 Stage events become job events: progress (with losses and ETA), preview (the
-PNG as a binary frame) and stage_done. Cancel is checked on every progress
-event and stops the run within one step; the work folder keeps the stage
+PNG as a binary frame), preview_mesh (a small GLB as a binary frame) and
+stage_done. Cancel is checked on every progress event and stops the run within one step; the work folder keeps the stage
 checkpoints, so a re-queued job (its worker died) resumes rather than restarts.
 """
 
@@ -82,7 +82,7 @@ def _run(ctx: JobContext, tiny: bool) -> str:
     _quiet_libraries()
     from mpod123.config import pipeline_preset
     from mpod123.pipeline import ModelSources, configure
-    from mpod123.progress import Cancelled, CancelToken, Preview, Progress, StageDone, to_dict
+    from mpod123.progress import Cancelled, CancelToken, MeshPreview, Preview, Progress, StageDone, to_dict
     from mpod123.stages.runner import Runner
 
     preset, seed, steps = parse_options(ctx.options, "draft" if tiny else "fast")
@@ -97,6 +97,7 @@ def _run(ctx: JobContext, tiny: bool) -> str:
         cfg.inversion.steps = min(cfg.inversion.steps, steps)
         for stage in (cfg.outline, cfg.detail):
             stage.preview_every = max(1, stage.steps // 2)
+            stage.mesh_preview.every = max(1, stage.steps // 2)
             stage.checkpoint_every = max(1, stage.steps // 2)
     models = ModelSources(**{k: os.environ.get(v) or None for k, v in ENV_MODELS.items()})
     cfg = configure(preset, seed, models, tiny, cfg)
@@ -117,6 +118,8 @@ def _run(ctx: JobContext, tiny: bool) -> str:
                 cancel.cancel(str(exc))
         elif isinstance(event, Preview):
             ctx.emit("preview", content(event), event.png)
+        elif isinstance(event, MeshPreview):
+            ctx.emit("preview_mesh", content(event), event.glb)
         elif isinstance(event, StageDone):
             ctx.emit("stage_done", content(event))
 

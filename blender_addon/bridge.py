@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import bpy
 
-from . import importer, jobfile, text_input
+from . import importer, jobfile, preview_object, text_input
 from .client import FINAL_KINDS, Message, NetworkThread, Outcome, is_loopback, parse_key
 from .preferences import prefs
 from .properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, find_job, state
@@ -426,6 +426,7 @@ def forget_jobs(context, job_ids) -> None:
     jf = job_file()
     records = jf.load_cached()
     for job_id in ids:
+        preview_object.remove(job_id)
         if job_id in records:
             records[job_id]["hidden"] = True
     jf.save_soon(records)
@@ -598,7 +599,7 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         return
     if msg.seq is not None:
         job.last_seq = max(job.last_seq, msg.seq)
-    if kind in ("progress", "preview", "stage_done") and job.state in ("queued", "sending"):
+    if kind in ("progress", "preview", "preview_mesh", "stage_done") and job.state in ("queued", "sending"):
         job.state = "running"
         _mark(now=True)
     if kind == "progress":
@@ -617,6 +618,9 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
             image = preview_image(job.job_id, stage, None if written else msg.buffers[0])
             setattr(job, field, image.name)
             _mark()
+    elif kind == "preview_mesh" and msg.buffers:
+        if preview and job.state in ACTIVE_STATES:
+            preview_object.show(context, job, msg.buffers[0])
     elif kind == "stage_done":
         s = _stage(job, str(c.get("stage", "?")))
         s.done = True
@@ -628,10 +632,12 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         text_input.on_log(context, job, c)
     elif kind == "failed":
         job.state = "failed"
+        preview_object.remove(job.job_id)
         _fail(context, f"MPOD123 job for {job.name} failed: {c.get('ename', 'Error')}: {c.get('evalue', '')}", job)
         _mark(now=True)
     elif kind == "cancelled":
         job.state, job.message, job.activity = "cancelled", str(c.get("reason", "cancelled")), ""
+        preview_object.remove(job.job_id)
         report("INFO", f"MPOD123 job for {job.name} was cancelled")
         _mark(now=True)
     elif kind == "done":
@@ -700,6 +706,7 @@ def import_now(context, job) -> bpy.types.Object:
                                       import_options(job))
         except importer.ImportGLBError as exc:
             raise BridgeError(str(exc)) from None
+        preview_object.remove(job.job_id)  # before the undo step, which then holds no preview
         try:
             bpy.ops.ed.undo_push(message=f"Import MPOD123 result {obj.name}")
         except RuntimeError:
@@ -817,7 +824,7 @@ def _on_outcome(context, out: Outcome) -> None:
 def _apply_pending(context, budget_s: float | None, max_events: int | None) -> int:
     t0 = time.perf_counter()
     batch = list(_pending)
-    skip = _later_previews(batch)
+    skip = _later_previews(batch) | preview_object.superseded(batch)
     applied = 0
     for i, msg in enumerate(batch):
         _pending.popleft()
@@ -986,6 +993,7 @@ def register() -> None:
         handlers.append(fn)
     if not bpy.app.timers.is_registered(_start_up_timer):
         bpy.app.timers.register(_start_up_timer, first_interval=0.1, persistent=True)
+    preview_object.register()
     ensure_timer()
 
 
@@ -998,6 +1006,7 @@ def shutdown() -> None:
     for handlers, fn in ((bpy.app.handlers.load_pre, _on_load_pre), (bpy.app.handlers.load_post, _on_load_post)):
         for h in [h for h in handlers if _same_function(h, fn)]:  # also a reloaded module's older copy
             handlers.remove(h)
+    preview_object.unregister()
     for fn in (tick, _start_up_timer):
         if bpy.app.timers.is_registered(fn):
             bpy.app.timers.unregister(fn)

@@ -219,6 +219,7 @@ class MPOD123_PT_previews(_Sidebar, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
+        layout.prop(prefs(context), "show_mesh_previews")
         job = active_job(context)
         if job is None:
             layout.label(text="previews appear while a job runs")

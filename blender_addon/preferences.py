@@ -16,6 +16,13 @@ DEFAULT_LOCAL_COMMAND = ""
 """Empty: start the managed backend (Install Backend); an expert's command otherwise."""
 
 
+def _mesh_previews_toggled(self, context) -> None:
+    if not self.show_mesh_previews:
+        from . import preview_object
+
+        preview_object.remove_all()
+
+
 class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
     bl_idname = __package__
 
@@ -74,6 +81,11 @@ class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
     auto_import: BoolProperty(
         name="Import When Done", default=True,
         description="Import each finished result at once (otherwise use Import Result)",
+    )
+    show_mesh_previews: BoolProperty(
+        name="3D Preview in the Scene", default=True, update=_mesh_previews_toggled,
+        description="While a job runs, show its current shape as an object in the Generating collection "
+                    "(replaced as the job goes on, removed when the result is imported)",
     )
     # ---- the managed backend (Install Backend)
     torch_requirement: StringProperty(
@@ -139,6 +151,7 @@ def draw_preferences(layout, p) -> None:
     col.prop(p, "timeout_s")
     col.prop(p, "events_per_tick")
     col.prop(p, "auto_import")
+    col.prop(p, "show_mesh_previews")
     draw_import_preferences(layout, p)
 
 

@@ -225,6 +225,36 @@ class TextualInversionConfig:
 
 
 @dataclass
+class MeshPreviewConfig:
+    """Live 3D previews: a small vertex-coloured GLB of the current shape, every few steps.
+
+    Stage 1 extracts a surface of its density (:func:`mpod123.export.preview_mesh.density_surface`),
+    stage 2 sends its current DMTet mesh; both are decimated to ``max_faces`` and coloured by the
+    colour network at the vertices. The artist watches the shape form and can cancel a bad start.
+    """
+
+    enabled: bool = True
+    """Emit ``preview_mesh`` events (and write ``previews/<stage>_<step>.glb``). A stage with
+    ``preview_every = 0`` (every preview off) or no event callback sends none either."""
+    every: int | None = None
+    """Steps between two mesh previews; None: a tenth of the stage's steps. There is always
+    one at the stage's end, and never two within ``every`` steps (the extraction is timed)."""
+    max_faces: int = 5000
+    """Face budget of a preview (quadric decimation): about 100 kB of GLB."""
+    max_bytes: int = 300_000
+    """Size cap of one preview's GLB; a larger one is decimated further until it fits."""
+    grid_resolution: int = 48
+    """Stage 1: cubes per side of the lattice the density surface is extracted on (6 tets each)."""
+    density_threshold: float = 5.0
+    """Stage 1: the density of the extracted surface. Half the Magic3D blob's density at the
+    centre, so the very first preview is the blob's sphere; stable-dreamfusion exports at 10."""
+
+    def interval(self, steps: int) -> int:
+        """Steps between previews for a stage of ``steps`` steps (at least 1)."""
+        return max(1, self.every if self.every is not None else steps // 10)
+
+
+@dataclass
 class OutlineStageConfig:
     """Stage 1: the NeRF outline stage."""
 
@@ -268,6 +298,8 @@ class OutlineStageConfig:
     preview_resolution: int = 128
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (and at the end) when a path is given; 0 disables."""
+    mesh_preview: MeshPreviewConfig = field(default_factory=MeshPreviewConfig)
+    """Live 3D previews of the density surface (``preview_mesh`` events)."""
     seed: int = 0
     camera: CameraConfig = field(default_factory=CameraConfig)
     views: ViewSamplingConfig = field(default_factory=ViewSamplingConfig)
@@ -353,6 +385,8 @@ class DetailStageConfig:
     preview_views: int = 4
     preview_resolution: int = 256
     checkpoint_every: int = 1000
+    mesh_preview: MeshPreviewConfig = field(default_factory=MeshPreviewConfig)
+    """Live 3D previews of the current DMTet mesh (``preview_mesh`` events)."""
     seed: int = 0
     camera: CameraConfig = field(default_factory=CameraConfig)
     views: ViewSamplingConfig = field(default_factory=ViewSamplingConfig)
@@ -454,6 +488,7 @@ def outline_preset(name: str) -> OutlineStageConfig:
             hidden_dim=32,
         )
         cfg.preview_resolution = 64
+        cfg.mesh_preview.grid_resolution = 32  # a CPU budget: a preview costs about a step (docs/benchmarks.md)
         return cfg
     raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
 

@@ -3,7 +3,7 @@
 Pure Python on purpose: the CLI's progress bar, the backend's messages, the
 Blender panel and the tests all consume these same events, and none of them
 should need torch to do so. ``to_dict`` gives the JSON-ready form the backend
-sends; a preview's PNG bytes travel separately as a binary frame.
+sends; a preview's PNG bytes (a mesh preview's GLB) travel separately as a binary frame.
 """
 
 from __future__ import annotations
@@ -41,6 +41,20 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class MeshPreview:
+    """A live 3D preview: the current shape as a small GLB (vertex colours in COLOR_0).
+
+    ``seconds`` is what extracting and encoding it cost the stage (it runs on the training thread)."""
+
+    stage: str
+    step: int
+    glb: bytes
+    vertices: int
+    faces: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class StageDone:
     """A stage finished; ``checkpoint`` is where its final state was written, if anywhere."""
 
@@ -59,7 +73,7 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Event = Union[Progress, Preview, StageDone, Result]
+Event = Union[Progress, Preview, MeshPreview, StageDone, Result]
 
 
 class ProgressCallback(Protocol):
@@ -69,10 +83,12 @@ class ProgressCallback(Protocol):
 
 
 def to_dict(event: Event) -> dict[str, Any]:
-    """JSON-ready dict of an event with its kind; a preview's PNG is left out."""
+    """JSON-ready dict of an event with its kind; a preview's PNG (or GLB) is left out, its size kept."""
     data = dataclasses.asdict(event)
     data.pop("png", None)
-    data["kind"] = type(event).__name__.lower()
+    if "glb" in data:
+        data["bytes"] = len(data.pop("glb"))
+    data["kind"] = "preview_mesh" if isinstance(event, MeshPreview) else type(event).__name__.lower()
     return data
 
 

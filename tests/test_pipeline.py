@@ -58,6 +58,7 @@ def small_config(steps: int = 6):
     cfg.inversion.steps = 2
     for stage in (cfg.outline, cfg.detail):
         stage.preview_every = stage.checkpoint_every = max(1, steps // 2)
+        stage.mesh_preview.every = max(1, steps // 2)  # a tenth of 6 steps would be every step
     cfg.outline.occupancy.warmup_steps = 2
     cfg.export.uv_backend = "torch"
     cfg.export.texture_size = 64
@@ -95,6 +96,11 @@ def test_generate_cli_draft_preset_end_to_end(photo, tmp_path):
     previews = sorted(p.name for p in (work / "previews").iterdir())
     assert any(p.startswith("outline_") for p in previews) and any(p.startswith("detail_") for p in previews)
     assert Image.open(work / "input.png").size == (128, 128) and (work / "mask.png").is_file()
+    for stage in ("outline", "detail"):  # live 3D previews: a tenth of 200 steps apart, and the end
+        glbs = [p for p in previews if p.startswith(f"{stage}_") and p.endswith(".glb")]
+        assert glbs == [f"{stage}_{step:06d}.glb" for step in range(20, 201, 20)], glbs
+        assert all(0 < (work / "previews" / p).stat().st_size <= 300_000 for p in glbs)
+        assert record["mesh_previews"][stage]["count"] == 10 and record["mesh_previews"][stage]["seconds"] > 0
 
 
 def test_events_cover_every_stage_and_runs_are_deterministic(photo, tmp_path):

@@ -84,6 +84,30 @@ def test_a_tiny_pipeline_job_streams_both_stages_and_returns_a_textured_glb(serv
         glb = client.fetch(job_id, tmp_path / "result.glb")
         mesh = validate_glb(glb.read_bytes())
         assert mesh.uvs is not None and mesh.texture_png and mesh.base_color_texture
+        check_mesh_previews(client, job_id, events)
+
+
+def check_mesh_previews(client, job_id, events) -> None:
+    """Live 3D previews: each stage streams at least one, each a small GLB with vertex colours, and a
+    client resuming from before one gets the same bytes again."""
+    import trimesh
+
+    meshes = [e for e in events if e.content["kind"] == "preview_mesh"]
+    assert {e.content["stage"] for e in meshes} == {"outline", "detail"}
+    for e in meshes:
+        glb = e.buffers[0]
+        assert len(glb) == e.content["bytes"] <= 300_000 and e.content["seconds"] > 0
+        loaded = trimesh.load(io.BytesIO(glb), file_type="glb", force="mesh")
+        assert len(loaded.vertices) == e.content["vertices"] > 0 and len(loaded.faces) == e.content["faces"] > 0
+        assert loaded.visual.kind == "vertex" and loaded.visual.vertex_colors.shape == (len(loaded.vertices), 4)
+    first = meshes[0]
+    client.resume(job_id, first.seq - 1)
+    again, deadline = [], time.time() + 30
+    while not any(m.seq == first.seq for m in again) and time.time() < deadline:
+        again += [m for m in client.drain() if m.job_id == job_id]
+        time.sleep(0.05)
+    replayed = next(m for m in again if m.seq == first.seq)
+    assert replayed.content["kind"] == "preview_mesh" and replayed.buffers[0] == first.buffers[0]
 
 
 def test_bad_images_and_options_fail_the_job_with_the_reason(server):

@@ -37,6 +37,7 @@ from ..guidance import CameraProposer, over, resize_rgba
 from ..images import grid_image, png_bytes
 from ..rendering import background_color
 from ..progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
+from .mesh_previews import MeshPreviewer
 
 CHECKPOINT_VERSION = 1
 PROGRESS_RATE_HZ = 4.0
@@ -121,6 +122,7 @@ class OptimisationStage(ABC):
         self.step = 0
         self.elapsed_s = 0.0
         self.skipped_steps = 0
+        self.mesh_previews = MeshPreviewer(self)
 
     @abstractmethod
     def train_step(self) -> dict[str, Tensor]:
@@ -153,6 +155,10 @@ class OptimisationStage(ABC):
 
     @abstractmethod
     def preview(self) -> Preview: ...
+
+    def preview_surface(self) -> tuple[Any, Callable] | None:
+        """The current surface (a Mesh) and the colour function for a live 3D preview; None: none."""
+        return None
 
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:
@@ -234,6 +240,7 @@ class OptimisationStage(ABC):
                     self.save_checkpoint(checkpoint_path)
                 if self.cfg.preview_every and self.step % self.cfg.preview_every == 0 and self.step < total:
                     emit(self.callback, self.preview())
+                self.mesh_previews.maybe_emit(total)
         except BaseException:
             if checkpoint_path and self.step > start_step:
                 self.save_checkpoint(checkpoint_path)
@@ -242,6 +249,7 @@ class OptimisationStage(ABC):
             self.save_checkpoint(checkpoint_path)
         if self.cfg.preview_every:
             emit(self.callback, self.preview())
+        self.mesh_previews.at_end()
         done = StageDone(self.name, self.step, self.elapsed_s, str(checkpoint_path) if checkpoint_path else None)
         emit(self.callback, done)
         return done

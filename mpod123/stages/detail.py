@@ -233,6 +233,12 @@ class DetailStage(OptimisationStage):
         return self.render_mesh(self.mesh(), cameras, background, with_normals)
 
     @torch.no_grad()
+    def preview_surface(self):
+        """The current DMTet mesh and the texture field's colour (a live 3D preview)."""
+        self.texture.eval()
+        return self.mesh(), self.texture.color
+
+    @torch.no_grad()
     def preview(self) -> Preview:
         """A turntable strip: textured mesh on the top row, shaded normals below."""
         out = self.render(self.preview_cameras(), with_normals=True)

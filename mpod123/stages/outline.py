@@ -119,6 +119,17 @@ class OutlineStage(OptimisationStage):
         return self.strip_preview(out.rgb, out.opacity, out.normals)  # volume normals are opacity-weighted
 
     @torch.no_grad()
+    def preview_surface(self):
+        """The density surface on a coarse lattice, through the occupancy grid (a live 3D preview)."""
+        from ..export.preview_mesh import density_surface
+
+        self.field.eval()
+        mp = self.cfg.mesh_preview
+        mesh = density_surface(self.field.density, self.field.bound, mp.grid_resolution, mp.density_threshold,
+                               self.grid.query, self.device)
+        return mesh, self.field.color
+
+    @torch.no_grad()
     def render(self, cameras: Cameras, background: Tensor | None = None) -> RenderOutput:
         """Evaluation render (no jitter), white background by default."""
         self.field.eval()

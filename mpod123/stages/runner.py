@@ -9,7 +9,7 @@ wants to inspect::
     input.png, mask.png        the processed input (what the model was given)
     outline.ckpt, detail.ckpt  stage checkpoints (at each stage's end, and every N steps)
     embedding.safetensors      the learned `<e>`
-    previews/<stage>_<step>.png
+    previews/<stage>_<step>.png, previews/<stage>_<step>.glb (live 3D previews)
     result.glb (+ OBJ)         the export, copied atomically to the output path
     run.json                   config, versions, backends, timings, seed, status
 
@@ -38,7 +38,8 @@ import torch
 
 from ..config import PipelineConfig, from_dict, to_dict
 from ..devices import resolve_device
-from ..progress import Cancelled, CancelToken, Event, Preview, Progress, ProgressCallback, Result, StageDone, emit
+from ..progress import (Cancelled, CancelToken, Event, MeshPreview, Preview, Progress, ProgressCallback, Result,
+                        StageDone, emit)
 
 RUN_FILE = "run.json"
 STATE_FILES = ("outline.ckpt", "detail.ckpt", "embedding.safetensors")
@@ -159,6 +160,10 @@ class Runner:
             folder = self.workdir / "previews"
             folder.mkdir(exist_ok=True)
             (folder / f"{event.stage}_{event.step:06d}.png").write_bytes(event.png)
+        elif isinstance(event, MeshPreview):
+            folder = self.workdir / "previews"
+            folder.mkdir(exist_ok=True)
+            (folder / f"{event.stage}_{event.step:06d}.glb").write_bytes(event.glb)
         emit(self.callback, event)
 
     def _emit_matte(self, pre) -> None:
@@ -406,6 +411,7 @@ class Runner:
         from .._optional import fallback_reasons
 
         self.record.setdefault("skipped_steps", {})[stage.name] = stage.skipped_steps
+        self.record.setdefault("mesh_previews", {})[stage.name] = stage.mesh_previews.stats()
         reasons = fallback_reasons()
         if reasons:
             self.record["backend_fallbacks"] = reasons
