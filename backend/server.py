@@ -337,6 +337,10 @@ class Server:
                                 "send a smaller or compressed image")
         if not image:
             raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
+        if isinstance(msg.content.get("options"), dict) and msg.content["options"].get("kind") == "texture":
+            from .texture_job import texture_input  # photo + mesh, checked, stored together
+
+            image = texture_input(msg.content["options"], msg.buffers, self.cfg.max_image_bytes)
         try:
             existing = self.store.get_owned(msg.job_id, owner)
         except UnknownJob:

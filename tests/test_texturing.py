@@ -221,3 +221,28 @@ def test_texture_a_blender_exported_two_object_mesh_keeping_its_uvs(tmp_path, ti
     assert record["status"] == "done" and record["texture"]["uv"] == "kept"
     assert record["texture"]["camera"] == "front" and record["texture_steps"] == 3
     assert (tmp_path / "textured.work" / "texture.ckpt").is_file()
+
+
+def test_the_fixed_mesh_renderer_equals_the_mesh_renderer_and_caches_each_camera():
+    from mpod123.rendering.fixed_mesh import FixedMeshRenderer
+    from mpod123.synthetic import object_mesh
+
+    mesh = object_mesh(24)
+    cams = orbit_cameras([70.0, 100.0], [20.0, 200.0], 2.5, 40.0, 40, 32)
+    weights = torch.nn.Parameter(torch.tensor([[0.3, 0.5, 0.2]]))
+
+    def color(p):
+        return torch.sigmoid(p * 3.0 + weights)
+
+    bg = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0]])
+    want = MeshRenderer("torch").render(mesh, cams, color, bg, with_normals=True)
+    fixed = FixedMeshRenderer(mesh, max_views=2)
+    for _ in range(2):  # the second time from the cache
+        got = fixed.render(cams, color, bg, with_normals=True)
+        for name in ("rgb", "opacity", "depth", "normals", "tri_id"):
+            assert torch.allclose(getattr(got, name).float(), getattr(want, name).float(), atol=1e-5), name
+    assert len(fixed._cache) == 2
+    got.rgb.sum().backward()  # gradients reach the colour field
+    assert weights.grad is not None and weights.grad.abs().sum() > 0
+    fixed.render(orbit_cameras(90.0, 0.0, 2.5, 40.0, 40, 32), color, bg[:1])
+    assert len(fixed._cache) == 2  # bounded: the oldest camera went

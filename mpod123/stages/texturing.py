@@ -35,7 +35,8 @@ from ..fields import NeRFField
 from ..geometry import Mesh
 from ..guidance import Guidance
 from ..progress import CancelToken, ProgressCallback
-from ..rendering import MeshRenderer
+from ..rendering import MeshRenderer, MeshRenderOutput
+from ..rendering.fixed_mesh import FixedMeshRenderer
 from .base import OptimisationStage, ReferenceView
 from .detail import DetailStage
 
@@ -81,6 +82,8 @@ class TexturingStage(DetailStage):
         self.guidance = guidance
         self.input_mesh = Mesh(mesh.vertices.detach().float().to(self.device), mesh.faces.to(self.device))
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
+        self.fixed_renderer = FixedMeshRenderer(self.input_mesh) if self.renderer.backend == "torch" else None
+        """With the geometry fixed, each camera's rasterisation is made once (the torch path's main cost)."""
         self.stage1_masks = self.silhouettes
         torch.manual_seed(cfg.seed)  # the field's initial weights come from the seed
         self.texture = NeRFField(field_cfg or NeRFFieldConfig(), device=self.device).requires_grad_(True)
@@ -100,7 +103,13 @@ class TexturingStage(DetailStage):
     @torch.no_grad()
     def silhouettes(self, cameras: Cameras) -> Tensor:
         """The input mesh's own masks (B, H, W) at these cameras: what MRCA and L_nvm are fed."""
-        return self.renderer.render(self.input_mesh, cameras.to(self.device)).opacity[..., 0]
+        return MeshRenderer.render(self.renderer, self.input_mesh, cameras.to(self.device)).opacity[..., 0]
+
+    def render_mesh(self, mesh: Mesh, cameras: Cameras, background: Tensor | None,
+                    with_normals: bool = False) -> MeshRenderOutput:
+        if self.fixed_renderer is not None and not self.refine_geometry:
+            return self.fixed_renderer.render(cameras, self.texture.color, background, with_normals)
+        return super().render_mesh(mesh, cameras, background, with_normals)
 
     def mesh(self) -> Mesh:
         if not self.refine_geometry:

@@ -25,14 +25,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # parsing and validating need only the standard library (the backend checks submits with it)
+    from torch import Tensor
 
-from ..camera import Cameras, orbit_cameras
-from ..config import CameraConfig
-from .normalisation import Normalisation
+    from ..camera import Cameras
+    from ..config import CameraConfig
+    from .normalisation import Normalisation
 
 KEYS = {"position", "look_at", "fov_y_deg", "up"}
 MAX_CAMERA_FILE_BYTES = 64 << 10
@@ -55,6 +55,9 @@ class CameraSpec:
 
     def cameras(self, width: int, height: int, normalisation: Normalisation | None = None) -> Cameras:
         """The camera at this image size, moved into the normalised world when given."""
+        import torch
+
+        from ..camera import Cameras
         eye = torch.tensor(self.position, dtype=torch.float64)
         target = torch.tensor(self.look_at, dtype=torch.float64)
         if normalisation is not None:
@@ -65,6 +68,7 @@ class CameraSpec:
 
 def look_at_with_up(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
     """A camera-to-world matrix (4, 4), OpenGL camera frame (x right, y up, looking along -z)."""
+    import torch
     forward = torch.nn.functional.normalize(target - eye, dim=0)
     right = torch.nn.functional.normalize(torch.linalg.cross(forward, up), dim=0)
     cam_up = torch.linalg.cross(right, forward)
@@ -128,12 +132,14 @@ def read_camera_file(path: str | Path) -> CameraSpec:
 
 def front_camera(camera: CameraConfig, width: int, height: int) -> Cameras:
     """The pipeline's reference camera (the front view of ``generate``)."""
+    from ..camera import orbit_cameras
     return orbit_cameras(camera.reference_polar_deg, camera.reference_azimuth_deg, camera.radius, camera.fov_deg,
                          width, height)
 
 
 def projected_box(vertices: Tensor, camera: Cameras) -> tuple[Tensor, Tensor, Tensor]:
     """Normalised device coordinates of the vertices' image box: (centre (2,), half size (2,), mean depth)."""
+    import torch
     w2c = torch.linalg.inv(camera.c2w[0].double())
     p = vertices.double() @ w2c[:3, :3].T + w2c[:3, 3]
     depth = -p[:, 2]
@@ -149,6 +155,7 @@ def projected_box(vertices: Tensor, camera: Cameras) -> tuple[Tensor, Tensor, Te
 def fit_to_front(norm: Normalisation, vertices: Tensor, camera: Cameras, fill: float, iterations: int = 6) -> Normalisation:
     """Refine ``norm`` so the mesh's silhouette from ``camera`` is centred with its long side at ``fill``
     of the frame: the framing ``generate``'s preprocessing gives the photo (its margin)."""
+    import torch
     c2w = camera.c2w[0].double()
     right, up = c2w[:3, 0], c2w[:3, 1]
     f = 1.0 / math.tan(float(camera.fov_y[0]) / 2)
