@@ -15,9 +15,9 @@ from __future__ import annotations
 
 
 def _modules():
-    from . import operators, operators_backend, panels, preferences, properties
+    from . import operators, operators_backend, panels, preferences, properties, texture_mesh
 
-    return (preferences, properties, operators, operators_backend, panels)
+    return (preferences, properties, operators, operators_backend, texture_mesh, panels)
 
 
 def register() -> None:

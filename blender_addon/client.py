@@ -197,8 +197,14 @@ class AddonClient:
         self.state, self.message = "connected", ""
         return info
 
-    def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None) -> str:
-        job_id = self._call(self.client.submit, image, options, job_id)
+    def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None,
+               extra: list[bytes] | None = None) -> str:
+        if extra:  # more binary frames after the image (a texture job's mesh)
+            job_id = job_id or uuid.uuid4().hex
+            self._call(self.client.request, "submit", {"options": options or {}}, [image, *extra], job_id=job_id)
+            self.client.last_seq.setdefault(job_id, 0)
+        else:
+            job_id = self._call(self.client.submit, image, options, job_id)
         self.watched.add(job_id)
         return job_id
 
@@ -404,12 +410,14 @@ class NetworkThread:
         except OSError as exc:
             self._outbox.append(Outcome("notice", value=f"cannot write a preview: {exc}"))
 
-    def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str) -> str:
-        self.busy[job_id] = f"uploading {len(image) / 1e6:.1f} MB"
+    def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str,
+                extra: list[bytes] | None = None) -> str:
+        size = len(image) + sum(len(b) for b in extra or ())
+        self.busy[job_id] = f"uploading {size / 1e6:.1f} MB"
         saved = client.client.timeout_s
-        client.client.timeout_s = upload_timeout(saved, len(image))
+        client.client.timeout_s = upload_timeout(saved, size)
         try:
-            return client.submit(image, options, job_id)
+            return client.submit(image, options, job_id, extra)
         finally:
             client.client.timeout_s = saved
             self.busy.pop(job_id, None)
