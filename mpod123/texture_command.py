@@ -59,7 +59,8 @@ def _cmd_bench_texture(args: argparse.Namespace) -> int:
     path = write_bench_report(report, args.out) if args.out else None
     m = report.metrics
     print(f"texture: held-out masked PSNR {m['masked_psnr']:.2f} dB (baked GLB, {m['uv_backend']} UVs, "
-          f"{m['texture_size']}px), {m['field_psnr']:.2f} dB before the bake; {m['steps']} steps in {m['seconds']:.1f}s"
+          f"{m['texture_size']}px; {m['surface_psnr']:.2f} dB off the silhouette band), {m['field_psnr']:.2f} dB "
+          f"before the bake, silhouette IoU {m['silhouette_iou']:.3f}; {m['steps']} steps in {m['seconds']:.1f}s"
           + (f"; wrote {path}" if path else ""))
     return EXIT_OK
 
