@@ -257,3 +257,31 @@ def test_bench_texture_scores_the_baked_glb_on_held_out_views(tmp_path, capsys):
     assert metrics["field_psnr"] - metrics["masked_psnr"] < 1.5, "the bake and the UVs lose little"
     assert metrics["silhouette_iou"] > 0.9, "the GLB sits where the object is (normalisation restored)"
     assert "held-out masked PSNR" in capsys.readouterr().out
+
+
+def test_the_geometry_stays_fixed_unless_refine_geometry_and_then_moves_only_a_little():
+    from mpod123.config import DetailStageConfig
+    from mpod123.guidance import MultiViewSupervision
+    from mpod123.stages import ReferenceView
+    from mpod123.stages.texturing import TexturingStage
+    from mpod123.synthetic import object_mesh, render_object
+    from mpod123.texturing.bench import bench_field_config
+
+    mesh = object_mesh(16)
+    cams = orbit_cameras([80.0, 100.0], [0.0, 120.0], 2.5, 40.0, 24, 24)
+    images = render_object(cams)
+    cfg = DetailStageConfig(steps=3, resolution=24, nvm_mask_resolution=24, lr=1e-2, deform_lr=1e-2,
+                            reference_view_prob=0.0, preview_every=0, checkpoint_every=0)
+    for refine in (False, True):
+        stage = TexturingStage(cfg, ReferenceView(images[0], cams[0]), MultiViewSupervision(images, cams), mesh,
+                               bench_field_config(4, 12), refine_geometry=refine)
+        colour_before = stage.texture.color(mesh.vertices[:50]).detach()
+        losses = {}
+        for _ in range(3):
+            losses = stage.train_step()
+        assert not torch.allclose(stage.texture.color(mesh.vertices[:50]), colour_before), "the texture learns"
+        moved = (stage.mesh().vertices - mesh.vertices).abs().max()
+        if refine:
+            assert 0 < moved <= stage.offsets.scale + 1e-6 and "laplacian" in losses
+        else:
+            assert moved == 0 and stage.mesh() is stage.input_mesh and "laplacian" not in losses
