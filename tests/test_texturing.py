@@ -285,3 +285,19 @@ def test_the_geometry_stays_fixed_unless_refine_geometry_and_then_moves_only_a_l
             assert 0 < moved <= stage.offsets.scale + 1e-6 and "laplacian" in losses
         else:
             assert moved == 0 and stage.mesh() is stage.input_mesh and "laplacian" not in losses
+
+
+def test_texture_refuses_bad_inputs_with_exit_2_and_writes_nothing(tmp_path, capsys, tiny_models_home):
+    from mpod123.cli import main
+
+    photo = front_photo(tmp_path / "photo.png", 32)
+    out = tmp_path / "out.glb"
+    not_a_mesh = tmp_path / "mesh.glb"
+    not_a_mesh.write_bytes(b"glTF\x02\x00\x00\x00garbage")
+    base = ["--preset", "draft", "--tiny", "--device", "cpu", "--set", "inversion.steps=1", "--set", "detail.steps=1"]
+    assert main(["texture", str(not_a_mesh), str(photo), "-o", str(out), *base]) == 2
+    assert "cannot read the mesh" in capsys.readouterr().err and not out.exists()
+    camera = tmp_path / "camera.json"
+    camera.write_text(json.dumps({"position": [0, 0, 3], "look_at": [0, 0, 3], "fov_y_deg": 40}))
+    assert main(["texture", str(not_a_mesh), str(photo), "-o", str(out), "--camera", str(camera), *base]) == 2
+    assert "same point" in capsys.readouterr().err and not out.exists()
