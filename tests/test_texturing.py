@@ -248,7 +248,7 @@ def test_bench_texture_scores_the_baked_glb_on_held_out_views(tmp_path, capsys):
 
     write_nerf_synthetic(tmp_path / "ds", turntable_dataset(12, 40))
     write_dataset_mesh(tmp_path / "ds", object_mesh(32))
-    code = main(["bench", "texture", str(tmp_path / "ds"), "--holdout", "2", "--steps", "40", "--texture-size", "256",
+    code = main(["bench", "texture", str(tmp_path / "ds"), "--holdout", "2", "--steps", "40", "--texture-size", "256", "--levels", "10", "--log2-table", "16",
                  "--device", "cpu", "--out", str(tmp_path / "out")])
     assert code == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -53,10 +53,10 @@ def bench_config(steps: int, resolution: int, seed: int = 0) -> DetailStageConfi
     return cfg
 
 
-def bench_field_config(levels: int = 10, log2_table: int = 16) -> NeRFFieldConfig:
-    """The texture field: 10 levels (finest ~440 cells across the cube: finer than a 128² view needs) and a
-    2^16 table instead of the stage-1 field's 16 levels and 2^19. On the CPU a step's cost is the table's
-    (its dense gradient and Adam over every entry), so this is ~12x cheaper for the same views."""
+def bench_field_config(levels: int = 16, log2_table: int = 17) -> NeRFFieldConfig:
+    """The texture field: the stage-1 field's 16 levels with a 2^17 table instead of 2^19. On the CPU a
+    step's cost is mostly the table's (its dense gradient and Adam over every entry), so this is ~4x
+    cheaper; 10 levels and 2^16 are cheaper still, for smoke runs (docs/benchmarks.md compares them)."""
     cfg = NeRFFieldConfig()
     cfg.hash_grid.n_levels = levels
     cfg.hash_grid.log2_hashmap_size = log2_table
