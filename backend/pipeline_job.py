@@ -77,6 +77,10 @@ def _quiet_libraries() -> None:
 
 
 def _run(ctx: JobContext, tiny: bool) -> str:
+    if ctx.options.get("kind") == "texture":  # a mesh to texture (backend/texture_job.py)
+        from .texture_job import run_texture
+
+        return run_texture(ctx, tiny)
     if not tiny:  # before the model libraries load: missing weights and no network fail in a second
         fetch_weights(ctx, os.environ.get(ENV_MODELS["zero123"]), os.environ.get(ENV_MODELS["sd"]))
     _quiet_libraries()

@@ -349,11 +349,17 @@ class Server:
                                 "send a smaller or compressed image")
         if not image and "prompt" not in msg.content["options"]:
             raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
-        try:  # extra views: one more frame each, angles in options["views"] (backend/view_frames.py)
-            if view_frames.check_views(msg.content["options"], msg.buffers[1:]):
-                image = view_frames.pack(image, msg.buffers[1:])
-        except view_frames.ViewFramesError as exc:
-            raise ProtocolError("BadViews", str(exc), exc.hint) from None
+        options = msg.content["options"]
+        if isinstance(options, dict) and options.get("kind") == "texture":
+            from .texture_job import texture_input  # photo + mesh, checked, stored together
+
+            image = texture_input(options, msg.buffers, self.cfg.max_image_bytes)
+        else:
+            try:  # extra views: one more frame each, angles in options["views"] (backend/view_frames.py)
+                if view_frames.check_views(options, msg.buffers[1:]):
+                    image = view_frames.pack(image, msg.buffers[1:])
+            except view_frames.ViewFramesError as exc:
+                raise ProtocolError("BadViews", str(exc), exc.hint) from None
         try:
             existing = self.store.get_owned(msg.job_id, owner)
         except UnknownJob:

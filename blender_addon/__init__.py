@@ -15,9 +15,9 @@ from __future__ import annotations
 
 
 def _modules():
-    from . import extra_views, operators, operators_backend, panels, preferences, properties, text_input
+    from . import extra_views, operators, operators_backend, panels, preferences, properties, text_input, texture_mesh
 
-    return (preferences, properties, text_input, operators, operators_backend, panels, extra_views)
+    return (preferences, properties, text_input, operators, operators_backend, texture_mesh, panels, extra_views)
 
 
 def register() -> None:

@@ -331,6 +331,7 @@ def _record(job) -> dict:
         "location": list(job.location), "collection": job.collection, "preset": job.preset, "seed": job.seed,
         "steps": job.steps, "input_label": job.input_label, "input_path": job.input_path,
         "result_path": job.result_path, "result_size": job.result_size, "object_name": job.object_name,
+        "texture_target": job.texture_target,
         "import": {k: getattr(job, k) for k in IMPORT_OPTION_NAMES},
         "stages": [{"stage": s.stage, "step": s.step, "total": s.total, "done": s.done} for s in job.stages],
         "previews": {stage: _preview_path(job.job_id, stage) for stage, field in PREVIEW_STAGES.items()
@@ -382,6 +383,7 @@ def _fill(job, job_id: str, rec: dict) -> None:
     job.result_size = int(rec.get("result_size", 0))
     job.object_name = str(rec.get("object_name", ""))
     text_input.fill(job, rec)
+    job.texture_target = str(rec.get("texture_target", ""))
     for k, v in (rec.get("import") or {}).items():
         if k in IMPORT_OPTION_NAMES:
             try:
@@ -475,7 +477,8 @@ def _store_input(job_id: str, image: bytes) -> str:
 
 
 def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 0.0), *, collection: str = "Generated",
-           import_options: dict | None = None, input_label: str = "", views: tuple | None = None) -> str:
+           import_options: dict | None = None, input_label: str = "", views: tuple | None = None,
+           texture: tuple | None = None) -> str:
     """Track a new job and queue its upload; returns its id at once (the upload runs on the network thread)."""
     import uuid
 
@@ -496,6 +499,11 @@ def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 
         from . import extra_views
 
         extra_views.store(user_dir("inputs"), job_id, *views)
+    if texture is not None:  # Texture Selected Mesh: (object name, its GLB, camera or None); texture_mesh.py
+        from . import texture_mesh
+
+        job.texture_target = texture[0]
+        texture_mesh.save_inputs(job_id, texture[1], texture[2])
     st.active_job = len(st.jobs) - 1
     job_file().update(job_id, endpoint=net.endpoint, **_record(job))
     _send(context, job, image)
@@ -523,11 +531,20 @@ def _send(context, job, image: bytes | None = None) -> None:
             _mark(now=True)
             return
     job.state, job.activity = "sending", f"uploading {len(image) / 1e6:.1f} MB…"
-    from . import extra_views
+    if job.texture_target:  # the photo, then the mesh (texture_mesh.py)
+        from . import texture_mesh
 
-    frames, angles = extra_views.load(user_dir("inputs"), job.job_id)
-    options = {**_job_options(job), **({"views": angles} if angles else {})}
-    network(context).call("submit", image, options, job.job_id, frames, tag=job.job_id)
+        if not texture_mesh.send(network(context), job, image, _job_options(job)):
+            job.state = "failed"
+            _fail(context, f"{job.name}: its mesh copy is gone; texture it again", job)
+            _mark(now=True)
+            return
+    else:
+        from . import extra_views
+
+        frames, angles = extra_views.load(user_dir("inputs"), job.job_id)
+        options = {**_job_options(job), **({"views": angles} if angles else {})}
+        network(context).call("submit", image, options, job.job_id, frames, tag=job.job_id)
     _sending.add(job.job_id)
 
 
@@ -700,6 +717,14 @@ def _window_override() -> dict:
 def import_now(context, job) -> bpy.types.Object:
     """Import a downloaded result (main thread) as one undo step; raises BridgeError with the reason."""
     dest = _result_path(job)
+    if job.texture_target:  # a texture job's result goes onto its object (texture_mesh.py)
+        from . import texture_mesh
+
+        obj = texture_mesh.apply_result(bpy.context, job, dest)
+        job.result_path = str(dest)
+        _mark(now=True)
+        report("INFO", f"MPOD123: {job.message}")
+        return obj
     with bpy.context.temp_override(**_window_override()):
         try:
             obj = importer.import_glb(str(dest), job.name, tuple(job.location), job.collection or "Generated",

@@ -198,8 +198,13 @@ class AddonClient:
         return info
 
     def submit(self, image: bytes, options: dict[str, Any] | None = None, job_id: str | None = None,
-               views: list[bytes] | tuple = ()) -> str:
-        job_id = self._call(self.client.submit, image, options, job_id, views)
+               views: list[bytes] | tuple = (), extra: list[bytes] | None = None) -> str:
+        if extra:  # more binary frames after the image (a texture job's mesh)
+            job_id = job_id or uuid.uuid4().hex
+            self._call(self.client.request, "submit", {"options": options or {}}, [image, *extra], job_id=job_id)
+            self.client.last_seq.setdefault(job_id, 0)
+        else:
+            job_id = self._call(self.client.submit, image, options, job_id, views)
         self.watched.add(job_id)
         return job_id
 
@@ -406,13 +411,13 @@ class NetworkThread:
             self._outbox.append(Outcome("notice", value=f"cannot write a preview: {exc}"))
 
     def _submit(self, client: AddonClient, image: bytes, options: dict[str, Any], job_id: str,
-                views: list[bytes] | tuple = ()) -> str:
-        nbytes = len(image) + sum(map(len, views))
+                views: list[bytes] | tuple = (), extra: list[bytes] | None = None) -> str:
+        nbytes = len(image) + sum(map(len, views)) + sum(len(b) for b in extra or ())
         self.busy[job_id] = f"uploading {nbytes / 1e6:.1f} MB"
         saved = client.client.timeout_s
         client.client.timeout_s = upload_timeout(saved, nbytes)
         try:
-            return client.submit(image, options, job_id, views)
+            return client.submit(image, options, job_id, views, extra)
         finally:
             client.client.timeout_s = saved
             self.busy.pop(job_id, None)

@@ -92,6 +92,7 @@ class MPOD123_PT_job(_Sidebar, bpy.types.Panel):
         row = layout.row()
         row.scale_y = 1.5
         row.operator("mpod123.generate", icon="MESH_MONKEY")
+        layout.operator("mpod123.texture_selected", icon="TEXTURE")
 
 
 class MPOD123_PT_import(_Sidebar, bpy.types.Panel):

@@ -90,6 +90,7 @@ class MPOD123_Job(MPOD123_ImportOptions, bpy.types.PropertyGroup):
     result_path: StringProperty(name="Result", subtype="FILE_PATH")
     result_size: IntProperty(name="Result size", min=0)
     object_name: StringProperty(name="Object")
+    texture_target: StringProperty(name="Textured object", description="Texture Selected Mesh: the object it paints")
     location: FloatVectorProperty(name="Location", size=3, subtype="TRANSLATION",
                                   description="Where the result is placed (the 3D cursor at Generate)")
     collection: StringProperty(name="Collection", default="Generated", description="Where the result goes")

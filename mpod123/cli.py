@@ -203,7 +203,7 @@ def _cmd_make_photo(args: argparse.Namespace) -> int:
 
 COMMAND_MODULES = (
     "mpod123.evaluation.commands", "blender_batch.commands", "backend.commands", "mpod123.setup_commands",
-    "mpod123.preprocess_command",
+    "mpod123.preprocess_command", "mpod123.texture_command",
 )
 """Modules with a ``register(subparsers)`` that adds their commands."""
 
@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("out")
     ph.add_argument("--size", type=int, default=512)
     ph.set_defaults(func=_cmd_make_photo)
+    importlib.import_module("mpod123.texture_command").register_bench(bench)
 
     for name in COMMAND_MODULES:  # larger command groups live beside the code they drive
         importlib.import_module(name).register(sub)

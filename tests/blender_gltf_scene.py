@@ -5,6 +5,9 @@ Run in a fresh Python process (bpy owns process-wide state):
     python tests/blender_gltf_scene.py scene OUT.glb OUT.json
         two cubes sharing a JPEG-textured material, the second parented to the first and
         rotated; OUT.json holds what the reader must find, in glTF's Y-up world
+    python tests/blender_gltf_scene.py two_objects OUT.glb
+        two textured cubes (one rotated, scaled and moved) UV'd together into one square without
+        overlaps, as Blender's multi-object unwrap lays them out: usable UVs for `mpod123 texture`
     python tests/blender_gltf_scene.py object IN.npz OUT.glb
         the triangle mesh in IN.npz (vertices in Blender's Z-up world, faces) as one object whose
         mesh data is stored rotated and scaled, with the object's transform undoing it
@@ -137,9 +140,36 @@ def single_object(in_npz: str, out_glb: str) -> None:
     export(out_glb)
 
 
+def two_objects(out_glb: str) -> None:
+    """Two cubes whose UVs share one square without overlapping: cube k in the half u in [k/2, (k+1)/2],
+    each of its six faces in its own cell of a 2 x 3 grid there, with a margin."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    image, _ = make_texture(Path(out_glb).parent)
+    material = make_material(image)
+    objects = []
+    for k, name in enumerate(("Left", "Right")):
+        obj = make_cube(name, material)
+        uv = obj.data.uv_layers["UVMap"]
+        for p, poly in enumerate(obj.data.polygons):
+            cu = k * 0.5 + (p % 2 + 0.5) * 0.25
+            cv = (p // 2 + 0.5) / 3.0
+            for j, li in enumerate(poly.loop_indices):
+                du, dv = ((-1, -1), (1, -1), (1, 1), (-1, 1))[j]
+                uv.data[li].uv = (cu + 0.1 * du, cv + 0.12 * dv)
+        objects.append(obj)
+    objects[0].location = (-0.6, 0.0, 0.0)
+    objects[1].location = (0.7, 0.2, 0.3)
+    objects[1].rotation_euler = (0.0, math.radians(30), math.radians(20))
+    objects[1].scale = (0.6, 0.6, 0.6)
+    bpy.context.view_layer.update()
+    export(out_glb)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "scene":
         scene(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "two_objects":
+        two_objects(sys.argv[2])
     elif sys.argv[1] == "object":
         single_object(sys.argv[2], sys.argv[3])
     else:
