@@ -260,8 +260,15 @@ class OutlineStageConfig:
     """Standard deviation of the point perturbation of the normal smoothness (world units)."""
     regulariser_rays: int = 2048
     """Rays of each step's render drawn at random for the orientation and smoothness terms
-    (they need second derivatives of the density, so they run on a subset: an unbiased
+    (they need the density's normals at every sample, so they run on a subset: an unbiased
     estimate of the per-ray mean)."""
+    normal_method: Literal["finite_difference", "analytic"] = "finite_difference"
+    """How the orientation and smoothness terms get their normals: finite differences of the
+    density (first derivatives only; threestudio's default, instant-nsr's way) or the analytic
+    gradient, whose loss needs a double backward through the hash grid (about 3x a draft step
+    on the CPU). See mpod123.fields.normals."""
+    normal_eps: float = 0.01
+    """Finite-difference step in world units (threestudio's finite_difference_normal_eps)."""
     preview_every: int = 500
     """Emit a preview turntable every N steps (and at the end); 0 disables."""
     preview_views: int = 4

@@ -104,6 +104,7 @@ class OutlineStage(OptimisationStage):
             terms = normal_regularisers(
                 self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
+                normal_method=cfg.normal_method, normal_eps=cfg.normal_eps,
             )
             if "orientation" in terms:
                 out["orientation"] = cfg.orientation_weight * terms["orientation"]
