@@ -1,7 +1,8 @@
 """Outline-stage step time with and without the density regularisers, in one process.
 
-One stage per variant (no regularisers; normals by finite differences, the default;
-normals by the analytic gradient, a double backward through the hash grid), each
+One stage per variant (no regularisers; normals by finite differences, the default,
+on the preset's every-Nth step and on every step; normals by the analytic gradient,
+a double backward through the hash grid, on every step), each
 warmed up, then their steps interleaved round-robin, so load from other work on
 the machine falls on every variant alike and the ratios compare. Steps run against
 the multi-view supervision guidance on the procedural object (no model weights).
@@ -21,8 +22,9 @@ from mpod123.synthetic import turntable_dataset
 
 VARIANTS = {
     "none": {"entropy_weight": 0.0, "orientation_weight": 0.0, "normal_smoothness_weight": 0.0},
-    "finite_difference": {"normal_method": "finite_difference"},
-    "analytic": {"normal_method": "analytic"},
+    "finite_difference (the preset's regulariser_every)": {"normal_method": "finite_difference"},
+    "finite_difference, every step": {"normal_method": "finite_difference", "regulariser_every": 1},
+    "analytic, every step": {"normal_method": "analytic", "regulariser_every": 1},
 }
 
 

@@ -85,11 +85,14 @@ def test_each_regulariser_lowers_its_own_term_and_changes_the_fields_gradient(vi
 
 
 def test_outline_steps_report_the_regularisers_with_magic123s_entropy_ramp(views):
-    stage = _outline(views, steps=8, entropy_weight=1e-3, entropy_ramp=0.5, regulariser_rays=32)
+    stage = _outline(views, steps=8, entropy_weight=1e-3, entropy_ramp=0.5, regulariser_rays=32, regulariser_every=1)
     seen = [stage.train_step() for _ in range(6)]
     assert all({"orientation", "normal_smoothness", "entropy"} <= set(s) for s in seen)
     assert seen[0]["entropy"] == 0.0 and seen[5]["entropy"] > 0.0, "ramped in from zero"
     assert stage.entropy_weight() == pytest.approx(1e-3)  # step 6 of 8 is past half: full weight
+    sparse = _outline(views, steps=8, regulariser_rays=32, regulariser_every=4)
+    seen = [sparse.train_step() for _ in range(5)]
+    assert ["orientation" in s for s in seen] == [True, False, False, False, True], "every 4th step"
     off = _outline(views, steps=2, entropy_weight=0.0, orientation_weight=0.0, normal_smoothness_weight=0.0)
     off.step = 1  # a novel-view step
     assert not {"orientation", "normal_smoothness", "entropy"} & set(off.train_step())
@@ -347,3 +350,31 @@ def test_fp16_textual_inversion_keeps_a_gradient_where_the_unscaled_loss_underfl
     assert (unscaled == 0).all(), "without the scale every gradient underflows in fp16"
     assert (scaled != 0).float().mean() > 0.9
     assert torch.nn.functional.cosine_similarity(scaled, fp32, dim=0) > 0.95
+
+
+def test_the_detail_grid_fits_the_surfaces_density_level_not_the_haze():
+    """A dense ball (density 30 within 0.4) in faint haze (density 1 everywhere): the box of the
+    surface's own level (Magic123's) spans the ball; a box at density 0.5 spans the haze, i.e.
+    the whole cube, and leaves the grid no finer than without a box."""
+    from mpod123.fields import NeRFField
+    from mpod123.stages import DetailStage
+
+    class HazyBall(NeRFField):
+        def density(self, x: torch.Tensor) -> torch.Tensor:
+            return 1.0 + 29.0 * (x.norm(dim=-1) < 0.4).float()
+
+    views = turntable_dataset(4, 16)
+    nerf = HazyBall(outline_preset("draft").nerf)
+    boxes = {}
+    for level in (None, 0.5):
+        cfg = detail_preset("draft")
+        cfg.dmtet.resolution, cfg.dmtet.init_threshold, cfg.dmtet.fit_threshold = 16, 10.0, level
+        stage = DetailStage(cfg, ReferenceView(views.images[0], views.cameras[0]),
+                            MultiViewSupervision(views.images, views.cameras), nerf, lambda c: torch.zeros(len(c), 1, 1))
+        v = stage.dmtet.base_vertices
+        boxes[level] = (v.amin(0), v.amax(0))
+        assert stage.init_threshold == 10.0
+    lo, hi = boxes[None]
+    assert (lo < -0.39).all() and (hi > 0.39).all() and (hi - lo).max() < 1.1, (lo, hi)
+    lo, hi = boxes[0.5]
+    assert torch.equal(lo, -torch.ones(3)) and torch.equal(hi, torch.ones(3))
