@@ -149,6 +149,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             detail.dmtet.resolution = args.tet_res
         detail.seed, detail.preview_every = args.seed, 0
     outline.seed, outline.preview_every = args.seed, 0
+    if args.overrides:  # --set outline.x=... / detail.x=..., validated like generate's
+        from .config import PipelineConfig
+        from .overrides import apply_overrides
+
+        apply_overrides(PipelineConfig(outline=outline, detail=detail or detail_preset(args.preset)), args.overrides)
     dataset = read_nerf_synthetic(args.dataset_dir, split=args.split, scale=args.scale)
     report = reconstruct(
         dataset,
@@ -265,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--split", default="train", help="which transforms_<split>.json to read")
     rec.add_argument("--scale", type=float, default=1.0, help="scale camera positions into the unit sphere")
+    rec.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE",
+                     help="override an outline.* or detail.* field, e.g. --set detail.dmtet.fit_to_density=false")
     rec.set_defaults(func=_cmd_reconstruct)
 
     mk = bench.add_parser("make-dataset", help="render the procedural test object as a NeRF-synthetic dataset")

@@ -290,8 +290,18 @@ class OutlineStageConfig:
     """Standard deviation of the point perturbation of the normal smoothness (world units)."""
     regulariser_rays: int = 2048
     """Rays of each step's render drawn at random for the orientation and smoothness terms
-    (they need second derivatives of the density, so they run on a subset: an unbiased
+    (they need the density's normals at every sample, so they run on a subset: an unbiased
     estimate of the per-ray mean)."""
+    normal_method: Literal["finite_difference", "analytic"] = "finite_difference"
+    """How the orientation and smoothness terms get their normals: finite differences of the
+    density (first derivatives only; threestudio's default, instant-nsr's way) or the analytic
+    gradient, whose loss needs a double backward through the hash grid (about 3x a draft step
+    on the CPU). See mpod123.fields.normals."""
+    normal_eps: float = 0.01
+    """Finite-difference step in world units (threestudio's finite_difference_normal_eps)."""
+    regulariser_every: int = 1
+    """The orientation and smoothness terms run on every Nth step only, weighted by N (the same
+    weight per step on average). ``draft`` uses 4: on the CPU they cost about a render."""
     preview_every: int = 500
     """Emit a preview turntable every N steps (and at the end); 0 disables."""
     preview_views: int = 4
@@ -318,9 +328,12 @@ class DMTetConfig:
     fit_to_density: bool = True
     """Rescale the grid to the bounding box of the stage-1 density, as Magic123 does, so all
     ``resolution`` cells span the object (about 70 of 128 do over the whole [-1, 1]^3)."""
-    fit_threshold: float = 0.5
-    """Density above which a point counts as part of the object for the bounding box (the
-    smallest initial-surface candidate, so the box holds every candidate surface)."""
+    fit_threshold: float | None = None
+    """Density above which a point counts as part of the object for the bounding box. None: the
+    surface's own level, ``init_threshold`` or the calibrated one, as Magic123 and
+    stable-dreamfusion do (their ``density_thresh`` sets both the box and the SDF). A lower level
+    lets stage 1's faint haze stretch the box (0.5 left it nearly the whole cube, see
+    docs/architecture.md)."""
     fit_margin: float = 0.1
     """Margin added on every side of the box, as a fraction of its largest side."""
     deform_scale: float = 0.25
@@ -480,7 +493,7 @@ def outline_preset(name: str) -> OutlineStageConfig:
         return cfg
     if name == "draft":
         cfg = OutlineStageConfig(steps=200, lr=1e-2, encoding_lr_scale=1.0, preview_every=50, checkpoint_every=100,
-                                 regulariser_rays=256)
+                                 regulariser_rays=256, regulariser_every=4)
         cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
         cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)
         cfg.nerf = NeRFFieldConfig(

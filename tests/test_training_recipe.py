@@ -48,8 +48,9 @@ def _term(stage: OutlineStage, name: str, cams) -> torch.Tensor:
     if name == "entropy":
         out = stage.renderer.render(cams, torch.ones(len(cams), 3))
         return opacity_entropy(out.opacity)
+    name, _, method = name.partition("/")
     gen = torch.Generator().manual_seed(7)  # the same rays and offsets every time
-    return normal_regularisers(stage.renderer, cams, 96, gen, 0.02)[name]
+    return normal_regularisers(stage.renderer, cams, 96, gen, 0.02, normal_method=method)[name]
 
 
 def _grads(stage: OutlineStage, loss: torch.Tensor) -> torch.Tensor:
@@ -58,7 +59,8 @@ def _grads(stage: OutlineStage, loss: torch.Tensor) -> torch.Tensor:
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
 
-@pytest.mark.parametrize("name", ["entropy", "orientation", "normal_smoothness"])
+@pytest.mark.parametrize("name", ["entropy", "orientation/finite_difference", "orientation/analytic",
+                                  "normal_smoothness/finite_difference", "normal_smoothness/analytic"])
 def test_each_regulariser_lowers_its_own_term_and_changes_the_fields_gradient(views, name):
     stage = _outline(views)
     cams = views.cameras[1:3].resized(12, 12)
@@ -71,9 +73,10 @@ def test_each_regulariser_lowers_its_own_term_and_changes_the_fields_gradient(vi
     out = stage.renderer.render(cams, torch.ones(2, 3))
     g_reg = _grads(stage, ((out.rgb - 0.5) ** 2).mean() + _term(stage, name, cams))
     assert (g_reg - g_plain).abs().max() > 1e-6
-    # and descending on it alone lowers it
+    # and descending on it alone lowers it (finite-difference normals average the finest levels
+    # over their step, so their smoothness term falls more slowly: 10 steps for every term)
     opt = torch.optim.Adam(stage.field.parameters(), lr=2e-2)
-    for _ in range(6):
+    for _ in range(10):
         opt.zero_grad()
         _term(stage, name, cams).backward()
         opt.step()
@@ -82,11 +85,14 @@ def test_each_regulariser_lowers_its_own_term_and_changes_the_fields_gradient(vi
 
 
 def test_outline_steps_report_the_regularisers_with_magic123s_entropy_ramp(views):
-    stage = _outline(views, steps=8, entropy_weight=1e-3, entropy_ramp=0.5, regulariser_rays=32)
+    stage = _outline(views, steps=8, entropy_weight=1e-3, entropy_ramp=0.5, regulariser_rays=32, regulariser_every=1)
     seen = [stage.train_step() for _ in range(6)]
     assert all({"orientation", "normal_smoothness", "entropy"} <= set(s) for s in seen)
     assert seen[0]["entropy"] == 0.0 and seen[5]["entropy"] > 0.0, "ramped in from zero"
     assert stage.entropy_weight() == pytest.approx(1e-3)  # step 6 of 8 is past half: full weight
+    sparse = _outline(views, steps=8, regulariser_rays=32, regulariser_every=4)
+    seen = [sparse.train_step() for _ in range(5)]
+    assert ["orientation" in s for s in seen] == [True, False, False, False, True], "every 4th step"
     off = _outline(views, steps=2, entropy_weight=0.0, orientation_weight=0.0, normal_smoothness_weight=0.0)
     off.step = 1  # a novel-view step
     assert not {"orientation", "normal_smoothness", "entropy"} & set(off.train_step())
@@ -329,11 +335,13 @@ def test_fp16_textual_inversion_keeps_a_gradient_where_the_unscaled_loss_underfl
 
     ref = torch.zeros(32, 32, 4)
     ref[8:24, 8:24] = torch.tensor([0.9, 0.3, 0.1, 1.0])
-    grads = {}
+    grads, pool = {}, None
     for dtype, scale in (("float32", None), ("float16", 1.0), ("float16", None)):
         models = load_stable_diffusion(str(tiny_sd_dir), dtype=dtype)
         ti = RealSizedMean(TextualInversionConfig(batch_size=1, augmentations=1, resolution=32, loss_scale=scale), models)
-        ti.encode_pool(ref)
+        if pool is None:
+            pool = ti.encode_pool(ref)
+        ti.latent_pool = pool  # the same latents for all three: only the UNet's backward differs
         ti.step(ti.draw(torch.Generator().manual_seed(0)), ti.optimizer())
         grads[(dtype, scale)] = ti.vector.grad.clone() / ti.loss_scale
         if dtype == "float16" and scale is None:
@@ -344,3 +352,31 @@ def test_fp16_textual_inversion_keeps_a_gradient_where_the_unscaled_loss_underfl
     assert (unscaled == 0).all(), "without the scale every gradient underflows in fp16"
     assert (scaled != 0).float().mean() > 0.9
     assert torch.nn.functional.cosine_similarity(scaled, fp32, dim=0) > 0.95
+
+
+def test_the_detail_grid_fits_the_surfaces_density_level_not_the_haze():
+    """A dense ball (density 30 within 0.4) in faint haze (density 1 everywhere): the box of the
+    surface's own level (Magic123's) spans the ball; a box at density 0.5 spans the haze, i.e.
+    the whole cube, and leaves the grid no finer than without a box."""
+    from mpod123.fields import NeRFField
+    from mpod123.stages import DetailStage
+
+    class HazyBall(NeRFField):
+        def density(self, x: torch.Tensor) -> torch.Tensor:
+            return 1.0 + 29.0 * (x.norm(dim=-1) < 0.4).float()
+
+    views = turntable_dataset(4, 16)
+    nerf = HazyBall(outline_preset("draft").nerf)
+    boxes = {}
+    for level in (None, 0.5):
+        cfg = detail_preset("draft")
+        cfg.dmtet.resolution, cfg.dmtet.init_threshold, cfg.dmtet.fit_threshold = 16, 10.0, level
+        stage = DetailStage(cfg, ReferenceView(views.images[0], views.cameras[0]),
+                            MultiViewSupervision(views.images, views.cameras), nerf, lambda c: torch.zeros(len(c), 1, 1))
+        v = stage.dmtet.base_vertices
+        boxes[level] = (v.amin(0), v.amax(0))
+        assert stage.init_threshold == 10.0
+    lo, hi = boxes[None]
+    assert (lo < -0.39).all() and (hi > 0.39).all() and (hi - lo).max() < 1.1, (lo, hi)
+    lo, hi = boxes[0.5]
+    assert torch.equal(lo, -torch.ones(3)) and torch.equal(hi, torch.ones(3))

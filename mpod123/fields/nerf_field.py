@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..config import NeRFFieldConfig
 from .hash_grid import HashEncoding
 from .mlp import MLP
+from .normals import NormalMethod, density_normals
 
 
 class NeRFField(nn.Module):
@@ -58,10 +59,9 @@ class NeRFField(nn.Module):
         h = self.density_mlp(self.encoding(self._normalize(x)).to(x.dtype))
         return F.softplus(h[..., 0] + self.blob(x))
 
-    def normals(self, x: Tensor, create_graph: bool = False) -> Tensor:
-        """Unit normals (N, 3): the negative normalised density gradient."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            sigma = self.density(x)
-            (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=create_graph)
-        return -F.normalize(grad, dim=-1, eps=1e-8)
+    def normals(
+        self, x: Tensor, create_graph: bool = False, method: NormalMethod = "analytic", eps: float = 0.01
+    ) -> Tensor:
+        """Unit normals (N, 3): the negative normalised density gradient, by autograd or by
+        finite differences of the density (see :mod:`.normals`; no second derivatives)."""
+        return density_normals(self.density, x, method, eps, create_graph)

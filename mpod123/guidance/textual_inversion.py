@@ -18,7 +18,7 @@ or ``.safetensors``: ``{token: vector}``) and from the older
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,13 +179,28 @@ class TextualInversion:
         if max(ref.shape[:2]) > size:  # kept at the photo's resolution: area-downsample before the bilinear warps
             ref = resize_rgba(ref[None], size, size)[0]
         views = augment(ref, self.cfg.augmentations, size, gen)
-        vae = self.models.vae
+        vae, dtype = self.encoding_vae()
         out = []
         for start in range(0, len(views), chunk):
-            x = views[start : start + chunk].permute(0, 3, 1, 2).to(self.models.device, self.models.dtype)
+            x = views[start : start + chunk].permute(0, 3, 1, 2).to(self.models.device, dtype)
             out.append(vae.encode(x * 2.0 - 1.0).latent_dist.mode() * vae.config.scaling_factor)
         self.latent_pool = torch.cat(out).float()
         return self.latent_pool
+
+    def encoding_vae(self) -> tuple[nn.Module, torch.dtype]:
+        """The VAE to encode the pool with, and its input dtype: a float32 copy (decoder left out)
+        when the models run in float16 and the VAE's config sets ``force_upcast``, as diffusers'
+        pipelines do (SD's VAE overflows in fp16); the shared fp16 VAE is left as it is."""
+        vae = self.models.vae
+        if self.models.dtype != torch.float16 or not getattr(vae.config, "force_upcast", False):
+            return vae, self.models.dtype
+        decoder = getattr(vae, "decoder", None)
+        vae.decoder = None  # not copied: only the encoder runs here
+        try:
+            upcast = copy.deepcopy(vae).float().requires_grad_(False)
+        finally:
+            vae.decoder = decoder
+        return upcast, torch.float32
 
     def prompts(self, generator: torch.Generator, count: int) -> list[str]:
         pick = torch.randint(len(self.cfg.templates), (count,), generator=generator)
@@ -220,8 +235,9 @@ class TextualInversion:
             return float(self.cfg.loss_scale)
         return 1024.0 if self.models.dtype in (torch.float16, torch.bfloat16) else 1.0
 
-    def step(self, batch: tuple[Tensor, Tensor, Tensor, list[str]], optimizer: torch.optim.Optimizer) -> float:
-        """One optimisation step of ``vector`` on ``batch``; returns the loss before the step.
+    def step(self, batch: tuple[Tensor, Tensor, Tensor, list[str]], optimizer: torch.optim.Optimizer) -> Tensor:
+        """One optimisation step of ``vector`` on ``batch``; returns the loss before the step, a
+        0-d tensor left on the device (reading it would wait for the GPU every step).
 
         The loss is scaled by :attr:`loss_scale` for the backward pass only, so an fp16 UNet's
         gradients stay in fp16's normal range; Adam's update does not depend on that constant."""
@@ -229,7 +245,7 @@ class TextualInversion:
         optimizer.zero_grad(set_to_none=True)
         (loss * self.loss_scale).backward()
         optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam([self.vector], lr=self.cfg.lr)
@@ -238,27 +254,49 @@ class TextualInversion:
     def train(
         self,
         reference_rgba: Tensor,
-        on_step: Callable[[int, int, float], None] | None = None,
+        on_step: Callable[[int, int, Tensor], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        check_every: int = 50,
     ) -> InversionResult:
-        """Run ``cfg.steps`` steps; ``on_step(step, total, loss)`` after each, ``should_stop()`` checked before each."""
+        """Run ``cfg.steps`` steps; ``on_step(step, total, loss)`` after each, ``should_stop()`` checked before each.
+
+        ``loss`` is a 0-d device tensor: a callback that reads it (``float(loss)``) waits for the
+        device, so it should do so only when it reports (the runner's is throttled). The losses
+        are checked for divergence every ``check_every`` steps and at the end, one sync each."""
         start = time.perf_counter()
         if self.latent_pool is None:
             self.encode_pool(reference_rgba)
         opt = self.optimizer()
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-        losses: list[float] = []
+        losses: list[Tensor] = []
+        checked = 0
         for step in range(self.cfg.steps):
             if should_stop is not None and should_stop():
                 break
             value = self.step(self.draw(gen), opt)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"textual inversion diverged at step {step} (loss {value}); lower its lr")
             losses.append(value)
+            if len(losses) - checked >= check_every:
+                self._check_finite(losses, checked)
+                checked = len(losses)
             if on_step is not None:
                 on_step(step + 1, self.cfg.steps, value)
+        self._check_finite(losses, checked)
         self.close()
-        return InversionResult(self.token, self.vector.detach().clone(), losses, time.perf_counter() - start, len(losses))
+        values = torch.stack(losses).float().cpu().tolist() if losses else []
+        return InversionResult(self.token, self.vector.detach().clone(), values, time.perf_counter() - start, len(values))
+
+    @staticmethod
+    def _check_finite(losses: list[Tensor], start: int) -> None:
+        """FloatingPointError naming the first non-finite loss from ``start`` on (one host sync)."""
+        if start >= len(losses):
+            return
+        recent = torch.stack(losses[start:])
+        bad = ~torch.isfinite(recent)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise FloatingPointError(
+                f"textual inversion diverged at step {start + first} (loss {float(recent[first])}); lower its lr"
+            )
 
 
 __all__ = [

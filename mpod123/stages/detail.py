@@ -69,10 +69,7 @@ class DetailStage(OptimisationStage):
         self.guidance = guidance
         self.stage1_masks = stage1_masks
         grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
-        box = None
-        if cfg.dmtet.fit_to_density:
-            box = density_box(nerf.density, nerf.bound, cfg.dmtet.fit_threshold, cfg.dmtet.fit_margin, device=self.device)
-        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
@@ -82,6 +79,11 @@ class DetailStage(OptimisationStage):
         self._camera_pool: Cameras | None = None
         density = self.dmtet.grid_density(nerf.density)
         self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
+        if cfg.dmtet.fit_to_density:  # Magic123: the box of the surface's own density level
+            level = self.init_threshold if cfg.dmtet.fit_threshold is None else cfg.dmtet.fit_threshold
+            box = density_box(nerf.density, nerf.bound, level, cfg.dmtet.fit_margin, device=self.device)
+            self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
+            density = self.dmtet.grid_density(nerf.density)
         self.dmtet.init_from_density(density, self.init_threshold)
         self.optimizer = torch.optim.Adam(
             [

@@ -98,15 +98,17 @@ class OutlineStage(OptimisationStage):
         out: dict[str, Tensor] = {}
         if cfg.entropy_weight and opacity.requires_grad:
             out["entropy"] = self.entropy_weight() * opacity_entropy(opacity)
-        if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0:
+        every = max(1, cfg.regulariser_every)
+        if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0 and self.step % every == 0:
             terms = normal_regularisers(
                 self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
+                normal_method=cfg.normal_method, normal_eps=cfg.normal_eps,
             )
-            if "orientation" in terms:
-                out["orientation"] = cfg.orientation_weight * terms["orientation"]
+            if "orientation" in terms:  # x every: the same weight per step on average
+                out["orientation"] = every * cfg.orientation_weight * terms["orientation"]
             if "normal_smoothness" in terms:
-                out["normal_smoothness"] = cfg.normal_smoothness_weight * terms["normal_smoothness"]
+                out["normal_smoothness"] = every * cfg.normal_smoothness_weight * terms["normal_smoothness"]
         return out
 
     # ------------------------------------------------------------ inspection

@@ -16,8 +16,12 @@ Magic123's (see OutlineStageConfig):
 
 The sample weights w_i are detached in the last two (as in the references), so
 they shape the density's gradient field (the normals) without pulling opacity.
-Both need second derivatives of the density, so they run on a random subset of
-the step's rays, an unbiased estimate of the per-ray mean.
+Differentiating a normal needs second derivatives of the density; through the
+pure-torch hash grid that double backward tripled a draft step on the CPU. So
+the normals come from finite differences of the density by default
+(:mod:`mpod123.fields.normals`; threestudio's default, instant-nsr's way), and
+the terms run on a random subset of the step's rays, an unbiased estimate of
+the per-ray mean.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Cameras, camera_rays
+from ..fields.normals import NormalMethod, density_normals
 from ..rendering import VolumeRenderer
 from ..rendering.compositing import accumulate, sample_weights
 from ..rendering.ray_marching import RaySamples
@@ -46,11 +51,16 @@ def normal_regularisers(
     with_orientation: bool = True,
     with_smoothness: bool = True,
     min_weight: float = 1e-3,
+    normal_method: NormalMethod = "finite_difference",
+    normal_eps: float = 0.01,
 ) -> dict[str, Tensor]:
     """Orientation and 3D normal smoothness on ``n_rays`` rays drawn from ``cameras``.
 
-    Samples whose weight is at most ``min_weight`` are left out. Returns the unweighted terms,
-    each a mean over the drawn rays (empty when nothing is hit)."""
+    Samples whose weight is at most ``min_weight`` are left out. The normals come from
+    ``normal_method``: finite differences of the density with step ``normal_eps`` (first
+    derivatives only, one batched density call) or the analytic gradient (a double backward
+    through the field). Returns the unweighted terms, each a mean over the drawn rays (empty
+    when nothing is hit)."""
     field = renderer.field
     rays_o, rays_d = camera_rays(cameras)
     rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
@@ -71,15 +81,19 @@ def normal_regularisers(
         return {}
     samples = RaySamples(samples.ray_indices[keep], samples.t_starts[keep], samples.t_ends[keep], samples.n_rays)
     points, weights = points[keep], weights[keep]
-    normals = field.normals(points, create_graph=True)
+    where = points
+    if with_smoothness:  # the perturbed points' normals come from the same (batched) call
+        offset = torch.randn(points.shape, generator=generator).to(points) * smoothness_eps
+        where = torch.cat([points, points + offset])
+    both = density_normals(field.density, where, normal_method, normal_eps, create_graph=True)
+    normals = both[: points.shape[0]]
     n = rays_o.shape[0]
     out: dict[str, Tensor] = {}
     if with_orientation:
         facing = (normals * rays_d[samples.ray_indices]).sum(-1).clamp_min(0.0) ** 2
         out["orientation"] = accumulate(samples, weights, facing[:, None]).sum() / n
     if with_smoothness:
-        offset = torch.randn(points.shape, generator=generator).to(points) * smoothness_eps
-        moved = field.normals(points + offset, create_graph=True)
+        moved = both[points.shape[0] :]
         diff = (normals - moved).abs().sum(-1)
         out["normal_smoothness"] = accumulate(samples, weights, diff[:, None]).sum() / n
     return out
