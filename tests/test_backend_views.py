@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 
 import pytest
@@ -133,18 +132,13 @@ def serve(tmp_path_factory):
     pytest.importorskip("diffusers")
     from tests.addon_backend import ServeProcess
 
+    from tests.tiny_models import tiny_models_env
+
     proc = ServeProcess(tmp_path_factory.mktemp("serve-views"))
-    old = os.environ.get("MPOD123_TINY_MODELS")
-    os.environ["MPOD123_TINY_MODELS"] = str(tmp_path_factory.mktemp("tiny-models"))  # the server inherits it
-    try:
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
         proc.start(timeout_s=60)
         yield proc
         proc.stop()
-    finally:
-        if old is None:
-            os.environ.pop("MPOD123_TINY_MODELS", None)
-        else:
-            os.environ["MPOD123_TINY_MODELS"] = old
 
 
 def _object_png(eye) -> bytes:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -35,14 +34,10 @@ CHEAP = ["--preset", "draft", "--tiny", "--device", "cpu", "--faces", "300", "--
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models_home(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-models")
-    old = os.environ.get("MPOD123_TINY_MODELS")
-    os.environ["MPOD123_TINY_MODELS"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("MPOD123_TINY_MODELS", None)
-    else:
-        os.environ["MPOD123_TINY_MODELS"] = old
+    from tests.tiny_models import tiny_models_env
+
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")

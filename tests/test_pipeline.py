@@ -27,14 +27,10 @@ from mpod123.progress import Cancelled, CancelToken, Preview, Progress, Result, 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_models_home(tmp_path_factory):
     """Tiny models are made once for this module, where ``tiny=True`` looks for them."""
-    folder = tmp_path_factory.mktemp("tiny-models")
-    old = os.environ.get("MPOD123_TINY_MODELS")
-    os.environ["MPOD123_TINY_MODELS"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("MPOD123_TINY_MODELS", None)
-    else:
-        os.environ["MPOD123_TINY_MODELS"] = old
+    from tests.tiny_models import tiny_models_env
+
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
+        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -279,14 +278,10 @@ def test_textual_inversion_pool_holds_every_view(tmp_path, photos):
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_models_home(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-models")
-    old = os.environ.get("MPOD123_TINY_MODELS")
-    os.environ["MPOD123_TINY_MODELS"] = str(folder)
-    yield folder
-    if old is None:
-        os.environ.pop("MPOD123_TINY_MODELS", None)
-    else:
-        os.environ["MPOD123_TINY_MODELS"] = old
+    from tests.tiny_models import tiny_models_env
+
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
+        yield folder
 
 
 def test_generate_with_two_extra_views_end_to_end(tiny_models_home, photos, tmp_path):
