@@ -378,13 +378,16 @@ def prompt_generate(args) -> Callable[..., Any]:
         if args.image is None:
             raise ValueError("give an IMAGE to generate from, or --prompt \"a red vintage kettle\" for text to 3D")
         raise ValueError("--candidates and --pick choose among the images drawn for --prompt; with an IMAGE leave them out")
+    if getattr(args, "views", None):
+        raise ValueError("--view adds photos of the object to an IMAGE; with --prompt the object is drawn, so there "
+                         "is no photo to add views to: leave --view out, or generate from a photo")
     prompt = check_prompt(args.prompt)
     ccfg = CandidateConfig.tiny() if args.tiny else CandidateConfig()
     if args.candidates is not None:
         ccfg.count = args.candidates
     ccfg.validate()
 
-    def run(_image, out_glb, **kwargs):
+    def run(_image, out_glb, views=(), **kwargs):  # views: always empty here (refused above)
         return generate_from_prompt(prompt, out_glb, candidates=ccfg, pick=args.pick, **kwargs)
 
     return run

@@ -230,3 +230,16 @@ def test_generate_input_choice_errors_exit_2(tmp_path, capsys, argv, message):
     assert code == 2 and message in err, err
     assert not out.exists() and not (tmp_path / "x.work" / "candidates").exists()
 
+
+
+def test_generate_prompt_with_extra_views_exits_2_and_says_why(tmp_path, capsys):
+    from PIL import Image
+
+    side = tmp_path / "side.png"
+    Image.new("RGBA", (32, 32), (200, 40, 40, 255)).save(side)
+    out = tmp_path / "x.glb"
+    code = main(["generate", "--prompt", "a kettle", "--view", f"{side}@90", "-o", str(out), "--tiny", "--device", "cpu",
+                 "--preset", "draft"])
+    err = capsys.readouterr().err
+    assert code == 2 and "leave --view out" in err, err
+    assert not out.exists() and not (tmp_path / "x.work" / "candidates").exists()
