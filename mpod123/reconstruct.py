@@ -129,7 +129,8 @@ def reconstruct(
         detail.run()
         fit2_s = time.perf_counter() - t1
         summary2, renders2 = _score(detail.render, gt)
-        mesh = detail.mesh()
+        # the shape as exported: without the floaters an SDF grid leaves (ExportConfig.min_part_area)
+        mesh = detail.mesh().detach().without_small_parts((export_cfg or ExportConfig()).min_part_area)
         metrics["detail"] = {
             **summary2,
             "steps": detail.step,

@@ -171,3 +171,49 @@ def test_kaolin_marching_tets_matches_the_reference():
     c = acc.vertices[acc.faces].mean(1)
     ring = torch.nn.functional.normalize(c * torch.tensor([1.0, 0.0, 1.0], device=c.device), dim=-1) * 0.5
     assert bool(((acc.face_normals() * (c - ring)).sum(-1) > 0).all()), "every face faces out"
+
+
+def _octahedron(centre, radius, offset=0):
+    """A closed octahedron (8 faces, outward), vertex indices starting at ``offset``."""
+    c = torch.tensor(centre, dtype=torch.float32)
+    v = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float32) * radius + c
+    f = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]]) + offset
+    return v, f
+
+
+def test_without_small_parts_drops_floaters_by_area_and_keeps_the_rest_exactly():
+    from mpod123.geometry import Mesh
+
+    big_v, big_f = _octahedron([0, 0, 0], 1.0)
+    mid_v, mid_f = _octahedron([3, 0, 0], 0.5, offset=6)
+    tiny_v, tiny_f = _octahedron([0, 3, 0], 0.1, offset=12)
+    # the floater listed first, so that the kept parts must be re-indexed
+    mesh = Mesh(torch.cat([tiny_v, big_v, mid_v]), torch.cat([tiny_f - 12, big_f + 6, mid_f + 6]))
+    labels = mesh.face_components()
+    assert labels.unique().numel() == 3 and (labels[:8] == labels[0]).all() and (labels[8:16] == labels[8]).all()
+    areas = {"big": 4 * 3 ** 0.5, "mid": 4 * 3 ** 0.5 * 0.25, "tiny": 4 * 3 ** 0.5 * 0.01}  # 8 faces of side r*sqrt(2)
+    total = sum(areas.values())
+    assert float(mesh.surface_area()) == pytest.approx(total, rel=1e-5)
+
+    kept = mesh.without_small_parts(0.05)  # tiny is 0.8 % of the area, mid 19.8 %
+    assert kept.n_faces == 16 and kept.n_vertices == 12
+    assert float(kept.surface_area()) == pytest.approx(areas["big"] + areas["mid"], rel=1e-5)
+    assert torch.equal(kept.vertices[kept.faces], mesh.vertices[mesh.faces[8:]]), "the kept triangles are unchanged"
+    assert kept.is_closed() and kept.euler_characteristic() == 4
+    only_big = mesh.without_small_parts(0.5)
+    assert only_big.n_faces == 8 and torch.equal(only_big.vertices[only_big.faces], big_v[big_f])
+    assert mesh.without_small_parts(0.0) is mesh and mesh.without_small_parts(0.001) is mesh
+
+
+def test_face_components_of_a_chain_with_descending_indices_converge():
+    """Labels must travel the whole way along a long strip whose vertex order runs against it."""
+    from mpod123.geometry import Mesh
+
+    n = 200
+    top = torch.stack([torch.arange(n, dtype=torch.float32), torch.ones(n), torch.zeros(n)], 1)
+    bottom = torch.stack([torch.arange(n, dtype=torch.float32), torch.zeros(n), torch.zeros(n)], 1)
+    vertices = torch.cat([top, bottom]).flip(0)  # index n*2-1-i
+    t, b = lambda i: 2 * n - 1 - i, lambda i: n - 1 - i
+    faces = torch.tensor([[t(i), b(i), b(i + 1)] for i in range(n - 1)] + [[t(i), b(i + 1), t(i + 1)] for i in range(n - 1)])
+    labels = Mesh(vertices, faces).face_components()
+    assert labels.unique().numel() == 1 and int(labels[0]) == 0

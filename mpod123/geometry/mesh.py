@@ -88,6 +88,38 @@ class Mesh:
     def surface_area(self) -> Tensor:
         return 0.5 * self.face_normals(normalize=False).norm(dim=-1).sum()
 
+    def face_components(self) -> Tensor:
+        """A label per face, the same for faces connected through shared vertices (the smallest
+        vertex index of the part): min-label propagation along the edges with pointer jumping."""
+        labels = torch.arange(self.n_vertices, device=self.faces.device)
+        if self.n_faces == 0:
+            return labels[:0]
+        a, b = self.faces.roll(1, dims=1).reshape(-1), self.faces.reshape(-1)
+        while True:
+            m = torch.minimum(labels[a], labels[b])
+            new = labels.scatter_reduce(0, a, m, reduce="amin").scatter_reduce(0, b, m, reduce="amin")
+            new = new[new]  # every label is a vertex whose own label is no larger: jump to it
+            if torch.equal(new, labels):
+                return labels[self.faces[:, 0]]
+            labels = new
+
+    def without_small_parts(self, min_area_fraction: float) -> Mesh:
+        """The mesh without its connected parts smaller than ``min_area_fraction`` of the whole
+        surface (floaters and bubbles an SDF leaves), unused vertices dropped. 0 keeps everything."""
+        if min_area_fraction <= 0 or self.n_faces == 0:
+            return self
+        label = self.face_components()
+        area = self.face_normals(normalize=False).norm(dim=-1).detach()
+        part_area = torch.zeros(self.n_vertices, dtype=area.dtype, device=area.device).index_add_(0, label, area)
+        keep = part_area[label] >= min_area_fraction * area.sum()
+        if bool(keep.all()):
+            return self
+        faces = self.faces[keep]
+        used = torch.zeros(self.n_vertices, dtype=torch.bool, device=faces.device)
+        used[faces.reshape(-1)] = True
+        index = torch.cumsum(used.long(), 0) - 1
+        return Mesh(self.vertices[used], index[faces])
+
     def sample_surface(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` points uniformly distributed on the surface (by area)."""
         # the draw runs on the CPU, where a (CPU) generator can drive it on any device
