@@ -90,6 +90,20 @@ def generate_config(args: argparse.Namespace):
     return config
 
 
+def run_resumable(bars: StageBars, workdir: Path, work):
+    """``work()`` with its progress bars closed however it ends; on Ctrl-C, None after saying how
+    to continue (the stages checkpoint, so the same command with ``--resume`` picks up)."""
+    try:
+        return work()
+    except KeyboardInterrupt:
+        bars.close()
+        print(f"mpod123: interrupted; continue with the same command and --resume (work folder {workdir})",
+              file=sys.stderr)
+        return None
+    finally:
+        bars.close()
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import ModelSources, default_workdir, generate
     from .views import parse_view_specs
@@ -102,19 +116,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from .candidates import prompt_generate  # text to 3D: exactly one of IMAGE or --prompt
 
         generate = prompt_generate(args)
-    try:
-        result = generate(
-            args.image, args.out, preset=config.preset, device=args.device, seed=config.seed,
-            models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
-            resume=args.resume, callback=bars, tiny=args.tiny, config=config, views=views,
-        )
-    except KeyboardInterrupt:
-        bars.close()
-        print(f"mpod123: interrupted; continue with the same command and --resume (work folder {workdir})",
-              file=sys.stderr)
+    result = run_resumable(bars, workdir, lambda: generate(
+        args.image, args.out, preset=config.preset, device=args.device, seed=config.seed,
+        models=ModelSources(args.zero123, args.sd, args.embedding), workdir=workdir,
+        resume=args.resume, callback=bars, tiny=args.tiny, config=config, views=views,
+    ))
+    if result is None:
         return EXIT_INTERRUPTED
-    finally:
-        bars.close()
     rec = result.record
     print(
         f"wrote {result.glb} ({rec['mesh']['faces']} faces, {rec['mesh']['texture_size']}px texture) in "

@@ -10,12 +10,11 @@ no prior and prints the held-out masked PSNR of the exported GLB.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def _cmd_texture(args: argparse.Namespace) -> int:
-    from .cli import EXIT_INTERRUPTED, EXIT_OK, StageBars
+    from .cli import EXIT_INTERRUPTED, EXIT_OK, StageBars, run_resumable
     from .overrides import run_config
     from .pipeline import ModelSources, default_workdir
     from .texturing.camera_file import read_camera_file
@@ -29,18 +28,12 @@ def _cmd_texture(args: argparse.Namespace) -> int:
         config.export.texture_size = args.texture_size
     workdir = Path(args.workdir) if args.workdir else default_workdir(args.out)
     bars = StageBars()
-    try:
-        result = texture(args.mesh, args.image, args.out, camera=camera, refine_geometry=args.refine_geometry,
-                         preset=config.preset, device=args.device, seed=config.seed,
-                         models=ModelSources(None, args.sd, args.embedding), workdir=workdir, resume=args.resume,
-                         callback=bars, tiny=args.tiny, config=config)
-    except KeyboardInterrupt:
-        bars.close()
-        print(f"mpod123: interrupted; continue with the same command and --resume (work folder {workdir})",
-              file=sys.stderr)
+    result = run_resumable(bars, workdir, lambda: texture(
+        args.mesh, args.image, args.out, camera=camera, refine_geometry=args.refine_geometry, preset=config.preset,
+        device=args.device, seed=config.seed, models=ModelSources(None, args.sd, args.embedding), workdir=workdir,
+        resume=args.resume, callback=bars, tiny=args.tiny, config=config))
+    if result is None:
         return EXIT_INTERRUPTED
-    finally:
-        bars.close()
     rec = result.record
     tex = rec["texture"]
     uv = "its own UVs" if tex["uv"] == "kept" else f"new UVs ({tex['uv_check']})"

@@ -47,3 +47,25 @@ def test_console_script_is_installed():
     assert exe, "pip install -e . must put the mpod123 command on PATH"
     out = subprocess.run([exe, "bench", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "reconstruct" in out.stdout
+
+
+def test_run_resumable_says_how_to_continue_after_ctrl_c_and_closes_the_bars(tmp_path, capsys):
+    """generate and texture share this: Ctrl-C is exit 130 with the --resume hint, never a traceback."""
+    from mpod123.cli import StageBars, run_resumable
+
+    closed = []
+
+    class Bars(StageBars):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert run_resumable(Bars(), tmp_path / "x.work", interrupted) is None
+    err = capsys.readouterr().err
+    assert "interrupted; continue with the same command and --resume" in err and str(tmp_path / "x.work") in err
+    assert closed, "the progress bars are closed before the message"
+    closed.clear()
+    assert run_resumable(Bars(), tmp_path, lambda: 42) == 42 and closed
