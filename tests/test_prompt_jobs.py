@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -88,23 +83,15 @@ def test_the_protocol_lets_a_prompt_submit_go_without_an_image_frame():
 # ------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
+    from tests.addon_backend import ServeProcess
+    from tests.tiny_models import tiny_models_env
+
     data = tmp_path_factory.mktemp("serve")
-    env = dict(os.environ, MPOD123_TINY_MODELS=str(tmp_path_factory.mktemp("tiny-models")), HF_HUB_OFFLINE="1")
-    log = data / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mpod123.cli", "serve", "--tiny", "--bind", "tcp://127.0.0.1:0", "--data", str(data)],
-            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-    deadline = time.time() + 60
-    match = None
-    while match is None and time.time() < deadline and proc.poll() is None:
-        match = re.search(r"on (tcp://\S+) .*job (\S+),", log.read_text())
-        time.sleep(0.1)
-    assert match, log.read_text()
-    yield match.group(1), data
-    proc.kill()
-    proc.wait(timeout=10)
+    proc = ServeProcess(data)
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
+        proc.start(timeout_s=60)
+        yield proc.endpoint, data
+        proc.stop()
 
 
 def test_bad_prompt_submits_over_the_wire_are_refused_and_store_nothing(served):
