@@ -1,4 +1,4 @@
-"""Command-line commands of the service (registered by ``mpod123.cli``): ``serve``, ``keys``, ``client``.
+"""Command-line commands of the service (registered by ``mpod123.cli.main``): ``serve``, ``keys``, ``client``.
 
 They live here, beside the code they drive, so that the method package
 imports nothing of the service. Nothing heavy is imported at module level:
@@ -23,7 +23,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-TINY_JOB = "backend.pipeline_job:tiny_pipeline_job"
+TINY_JOB = "backend.kinds.image:tiny_pipeline_job"
 """The job ``serve --tiny`` runs."""
 
 
@@ -33,7 +33,7 @@ def _clear_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from .client import BackendError, BackendTimeout
-        from .jobs import JobStoreError
+        from .store import JobStoreError
         from .security import SecurityError
 
         try:
@@ -65,8 +65,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
-    from .jobs import JobStore
-    from .pipeline_job import ENV_MODELS
+    from .store import JobStore
+    from .kinds.image import ENV_MODELS
     from .security import CurveServerSecurity, check_bind, check_bound, ensure_local_token, load_server_keys
     from .server import Server, ServerConfig, ServiceFailed, serve_forever
     from .workers import ExecutorConfig, LocalExecutor
@@ -231,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--workers", type=int, help="concurrent jobs (default: one per visible GPU, one without GPUs)")
     srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
-    srv.add_argument("--job", default="backend.pipeline_job:pipeline_job",
+    srv.add_argument("--job", default="backend.kinds.image:pipeline_job",
                      help="job function as module:function (default: the pipeline; backend.demo:demo_job is a stand-in)")
     srv.add_argument("--zero123", help="Zero-1-to-3 weights for the pipeline job: hub id or local folder")
     srv.add_argument("--sd", help="Stable Diffusion 1.x weights for the pipeline job: hub id or local folder")

@@ -85,7 +85,7 @@ def _textured_glb(out) -> str:
     """The procedural test object as a small textured GLB (imports torch, so only in the worker)."""
     from mpod123.config import ExportConfig
     from mpod123.export import export_mesh
-    from mpod123.synthetic import object_albedo, object_mesh
+    from mpod123.bench.synthetic import object_albedo, object_mesh
 
     export_mesh(object_mesh(24), object_albedo, out, ExportConfig(texture_size=128, uv_backend="torch", obj=False))
     return str(out)

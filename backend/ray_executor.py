@@ -54,7 +54,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, TaskCancelledError
 
-from .jobs import TERMINAL, Job, JobStore
+from .store import TERMINAL, Job, JobStore
 from .workers import ExecutorConfig, JobCancelled, JobContext, fail_job, publish_result, resolve_job_fn
 
 NAMESPACE = "mpod123"

@@ -50,9 +50,10 @@ from pathlib import Path
 
 import zmq
 
-from . import protocol, view_frames
-from .jobs import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
-from .prompt_jobs import check_submit
+from . import protocol
+from .kinds import view_frames
+from .store import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
+from .kinds.prompt import check_submit
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ class Server:
             "chunk_credit": self.cfg.chunk_credit,
             "boot": self.boot,
         }
-        from mpod123.doctor import hello_summary  # "GPU: ..., models: ready | will download N GB" (cached, no torch)
+        from mpod123.runtime.doctor import hello_summary  # "GPU: ..., models: ready | will download N GB" (cached, no torch)
 
         content["summary"] = hello_summary(self.cfg.info)
         return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
@@ -351,7 +352,7 @@ class Server:
             raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
         options = msg.content["options"]
         if isinstance(options, dict) and options.get("kind") == "texture":
-            from .texture_job import texture_input  # photo + mesh, checked, stored together
+            from .kinds.texture import texture_input  # photo + mesh, checked, stored together
 
             image = texture_input(options, msg.buffers, self.cfg.max_image_bytes)
         else:

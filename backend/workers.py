@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jobs import TERMINAL, JobStore, UnknownJob
+from .store import TERMINAL, JobStore, UnknownJob
 from .protocol import file_digest
 
 log = logging.getLogger(__name__)

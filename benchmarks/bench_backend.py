@@ -12,7 +12,7 @@ from pathlib import Path
 import zmq
 
 from backend.client import Client
-from backend.jobs import JobStore
+from backend.store import JobStore
 from backend.security import CurveServerSecurity, init_keys, load_client_keys, load_public_key, load_server_keys
 from backend.server import Server, ServerConfig
 from common import parser, report

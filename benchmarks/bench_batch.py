@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # blender_addon an
 def make_glb(path: Path, grid: int, texture_size: int, uv: str) -> dict:
     from mpod123.config import ExportConfig
     from mpod123.export import export_mesh
-    from mpod123.synthetic import object_albedo, object_mesh
+    from mpod123.bench.synthetic import object_albedo, object_mesh
 
     t0 = time.perf_counter()
     mesh = object_mesh(grid).cleaned()

@@ -16,7 +16,7 @@ from common import machine, parser, quiet, report, step_seconds
 from mpod123.config import detail_preset, outline_preset
 from mpod123.guidance import MultiViewSupervision
 from mpod123.stages import DetailStage, OutlineStage, ReferenceView
-from mpod123.synthetic import turntable_dataset
+from mpod123.bench.synthetic import turntable_dataset
 
 
 def main() -> None:

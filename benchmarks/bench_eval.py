@@ -22,8 +22,8 @@ from mpod123.evaluation.textured_mesh import load_glb
 from mpod123.evaluation.turntable import render_turntable
 from mpod123.evaluation.vgg import VGG19Features
 from mpod123.export import export_mesh
-from mpod123.metrics import ssim
-from mpod123.synthetic import object_albedo, object_mesh
+from mpod123.imaging.metrics import ssim
+from mpod123.bench.synthetic import object_albedo, object_mesh
 
 
 def _vit_l14(device: str):

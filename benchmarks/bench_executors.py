@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from backend.client import Client
-from backend.jobs import JobStore
+from backend.store import JobStore
 from backend.server import Server, ServerConfig
 from backend.workers import ExecutorConfig, LocalExecutor
 

@@ -23,7 +23,7 @@ from common import machine, parser, quiet, report
 from mpod123.config import ExportConfig
 from mpod123.export import export_mesh, read_mesh
 from mpod123.geometry import chamfer_distance, marching_tets_reference, tet_grid
-from mpod123.synthetic import object_albedo, object_sdf
+from mpod123.bench.synthetic import object_albedo, object_sdf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -33,7 +33,7 @@ from mpod123.guidance import GuidanceInput
 from mpod123.guidance.stable_diffusion import StableDiffusionGuidance, load_stable_diffusion
 from mpod123.guidance.textual_inversion import TextualInversion, add_token
 from mpod123.guidance.zero123 import Zero123Guidance
-from mpod123.tiny import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
+from mpod123.runtime.tiny_models import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
 
 
 def _peak(device: str, fn) -> tuple[list[float], float | None]:

@@ -11,7 +11,7 @@ from common import machine, parser, quiet, report, step_seconds
 from mpod123.config import outline_preset
 from mpod123.guidance import MultiViewSupervision
 from mpod123.stages import OutlineStage, ReferenceView
-from mpod123.synthetic import turntable_dataset
+from mpod123.bench.synthetic import turntable_dataset
 
 
 def main() -> None:

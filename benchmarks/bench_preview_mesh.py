@@ -17,9 +17,9 @@ import time
 from common import machine, parser, quiet, report, step_seconds
 from mpod123.config import detail_preset, outline_preset
 from mpod123.guidance import MultiViewSupervision
-from mpod123.progress import MeshPreview
+from mpod123.runtime.progress import MeshPreview
 from mpod123.stages import DetailStage, OutlineStage, ReferenceView
-from mpod123.synthetic import turntable_dataset
+from mpod123.bench.synthetic import turntable_dataset
 
 
 def time_previews(stage, repeats: int) -> tuple[list[float], MeshPreview]:

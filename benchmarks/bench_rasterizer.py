@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from common import machine, median_seconds, parser, quiet, report
-from mpod123._optional import BackendUnavailable
+from mpod123.runtime.accelerators import BackendUnavailable
 from mpod123.camera import orbit_cameras
 from mpod123.geometry import marching_tets_reference, tet_grid
 from mpod123.rendering import MeshRenderer

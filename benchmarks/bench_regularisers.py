@@ -18,7 +18,7 @@ from common import machine, parser, quiet, report, sync
 from mpod123.config import outline_preset
 from mpod123.guidance import MultiViewSupervision
 from mpod123.stages import OutlineStage, ReferenceView
-from mpod123.synthetic import turntable_dataset
+from mpod123.bench.synthetic import turntable_dataset
 
 VARIANTS = {
     "none": {"entropy_weight": 0.0, "orientation_weight": 0.0, "normal_smoothness_weight": 0.0},

@@ -83,6 +83,6 @@ def report(name: str, record: dict, out: str | None) -> None:
 
 
 def quiet() -> None:
-    from mpod123._optional import AcceleratorFallbackWarning
+    from mpod123.runtime.accelerators import AcceleratorFallbackWarning
 
     warnings.simplefilter("ignore", AcceleratorFallbackWarning)

@@ -31,11 +31,11 @@ from common import machine, parser, quiet, report
 from mpod123.camera import orbit_cameras
 from mpod123.config import StableDiffusionConfig, TextualInversionConfig, Zero123Config
 from mpod123.guidance import GuidanceInput
-from mpod123.tiny import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
+from mpod123.runtime.tiny_models import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARITY_TESTS = ["tests/test_hash_grid.py", "tests/test_rendering.py", "tests/test_geometry.py", "tests/test_rasterizer.py"]
+PARITY_TESTS = ["tests/mpod123/fields/test_hash_grid.py", "tests/mpod123/rendering/test_rendering.py", "tests/mpod123/geometry/test_geometry.py", "tests/mpod123/rendering/test_rasterizer.py"]
 
 
 def _peak_reset(dev: str) -> None:

@@ -26,11 +26,11 @@ from PIL import Image
 
 from common import machine, parser, quiet, report
 from mpod123.config import pipeline_preset
-from mpod123.pipeline import ModelSources, configure
-from mpod123.progress import Progress
+from mpod123.pipeline.generate import ModelSources, configure
+from mpod123.runtime.progress import Progress
 from mpod123.stages.base import OptimisationStage
-from mpod123.stages.runner import Runner
-from mpod123.tiny import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
+from mpod123.pipeline.runner import Runner
+from mpod123.runtime.tiny_models import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
 
 STAGES = ("outline", "inversion", "detail")
 

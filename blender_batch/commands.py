@@ -1,4 +1,4 @@
-"""Command-line commands of this package (registered by ``mpod123.cli``): ``mpod123 batch``.
+"""Command-line commands of this package (registered by ``mpod123.cli.main``): ``mpod123 batch``.
 
 Exit codes: 0 every photo is done (or was done before), 1 at least one photo
 failed (the summary says why) or the backend could not be reached, 2 bad

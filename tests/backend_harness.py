@@ -9,7 +9,7 @@ import uuid
 import zmq
 
 from backend import protocol
-from backend.jobs import JobStore
+from backend.store import JobStore
 from backend.protocol import Message
 from backend.server import Server, ServerConfig
 from backend.workers import ExecutorConfig, LocalExecutor

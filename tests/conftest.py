@@ -17,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _quiet_fallback_warnings():
-    from mpod123._optional import AcceleratorFallbackWarning
+    from mpod123.runtime.accelerators import AcceleratorFallbackWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AcceleratorFallbackWarning)

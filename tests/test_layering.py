@@ -15,7 +15,7 @@ FORBIDDEN = [
 MODULES = [
     "mpod123",
     "mpod123.config",
-    "mpod123.progress",
+    "mpod123.runtime.progress",
     "mpod123.camera",
     "mpod123.fields",
     "mpod123.rendering",
@@ -23,12 +23,12 @@ MODULES = [
     "mpod123.export",
     "mpod123.guidance",
     "mpod123.stages",
-    "mpod123.reconstruct",
-    "mpod123.cli",
+    "mpod123.bench.reconstruct",
+    "mpod123.cli.main",
     "mpod123.evaluation",
-    "mpod123.evaluation.commands",
-    "mpod123.preprocess",
-    "mpod123.pipeline",
+    "mpod123.cli.evaluation",
+    "mpod123.pipeline.preprocess",
+    "mpod123.pipeline.generate",
 ]
 
 
@@ -48,7 +48,7 @@ def test_import_loads_no_forbidden_module(module):
 
 
 def test_progress_module_is_pure_python():
-    code = "import sys, mpod123.progress; print('torch' in sys.modules)"
+    code = "import sys, mpod123.runtime.progress; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

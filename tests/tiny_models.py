@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from mpod123.tiny import save_tiny_clip_tokenizer, save_tiny_stable_diffusion, save_tiny_zero123
+from mpod123.runtime.tiny_models import save_tiny_clip_tokenizer, save_tiny_stable_diffusion, save_tiny_zero123
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import grid_image, png_bytes
-from ..metrics import mask_from_alpha, psnr, silhouette_iou, ssim
-from ..devices import resolve_device
+from ..imaging.images import grid_image, png_bytes
+from ..imaging.metrics import mask_from_alpha, psnr, silhouette_iou, ssim
+from ..runtime.devices import resolve_device
 from .config import EvalConfig, EvalInputError, WeightsUnavailable
 from .turntable import Turntable, render_turntable
 
@@ -78,7 +78,7 @@ def load_reference(path: str | Path, cfg: EvalConfig) -> np.ndarray:
     resolution; otherwise it is taken as it is (it must be square) and resized.
     """
     from ..config import PreprocessConfig
-    from ..preprocess import InputImageError, preprocess, read_image
+    from ..pipeline.preprocess import InputImageError, preprocess, read_image
 
     path = Path(path)
     if not path.is_file():

@@ -7,7 +7,7 @@ single image. Images placed directly in the folder are objects too, named by
 their stem (files named ``mask`` or ``*_mask`` are skipped).
 
 For each object: ``OUT/<name>/result.glb`` from the generate function (the
-pipeline's :func:`mpod123.pipeline.generate` unless another is given, e.g. by
+pipeline's :func:`mpod123.pipeline.generate.generate` unless another is given, e.g. by
 tests), its work folder ``OUT/<name>/work``, then ``OUT/<name>/eval/`` with
 ``metrics.json`` and the contact sheet. The CLIP and VGG networks are loaded
 once for the whole set. ``OUT/table.md`` and ``OUT/summary.json`` hold the
@@ -35,7 +35,7 @@ COLUMNS = (("cx", "CX↓"), ("clip", "CLIP↑"), ("mvc", "MVC↑"), ("psnr", "PS
 
 GenerateFn = Callable[..., Any]
 """``generate(image, out_glb, *, preset, device, seed, models, workdir, resume, ...)`` returning an
-object with a ``.glb`` path: the signature of :func:`mpod123.pipeline.generate`."""
+object with a ``.glb`` path: the signature of :func:`mpod123.pipeline.generate.generate`."""
 
 
 @dataclass
@@ -184,7 +184,7 @@ def format_table(result: SetResult) -> str:
 
 def default_generate() -> GenerateFn:
     """The pipeline's generate, imported only when a set is run without another."""
-    from ..pipeline import generate
+    from ..pipeline.generate import generate
 
     return generate
 

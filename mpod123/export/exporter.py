@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..config import ExportConfig
 from ..geometry.mesh import Mesh
-from ..images import png_bytes
+from ..imaging.images import png_bytes
 from .bake import bake_texture
 from .decimate import decimate
 from .gltf import encode_glb, validate_glb

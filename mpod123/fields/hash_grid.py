@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._optional import probe, resolve_backend
+from ..runtime.accelerators import probe, resolve_backend
 from ..config import HashGridConfig
 
 PRIMES = (1, 2654435761, 805459861)
@@ -145,7 +145,7 @@ def tcnn_encoding(tcnn, cfg: HashGridConfig, params: nn.Parameter, device: torch
 class HashEncoding(nn.Module):
     """Hash-grid encoding with a tinycudann path and the torch reference.
 
-    ``backend``: ``"torch"``, ``"tcnn"`` or ``"auto"`` (see :mod:`mpod123._optional`).
+    ``backend``: ``"torch"``, ``"tcnn"`` or ``"auto"`` (see :mod:`mpod123.runtime.accelerators`).
     Both paths keep one flat parameter vector in tiny-cuda-nn's layout
     (``params``), so a state dict moves between them unchanged.
     """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._optional import probe, resolve_backend
+from ..runtime.accelerators import probe, resolve_backend
 from .mesh import Mesh
 
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))

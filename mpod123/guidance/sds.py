@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models import ModelNotFound, missing_offline  # the weights' catalog (a leaf module, no torch)
+from ..runtime.weights import ModelNotFound, missing_offline  # the weights' catalog (a leaf module, no torch)
 
 
 def hf_cache_dir() -> str:

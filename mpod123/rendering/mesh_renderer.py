@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._optional import probe, resolve_backend
+from ..runtime.accelerators import probe, resolve_backend
 from ..camera import Cameras
 from ..geometry.mesh import Mesh
 from .rasterizer import antialias, barycentrics, interpolate, project, rasterize

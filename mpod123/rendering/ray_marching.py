@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._optional import probe, resolve_backend
+from ..runtime.accelerators import probe, resolve_backend
 from .occupancy_grid import OccupancyGrid
 
 DensityFn = Callable[[Tensor], Tensor]

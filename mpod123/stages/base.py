@@ -34,9 +34,9 @@ from torch import Tensor, nn
 from ..camera import Cameras, orbit_cameras, sample_orbit_cameras
 from ..config import from_dict, to_dict
 from ..guidance import CameraProposer, over, resize_rgba
-from ..images import grid_image, png_bytes
+from ..imaging.images import grid_image, png_bytes
 from ..rendering import background_color
-from ..progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
+from ..runtime.progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 from .mesh_previews import MeshPreviewer
 
 CHECKPOINT_VERSION = 1

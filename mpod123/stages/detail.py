@@ -30,8 +30,8 @@ from ..fields import NeRFField
 from ..geometry import DMTet, Mesh, laplacian_loss, normal_consistency_loss, tet_grid
 from ..geometry.dmtet import density_box
 from ..guidance import CameraProposer, Guidance, GuidanceInput
-from ..metrics import silhouette_iou
-from ..progress import CancelToken, Preview, ProgressCallback
+from ..imaging.metrics import silhouette_iou
+from ..runtime.progress import CancelToken, Preview, ProgressCallback
 from ..rendering import MeshRenderer, MeshRenderOutput
 from .base import (
     CheckpointError,
@@ -208,7 +208,7 @@ class DetailStage(OptimisationStage):
         else:
             cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
             if self.extra_references and ids is None:  # extra views' cameras join the novel views
-                from ..views import place_extra_view_cameras
+                from ..pipeline.extra_views import place_extra_view_cameras
 
                 cams, mask_keys = place_extra_view_cameras(self, cams, mask_keys)
             bg = self.backgrounds(len(cams), cfg.background)

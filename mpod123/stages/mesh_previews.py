@@ -4,7 +4,7 @@ A stage that can show its surface implements ``preview_surface() -> (Mesh, colou
 function) | None``; :class:`MeshPreviewer` calls it every ``mesh_preview.interval``
 steps and at the stage's end, turns it into a small GLB
 (:func:`mpod123.export.preview_mesh.preview_glb`), times the whole extraction and
-emits a :class:`~mpod123.progress.MeshPreview`. The times are summed per stage
+emits a :class:`~mpod123.runtime.progress.MeshPreview`. The times are summed per stage
 (:meth:`MeshPreviewer.stats`, written to run.json by the runner), so the
 preview's share of a stage's wall time is on record for every run.
 """
@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from ..progress import MeshPreview, emit
+from ..runtime.progress import MeshPreview, emit
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ by the input's alpha) plus a mask loss on the alpha, or novel views scored by
 the guidance. Every step also adds the density regularisers of
 :mod:`.regularisers` (opacity entropy, orientation, 3D normal smoothness; the
 paper names none, the defaults are Magic123's). Adam updates the field; the
-occupancy grid is refreshed every few steps from the current density. The stage reports through ``mpod123.progress``
+occupancy grid is refreshed every few steps from the current density. The stage reports through ``mpod123.runtime.progress``
 events only, checks its CancelToken once per step, and saves checkpoints from
 which a run resumes exactly where it stopped.
 """
@@ -20,7 +20,7 @@ from ..camera import Cameras
 from ..config import OutlineStageConfig, from_dict
 from ..fields import NeRFField
 from ..guidance import Guidance, GuidanceInput
-from ..progress import CancelToken, Preview, ProgressCallback
+from ..runtime.progress import CancelToken, Preview, ProgressCallback
 from ..rendering import OccupancyGrid, RenderOutput, VolumeRenderer
 from .base import (
     CheckpointError,

@@ -34,7 +34,7 @@ from ..config import DetailStageConfig, NeRFFieldConfig
 from ..fields import NeRFField
 from ..geometry import Mesh
 from ..guidance import Guidance
-from ..progress import CancelToken, ProgressCallback
+from ..runtime.progress import CancelToken, ProgressCallback
 from ..rendering import MeshRenderer, MeshRenderOutput
 from ..rendering.fixed_mesh import FixedMeshRenderer
 from .base import OptimisationStage, ReferenceView

@@ -1,0 +1,1 @@
+"""Benchmark data and runs: NeRF-synthetic datasets, the procedural object, reconstruction, bench texture."""

@@ -1,0 +1,1 @@
+"""Small image helpers (PNG encoding, grids) and image metrics (silhouette IoU, PSNR, SSIM)."""
