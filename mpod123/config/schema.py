@@ -1,6 +1,4 @@
-"""Typed configuration with the paper's defaults.
-
-Every knob a stage reads lives here as a dataclass field with a docstring-style
+"""Typed configuration with the paper's defaults. Every knob a stage reads lives here as a dataclass field with a docstring-style
 comment, so a run is fully described by one object that can be written to
 ``run.json`` and read back (``to_dict`` / ``from_dict``). Loss weights are fields,
 never keys assembled from strings.
@@ -11,9 +9,7 @@ silent, Magic123 / stable-dreamfusion, which the paper builds on.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -467,52 +463,6 @@ class PreprocessConfig:
     for photos taken from unknown distances. See mpod123.pipeline.extra_views."""
 
 
-def detail_preset(name: str) -> DetailStageConfig:
-    """Named stage-2 budgets, matching :func:`outline_preset`."""
-    if name == "paper":
-        return DetailStageConfig()
-    if name == "fast":
-        cfg = DetailStageConfig(steps=1500, resolution=512)
-        cfg.dmtet.resolution = 96
-        return cfg
-    if name == "draft":
-        cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50,
-                                sdf_lr=1e-2, deform_lr=1e-2,  # a 200-step CPU budget: threestudio's 1e-2
-                                normal_consistency_weight=10.0)  # on a 32^3 grid 1000 over-smooths (docs/benchmarks.md)
-        cfg.preview_resolution = 64
-        cfg.dmtet.resolution = 32
-        return cfg
-    raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
-
-
-def outline_preset(name: str) -> OutlineStageConfig:
-    """Named stage-1 budgets.
-
-    ``paper``: the paper's settings. ``fast``: a budget a user can wait for on one
-    GPU. ``draft``: small enough to run on a CPU as a smoke test.
-    """
-    if name == "paper":
-        return OutlineStageConfig()
-    if name == "fast":
-        cfg = OutlineStageConfig(steps=1500, encoding_lr_scale=10.0)
-        cfg.render.samples_per_ray = 256
-        return cfg
-    if name == "draft":
-        cfg = OutlineStageConfig(steps=200, lr=1e-2, encoding_lr_scale=1.0, preview_every=50, checkpoint_every=100,
-                                 regulariser_rays=256, regulariser_every=4)
-        cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
-        cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)
-        cfg.nerf = NeRFFieldConfig(
-            hash_grid=HashGridConfig(n_levels=8, log2_hashmap_size=15, base_resolution=8),
-            hidden_dim=32,
-        )
-        cfg.preview_resolution = 64
-        cfg.mesh_preview.grid_resolution = 32  # a CPU budget: a preview costs about a step (docs/benchmarks.md)
-        return cfg
-    raise ValueError(f"unknown preset {name!r}: choose one of paper, fast, draft")
-
-
-PRESETS = ("paper", "fast", "draft")
 
 
 @dataclass
@@ -547,49 +497,3 @@ class PipelineConfig:
         self.outline.seed = self.detail.seed = self.inversion.seed = seed
         self.zero123.seed = self.sd.seed = seed
         return self
-
-
-def pipeline_preset(name: str) -> PipelineConfig:
-    """``paper``: the paper's settings (Magic123's where the paper is silent). ``fast``: a budget
-    a user can wait for on one GPU. ``draft``: CPU-feasible, for smoke runs."""
-    cfg = PipelineConfig(preset=name, outline=outline_preset(name), detail=detail_preset(name))
-    if name == "paper":
-        cfg.inversion = TextualInversionConfig(steps=1000, batch_size=8)
-    elif name == "fast":
-        cfg.inversion = TextualInversionConfig(steps=300, batch_size=4, augmentations=32)
-        cfg.zero123.anneal_steps = 750
-        cfg.export.texture_size, cfg.export.target_faces = 1024, 20_000
-    elif name == "draft":
-        cfg.inversion = TextualInversionConfig(steps=20, batch_size=1, augmentations=4)
-        cfg.zero123.anneal_steps = 100
-        cfg.preprocess.size = 128
-        cfg.export.texture_size, cfg.export.target_faces = 256, 5_000
-        cfg.export.obj = False
-    return cfg
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config dataclass (tuples become lists)."""
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from ``to_dict`` output.
-
-    Unknown keys raise, so a typo in a saved config is caught rather than ignored.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-            kwargs[key] = from_dict(hint, value)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
