@@ -23,7 +23,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-TINY_JOB = "backend.kinds.image:tiny_pipeline_job"
+TINY_JOB = "backend.kinds.dispatch:tiny_pipeline_job"
 """The job ``serve --tiny`` runs."""
 
 
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
     from .store import JobStore
-    from .kinds.image import ENV_MODELS
+    from .kinds.common import ENV_MODELS
     from .security import CurveServerSecurity, check_bind, check_bound, ensure_local_token, load_server_keys
     from .server import Server, ServerConfig, ServiceFailed, serve_forever
     from .workers import ExecutorConfig, LocalExecutor
@@ -231,7 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--workers", type=int, help="concurrent jobs (default: one per visible GPU, one without GPUs)")
     srv.add_argument("--data", default="mpod123-data", help="folder for the job database and results")
     srv.add_argument("--keys", help="CURVE keys folder from `mpod123 keys init`")
-    srv.add_argument("--job", default="backend.kinds.image:pipeline_job",
+    srv.add_argument("--job", default="backend.kinds.dispatch:pipeline_job",
                      help="job function as module:function (default: the pipeline; backend.demo:demo_job is a stand-in)")
     srv.add_argument("--zero123", help="Zero-1-to-3 weights for the pipeline job: hub id or local folder")
     srv.add_argument("--sd", help="Stable Diffusion 1.x weights for the pipeline job: hub id or local folder")

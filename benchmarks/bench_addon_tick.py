@@ -34,11 +34,14 @@ def main() -> None:
     import bpy  # first: it makes addon_utils importable
     import addon_utils
 
-    from tests.addon_backend import ServeProcess, object_png
+    from blender_batch.service import EmbeddedBackend
+    from mpod123.bench.synthetic import render_object
+    from mpod123.camera import orbit_cameras
+    from mpod123.imaging.images import png_bytes
 
     work = Path(tempfile.mkdtemp(prefix="bench-addon-"))
     tempfile.tempdir = str(work)
-    server = ServeProcess(work / "backend").start()
+    server = EmbeddedBackend.start(work / "backend", tiny=True)  # on a port the OS picks
     try:
         bpy.ops.wm.read_factory_settings(use_empty=True)
         addon_utils.enable("blender_addon", default_set=True)
@@ -49,7 +52,7 @@ def main() -> None:
         p.address, p.use_local_backend = server.endpoint, False
         st = bpy.context.window_manager.mpod123
         image = work / "input.png"
-        image.write_bytes(object_png(128))
+        image.write_bytes(png_bytes(render_object(orbit_cameras(90.0, 0.0, 2.5, 40.0, 128))[0].numpy()))
         st.source, st.filepath, st.preset, st.steps = "FILE", str(image), "draft", args.steps
         for _ in range(args.jobs):
             bpy.ops.mpod123.generate()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _validate(path: Path) -> dict | None:
-    from tests.gltf_validator import validate, validator_missing
+    from gltf_validator import validate, validator_missing  # beside this script
 
     if validator_missing():
         return None

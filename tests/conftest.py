@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny configurations that run in milliseconds on the CPU."""
+"""Shared fixtures: tiny configurations that run in milliseconds on the CPU, tiny models made once per module,
+the session's Ray. Plain helpers that tests import live beside this file: inputs.py (photos, cameras),
+tiny_models.py (tiny models, small_config), eval_assets.py, backend_harness.py, addon_backend.py, fake_hub.py
+(benchmarks/gltf_validator.py runs the Khronos validator for tests and benchmarks). No test module imports another test module."""
 
 from __future__ import annotations
 
@@ -46,6 +49,17 @@ def tiny_cfg():
     cfg.preview_every = 0
     cfg.checkpoint_every = 0
     return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_models_home(tmp_path_factory):
+    """Tiny models made once for the module that asks, in the folder where ``tiny=True`` looks for them
+    (``MPOD123_TINY_MODELS``, restored afterwards). A module where every test needs them says
+    ``pytestmark = pytest.mark.usefixtures("tiny_models_home")``."""
+    from tests.tiny_models import tiny_models_env
+
+    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
+        yield folder
 
 
 def requires_cuda(reason: str = "needs a CUDA device"):

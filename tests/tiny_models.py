@@ -1,4 +1,5 @@
-"""Tiny random models for tests (they live in the package, which ``--tiny`` modes also use)."""
+"""Tiny random models for tests (they live in the package, which ``--tiny`` modes also use), and a pipeline
+config small enough to run with them in seconds."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from mpod123.config import PipelineConfig, pipeline_preset
 from mpod123.runtime.tiny_models import save_tiny_clip_tokenizer, save_tiny_stable_diffusion, save_tiny_zero123
 
 
@@ -25,4 +27,18 @@ def tiny_models_env(folder: Path) -> Iterator[Path]:
             os.environ["MPOD123_TINY_MODELS"] = old
 
 
-__all__ = ["save_tiny_clip_tokenizer", "save_tiny_stable_diffusion", "save_tiny_zero123", "tiny_models_env"]
+def small_config(steps: int = 6) -> PipelineConfig:
+    """The draft preset cut to ``steps`` steps a stage, previews and checkpoints twice a stage, a torch unwrap."""
+    cfg = pipeline_preset("draft")
+    cfg.outline.steps = cfg.detail.steps = steps
+    cfg.inversion.steps = 2
+    for stage in (cfg.outline, cfg.detail):
+        stage.preview_every = stage.checkpoint_every = max(1, steps // 2)
+        stage.mesh_preview.every = max(1, steps // 2)  # a tenth of 6 steps would be every step
+    cfg.outline.occupancy.warmup_steps = 2
+    cfg.export.uv_backend = "torch"
+    cfg.export.texture_size = 64
+    return cfg
+
+
+__all__ = ["save_tiny_clip_tokenizer", "save_tiny_stable_diffusion", "save_tiny_zero123", "small_config", "tiny_models_env"]

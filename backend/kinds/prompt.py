@@ -7,7 +7,7 @@ Two kinds, so that an artist can choose before the 3D stages start:
   matted like a photo, and the result is a small zip (``<i>.png`` and
   ``candidates.json`` with the matting's verdicts). The artist's pick is then
   submitted as an ordinary image job, with ``prompt`` passed along for textual
-  inversion's captions (``prompt_for_inversion``).
+  inversion's captions (``prompt_for_inversion``, :mod:`backend.kinds.image`).
 * otherwise: the whole run from the prompt, the first clean candidate (or ``pick``)
   taken automatically, the GLB as the result.
 
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..protocol import ProtocolError
+from ..workers import JobCancelled, JobContext
+from .common import event_forwarder, pipeline_config
 
 MAX_CANDIDATES = 16
 DEFAULT_CANDIDATES = 4
@@ -107,22 +109,25 @@ def check_submit(options: dict[str, Any], buffers: list[bytes]) -> bool:
     return True
 
 
-def inversion_templates(cfg, options: dict[str, Any]) -> None:
-    """An image job drawn from a prompt (the artist's pick): the prompt joins textual inversion's captions."""
-    text = options.get("prompt_for_inversion")
-    if text is not None:
-        from mpod123.pipeline.candidates import prompt_templates
-
-        cfg.inversion.templates = tuple(cfg.inversion.templates) + prompt_templates(text)
-
-
-def run_prompt_job(ctx, cfg, on_event, cancel, tiny: bool) -> str:
+def run_prompt_job(ctx: JobContext, tiny: bool) -> str:
     """A prompt job (see the module docstring); returns the result file's path."""
+    from mpod123.runtime.progress import Cancelled, CancelToken
+
+    cfg = pipeline_config(ctx, tiny)
+    cancel = CancelToken()
+    try:
+        return _run(ctx, cfg, event_forwarder(ctx, cancel), cancel, tiny)
+    except Cancelled as exc:
+        raise JobCancelled(str(exc) or "cancelled by the client") from None
+
+
+def _run(ctx: JobContext, cfg, on_event, cancel, tiny: bool) -> str:
     import json
     import zipfile
     from dataclasses import asdict
 
     from mpod123.pipeline.candidates import CandidateConfig, generate_from_prompt, judge, make_candidates
+    from mpod123.runtime.devices import resolve_device
 
     opts = parse_prompt_options(ctx.options)
     ccfg = CandidateConfig.tiny(opts.candidates) if tiny else CandidateConfig(count=opts.candidates)
@@ -133,8 +138,6 @@ def run_prompt_job(ctx, cfg, on_event, cancel, tiny: bool) -> str:
             cancel=cancel,
         )
         return str(result.glb)
-    from mpod123.runtime.devices import resolve_device
-
     folder = ctx.workdir / "candidates"
     paths = make_candidates(opts.prompt, cfg.sd.model, ccfg, cfg.seed, folder, resolve_device("auto"), cfg.sd.dtype,
                             on_event, cancel)
@@ -152,4 +155,4 @@ def run_prompt_job(ctx, cfg, on_event, cancel, tiny: bool) -> str:
     return str(out)
 
 
-__all__ = ["PromptOptions", "check_submit", "inversion_templates", "parse_prompt_options", "run_prompt_job"]
+__all__ = ["PromptOptions", "check_submit", "parse_prompt_options", "run_prompt_job"]

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..protocol import ProtocolError
 from ..workers import JobCancelled, JobContext
+from .common import ENV_MODELS, TINY_DEFAULT_STEPS, event_forwarder, fetch_weights, parse_options
 
 MAGIC = b"MPOD123-TEXTURE\x00"
 GLB_MAGIC = 0x46546C67
@@ -103,11 +104,9 @@ def run_texture(ctx: JobContext, tiny: bool) -> str:
     """The job: TextureRunner in the job's work folder (resumed when re-queued), events forwarded."""
     from mpod123.config import pipeline_preset
     from mpod123.pipeline.generate import ModelSources, configure
-    from mpod123.runtime.progress import Cancelled, CancelToken, Preview, Progress, StageDone, to_dict
+    from mpod123.runtime.progress import Cancelled, CancelToken
     from mpod123.texturing.camera_file import parse_camera
     from mpod123.texturing.texturer import TextureRunner, TexturingOptions
-
-    from .image import ENV_MODELS, TINY_DEFAULT_STEPS, fetch_weights, parse_options
 
     if not tiny:
         fetch_weights(ctx, None, os.environ.get(ENV_MODELS["sd"]))
@@ -126,20 +125,7 @@ def run_texture(ctx: JobContext, tiny: bool) -> str:
     options = TexturingOptions(mesh, parse_camera(camera) if camera is not None else None,
                                bool(ctx.options.get("refine_geometry", False)))
     cancel = CancelToken()
-    kinds = {Progress: "progress", Preview: "preview", StageDone: "stage_done"}
-
-    def forward(event) -> None:
-        kind = kinds.get(type(event))
-        if kind is None:
-            return
-        body = {k: v for k, v in to_dict(event).items() if k not in ("kind", "checkpoint")}
-        ctx.emit(kind, body, event.png if kind == "preview" else None)
-        if kind == "progress":
-            try:
-                ctx.check_cancel()
-            except JobCancelled as exc:
-                cancel.cancel(str(exc))
-
+    forward = event_forwarder(ctx, cancel, mesh_previews=False)
     runner = TextureRunner(cfg, options, ctx.workdir / "run", "auto", forward, cancel, resume=True)
     try:
         result = runner.run(photo, ctx.workdir / "result.glb")

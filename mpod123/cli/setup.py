@@ -22,6 +22,7 @@ EXIT_OK = 0
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .. import rendering  # noqa: F401  importing the accelerated layers registers their self-tests
     from ..runtime.doctor import collect, format_text
 
     report = collect(data=args.data, zero123=args.zero123, sd=args.sd, self_test=not args.no_self_test)

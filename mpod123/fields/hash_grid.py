@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..runtime.accelerators import probe, resolve_backend
 from ..config import HashGridConfig
+from ..runtime.accelerators import probe, resolve_backend
+from ..runtime.selftest import register as register_self_test
 
 PRIMES = (1, 2654435761, 805459861)
 _U32 = 0xFFFFFFFF
@@ -175,3 +176,19 @@ class HashEncoding(nn.Module):
         if self.backend == "tcnn":
             return self._tcnn(x.contiguous()).to(x.dtype)
         return hash_grid_reference(x, self.table, self.cfg)
+
+
+def tcnn_self_test(device: torch.device) -> None:
+    """tinycudann's parity self-test (registered below): the same table on both paths encodes alike."""
+    cfg = dict(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=1.6)
+    ref = HashEncoding(HashGridConfig(**cfg, backend="torch"), device=device)
+    acc = HashEncoding(HashGridConfig(**cfg, backend="tcnn"), device=device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        ref.params.copy_(torch.randn(ref.params.shape, generator=g) * 0.1)
+        acc.params.copy_(ref.params)
+    x = torch.rand(512, 3, generator=g).to(device)
+    torch.testing.assert_close(acc(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+register_self_test("tcnn", tcnn_self_test)

@@ -1,1 +1,1 @@
-"""Small image helpers (PNG encoding, grids) and image metrics (silhouette IoU, PSNR, SSIM)."""
+"""Small image helpers (PNG encoding, grids), the opacity mask of Eq. 5 and image metrics (silhouette IoU, PSNR, SSIM)."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rendering.masks import MASK_THRESHOLD, opacity_mask
+from .masks import MASK_THRESHOLD, opacity_mask
 
 
 def silhouette_iou(pred: Tensor, target: Tensor) -> float:

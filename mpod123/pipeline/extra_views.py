@@ -32,7 +32,8 @@ each reference step shows one view, round-robin (main, extra 1, extra 2, main,
 ...), with the same colour and mask losses and weights: the views share the
 schedule equally, the reference-vs-prior balance is unchanged and a step costs
 the same whatever the number of views. In stage 2, ``detail.extra_view_novel_share``
-of the novel views are placed at an extra view's camera, where the stage-1 mask
+of the novel views are placed at an extra view's camera
+(:meth:`~mpod123.stages.detail.DetailStage.place_extra_view_cameras`), where the stage-1 mask
 of that camera is the L_nvm target and the MRCA mask. Textual inversion's
 augmentation pool is split evenly across the views. Zero-1-to-3 stays
 conditioned on the main photo.
@@ -220,27 +221,6 @@ def save_views(folder: Path, views: list[tuple[ViewSpec, Preprocessed, Reference
     return records
 
 
-# --------------------------------------------------------------- stage 2
-def place_extra_view_cameras(stage: Any, cameras: Cameras, keys: list[tuple] | None) -> tuple[Cameras, list[tuple] | None]:
-    """On ``detail.extra_view_novel_share`` of the novel steps, the first camera of the batch is an
-    extra view's camera (at the novel-view size), keyed so its stage-1 mask is rendered once: the
-    L_nvm target and the MRCA mask of that camera. Draws from the stage's generator only when
-    there are extra views, so single-photo runs keep their random sequence."""
-    share = stage.cfg.extra_view_novel_share
-    if share <= 0 or not stage.extra_references:
-        return cameras, keys
-    if float(torch.rand((), generator=stage.generator)) >= share:
-        return cameras, keys
-    j = int(torch.randint(len(stage.extra_references), (), generator=stage.generator))
-    cam = stage.extra_references[j][0].resized(cameras.width, cameras.height).to(cameras.device)
-    joined = Cameras.cat([cam, cameras[1:]]) if len(cameras) > 1 else cam
-    if keys is not None:
-        keys = [("extra_view", j), *keys[1:]]
-    elif len(joined) == 1:  # fresh draws are not cached, but a lone extra-view camera is a fixed view
-        keys = [("extra_view", j)]
-    return joined, keys
-
-
 # --------------------------------------------------------- textual inversion
 @torch.no_grad()
 def encode_view_pool(ti: Any, images: list[Tensor], chunk: int = 8) -> Tensor:
@@ -279,7 +259,6 @@ __all__ = [
     "main_scale",
     "parse_view_spec",
     "parse_view_specs",
-    "place_extra_view_cameras",
     "preprocess_view",
     "reference_views",
     "save_views",

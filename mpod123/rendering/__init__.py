@@ -3,7 +3,7 @@ and the mesh renderer (rasterizer with silhouette antialiasing)."""
 
 from .background import background_color
 from .compositing import Composited, composite, sample_weights
-from .masks import MASK_THRESHOLD, opacity_mask
+from ..imaging.masks import MASK_THRESHOLD, opacity_mask
 from .mesh_renderer import MeshRenderer, MeshRenderOutput
 from .occupancy_grid import OccupancyGrid
 from .rasterizer import Rasterized, antialias, project, rasterize

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..camera import Cameras, camera_rays
-from ..config import RenderConfig
+from ..camera import Cameras, camera_rays, orbit_cameras
+from ..config import HashGridConfig, NeRFFieldConfig, OccupancyGridConfig, RenderConfig
 from ..fields import NeRFField
+from ..imaging.masks import opacity_mask
+from ..runtime.selftest import register as register_self_test
 from .compositing import accumulate, composite
-from .masks import opacity_mask
 from .occupancy_grid import OccupancyGrid
 from .ray_marching import RayMarcher
 
@@ -103,3 +104,27 @@ class VolumeRenderer:
     def masks(self, cameras: Cameras) -> Tensor:
         """(B, H, W) bool stage-1 masks for any cameras: opacity >= 0.5 (Eq. 5)."""
         return self.render(cameras).mask
+
+
+def nerfacc_self_test(device: torch.device) -> None:
+    """nerfacc's parity self-test (registered below): one small field and grid rendered by both marchers."""
+    torch.manual_seed(0)  # inside the registry's fork_rng: the caller's generator is restored afterwards
+    cfg = NeRFFieldConfig(hash_grid=HashGridConfig(n_levels=4, log2_hashmap_size=12, backend="torch"), blob_density=40.0)
+    field = NeRFField(cfg, device=device)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=16), device=device)
+    rc = RenderConfig(resolution=16, samples_per_ray=64)
+    ref = VolumeRenderer(field, grid, rc, backend="torch")
+    acc = VolumeRenderer(field, grid, rc, backend="nerfacc")
+    for update in range(4):
+        grid.update(update * 16, field.density, ref.step_size)
+    cams = orbit_cameras([90.0], [0.0], 2.5, 40.0, 16, device=device)
+    bg = torch.ones(1, 3, device=device)
+    with torch.no_grad():
+        a, b = ref.render(cams, bg), acc.render(cams, bg)
+    for name, x, y in (("opacity", a.opacity, b.opacity), ("rgb", a.rgb, b.rgb)):
+        err = float((x - y).abs().mean())
+        if err > 0.01:
+            raise AssertionError(f"{name} differs from the reference by {err:.4f} on average")
+
+
+register_self_test("nerfacc", nerfacc_self_test)

@@ -31,6 +31,8 @@ from types import ModuleType
 
 import torch
 
+from .selftest import check as self_test_check
+
 
 class BackendUnavailable(RuntimeError):
     """A named accelerator was requested but cannot run here."""
@@ -139,9 +141,7 @@ def unavailable_reason(name: str, device: torch.device | str) -> str | None:
     failed = probe_extension(name)
     if failed:
         return failed
-    from .selftest import check  # a parity self-test against the torch twin, once per process
-
-    failed = check(name, device)
+    failed = self_test_check(name, device)  # the parity self-test its owner registered, once per process
     if failed:
         return f"{acc.module} failed its parity self-test against the torch path ({failed})"
     return None

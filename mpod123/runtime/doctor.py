@@ -3,7 +3,8 @@
 Python; torch and its build (CUDA / ROCm / MPS / CPU); the device and its
 memory; each accelerator (tinycudann, nerfacc, kaolin, nvdiffrast): absent,
 or present with its parity self-test against the torch twin
-(:mod:`mpod123.runtime.selftest`) and whether ``backend="auto"`` would use it;
+(:mod:`mpod123.runtime.selftest`, registered by the modules that own the ops:
+the caller imports them first) and whether ``backend="auto"`` would use it;
 the pipeline's weights (in the cache or not, and their size); free disk where
 the cache and the data live. The add-on's Check Backend runs ``doctor
 --json`` in its managed environment; the backend's hello reply carries
@@ -81,6 +82,11 @@ def accelerators(device_type: str, self_test: bool = True) -> dict[str, dict[str
             entry["detail"] = f"installed but does not import: {_optional._probed.get(name)}"
         elif acc.needs_cuda and device.type != "cuda":
             entry["detail"] = f"needs a CUDA device; this machine runs on {device_type}"
+        elif self_test and name not in accel_selftest.SELF_TESTS:
+            entry["self_test"] = "not registered"
+            entry["detail"] = ("no self-test registered in this process (the module that owns the op registers it "
+                               "when imported; importing mpod123.rendering registers them all)")
+            entry["auto"] = True
         elif self_test:
             failed = accel_selftest.check(name, device)
             entry["self_test"] = "failed" if failed else "passed"

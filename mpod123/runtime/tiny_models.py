@@ -71,12 +71,26 @@ def _save(model, folder: Path, dtype: torch.dtype | None) -> None:
     (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
 
 
+def _save_camera_projection(folder: Path, dim: int, dtype: torch.dtype | None) -> None:
+    """``clip_camera_projection`` as the real checkpoints have it, written from its layout rather than through
+    our class (the runtime layer imports no guidance): the config of the zero123 pipeline's
+    ``CLIPCameraProjection`` and one ``proj`` Linear(dim + 4 -> dim). The loader's own
+    :class:`~mpod123.guidance.zero123.CameraProjection` must read it, as it reads the published ones."""
+    from safetensors.torch import save_file
+
+    proj = torch.nn.Linear(dim + 4, dim)  # the same draw from the seeded generator as the class's own Linear
+    tensors = {f"proj.{k}": (v.to(dtype) if dtype is not None else v).contiguous() for k, v in proj.state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    config = {"_class_name": "CLIPCameraProjection", "_diffusers_version": "0.16.0", "embedding_dim": dim,
+              "additional_embeddings": 4}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
 def save_tiny_zero123(root: Path, seed: int = 0, size: ModelSize = TINY, dtype: torch.dtype | None = None) -> Path:
     """A zero123-diffusers folder: vae, image_encoder, unet (8 in-channels), clip_camera_projection, scheduler."""
     from diffusers import DDIMScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from mpod123.guidance.zero123 import CameraProjection
 
     torch.manual_seed(seed)
     latent = size.unet_sample if size is TINY else size.unet_sample // 2  # Zero123 works at 256²
@@ -88,7 +102,7 @@ def save_tiny_zero123(root: Path, seed: int = 0, size: ModelSize = TINY, dtype: 
         patch_size=size.vision_patch,
     )
     _save(CLIPVisionModelWithProjection(vision), root / "image_encoder", dtype)
-    _save(CameraProjection(embedding_dim=size.cross_dim, additional_embeddings=4), root / "clip_camera_projection", dtype)
+    _save_camera_projection(root / "clip_camera_projection", size.cross_dim, dtype)
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False).save_pretrained(
         root / "scheduler"
     )

@@ -190,6 +190,25 @@ class DetailStage(OptimisationStage):
         slots = torch.randint(pool, (self.cfg.views.batch_size,), generator=self.generator)
         return self._camera_pool[slots.to(self.device)], None, [("pool", int(i)) for i in slots.tolist()]
 
+    def place_extra_view_cameras(self, cameras: Cameras, keys: list[tuple] | None) -> tuple[Cameras, list[tuple] | None]:
+        """On ``extra_view_novel_share`` of the novel steps, the first camera of the batch is an extra
+        view's camera (at the novel-view size), keyed so its stage-1 mask is rendered once: the L_nvm
+        target and the MRCA mask of that camera. Draws from the stage's generator only when there are
+        extra views, so single-photo runs keep their random sequence."""
+        share = self.cfg.extra_view_novel_share
+        if share <= 0 or not self.extra_references:
+            return cameras, keys
+        if float(torch.rand((), generator=self.generator)) >= share:
+            return cameras, keys
+        j = int(torch.randint(len(self.extra_references), (), generator=self.generator))
+        cam = self.extra_references[j][0].resized(cameras.width, cameras.height).to(cameras.device)
+        joined = Cameras.cat([cam, cameras[1:]]) if len(cameras) > 1 else cam
+        if keys is not None:
+            keys = [("extra_view", j), *keys[1:]]
+        elif len(joined) == 1:  # fresh draws are not cached, but a lone extra-view camera is a fixed view
+            keys = [("extra_view", j)]
+        return joined, keys
+
     def train_step(self) -> dict[str, Tensor]:
         cfg = self.cfg
         self.texture.train()
@@ -208,9 +227,7 @@ class DetailStage(OptimisationStage):
         else:
             cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
             if self.extra_references and ids is None:  # extra views' cameras join the novel views
-                from ..pipeline.extra_views import place_extra_view_cameras
-
-                cams, mask_keys = place_extra_view_cameras(self, cams, mask_keys)
+                cams, mask_keys = self.place_extra_view_cameras(cams, mask_keys)
             bg = self.backgrounds(len(cams), cfg.background)
             out = self.render_novel(mesh, cams, bg)
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2], mask_keys)

@@ -145,7 +145,7 @@ def _object_png(eye) -> bytes:
     from PIL import Image
 
     from mpod123.bench.synthetic import render_object
-    from tests.mpod123.pipeline.test_views import camera_at
+    from tests.inputs import camera_at
 
     rgba = render_object(camera_at(eye, 64))[0].numpy()
     buf = io.BytesIO()

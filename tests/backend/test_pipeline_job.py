@@ -16,7 +16,7 @@ zmq = pytest.importorskip("zmq")
 pytest.importorskip("diffusers")
 
 from backend.client import Client  # noqa: E402
-from backend.kinds.image import JobOptionsError, parse_options  # noqa: E402
+from backend.kinds.common import JobOptionsError, parse_options  # noqa: E402
 from mpod123.export.gltf import validate_glb  # noqa: E402
 
 

@@ -23,7 +23,7 @@ pytest.importorskip("zmq")
 pytest.importorskip("ray", reason="the Ray executor's tests need ray: pip install 'mpod123[ray]'")
 
 from backend.demo import pattern_block  # noqa: E402
-from backend.ray_executor import pack_folder, unpack_folder  # noqa: E402
+from backend.ray_actor import pack_folder, unpack_folder  # noqa: E402
 from tests.backend_harness import Backend, Client, submit_job  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mpod123.evaluation.config import EvalConfig
 from mpod123.evaluation.suite import COLUMNS, evaluate_set, find_inputs
-from tests.mpod123.evaluation.test_evaluation import (
+from tests.eval_assets import (
     save_tiny_clip,
     save_tiny_vgg,
     write_object_glb,

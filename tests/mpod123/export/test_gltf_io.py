@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.gltf_validator import validate, validator_missing
+from benchmarks.gltf_validator import validate, validator_missing
 from mpod123.config import ExportConfig, pipeline_preset
 from mpod123.evaluation.textured_mesh import CLAMP_TO_EDGE, MIRRORED_REPEAT, REPEAT, load_mesh_file, sample_texture, shade
 from mpod123.export import MeshReadError, export_mesh, parse_glb, read_mesh, read_mesh_file

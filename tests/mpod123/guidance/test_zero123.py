@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 from mpod123.camera import orbit_cameras  # noqa: E402
 from mpod123.guidance import GuidanceInput  # noqa: E402
 from mpod123.guidance.zero123 import (  # noqa: E402
+    CameraProjection,
     ModelNotFound,
     Zero123Config,
     Zero123Guidance,
@@ -135,3 +136,22 @@ def test_one_outline_step_with_zero123_reaches_the_nerf(tiny_zero123, tiny_cfg):
     assert set(losses) <= {"sds_zero123", "entropy", "orientation", "normal_smoothness"}
     moved = [not torch.equal(a, b) for a, b in zip(before, stage.field.parameters())]
     assert all(moved), "every NeRF parameter received a gradient step"
+
+
+def test_the_tiny_camera_projection_has_the_published_layout_and_our_class_loads_it(tiny_zero123):
+    """The tiny checkpoint writes clip_camera_projection as the zero123 pipelines publish it (their class name,
+    one ``proj`` Linear), not through our class; our CameraProjection must load it as it loads theirs."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = tiny_zero123 / "clip_camera_projection"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["_class_name"] == "CLIPCameraProjection" and config["additional_embeddings"] == 4
+    tensors = load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+    dim = config["embedding_dim"]
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {"proj.weight": (dim, dim + 4), "proj.bias": (dim,)}
+    loaded = CameraProjection.from_pretrained(tiny_zero123, subfolder="clip_camera_projection")
+    assert torch.equal(loaded.proj.weight, tensors["proj.weight"]) and torch.equal(loaded.proj.bias, tensors["proj.bias"])
+    x = torch.randn(2, dim + 4)
+    torch.testing.assert_close(loaded(x), x @ tensors["proj.weight"].T + tensors["proj.bias"])

@@ -32,12 +32,7 @@ CHEAP = ["--preset", "draft", "--tiny", "--device", "cpu", "--faces", "300", "--
          "--set", "export.uv_backend=torch", "--set", "outline.preview_every=0", "--set", "detail.preview_every=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_models_home(tmp_path_factory):
-    from tests.tiny_models import tiny_models_env
-
-    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
-        yield folder
+pytestmark = pytest.mark.usefixtures("tiny_models_home")  # tiny models made once for this module (conftest)
 
 
 @pytest.fixture(scope="module")

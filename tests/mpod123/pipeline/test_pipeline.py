@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,48 +16,21 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from mpod123.cli.main import main  # noqa: E402
-from mpod123.config import pipeline_preset  # noqa: E402
 from mpod123.export import read_mesh  # noqa: E402
 from mpod123.export.gltf import validate_glb  # noqa: E402
 from mpod123.pipeline.generate import generate  # noqa: E402
 from mpod123.runtime.progress import Cancelled, CancelToken, Preview, Progress, Result, StageDone  # noqa: E402
+from tests.inputs import object_photo_jpeg, png_header_only  # noqa: E402
+from tests.tiny_models import small_config  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_models_home(tmp_path_factory):
-    """Tiny models are made once for this module, where ``tiny=True`` looks for them."""
-    from tests.tiny_models import tiny_models_env
-
-    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
-        yield folder
+pytestmark = pytest.mark.usefixtures("tiny_models_home")  # tiny models made once for this module (conftest)
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     """A photo-like JPEG: the procedural object rendered from the front on a slightly noisy plain backdrop."""
-    from mpod123.camera import orbit_cameras
-    from mpod123.bench.synthetic import render_object
-
-    rgba = render_object(orbit_cameras(90.0, 0.0, 2.5, 40.0, 160, 120))[0].numpy()
-    rng = np.random.default_rng(0)
-    backdrop = 0.95 + rng.normal(0, 0.006, rgba.shape[:2] + (3,))
-    img = rgba[..., :3] * rgba[..., 3:] + backdrop * (1 - rgba[..., 3:])
-    path = tmp_path_factory.mktemp("photo") / "object.jpg"
-    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, quality=92)
-    return path
-
-
-def small_config(steps: int = 6):
-    cfg = pipeline_preset("draft")
-    cfg.outline.steps = cfg.detail.steps = steps
-    cfg.inversion.steps = 2
-    for stage in (cfg.outline, cfg.detail):
-        stage.preview_every = stage.checkpoint_every = max(1, steps // 2)
-        stage.mesh_preview.every = max(1, steps // 2)  # a tenth of 6 steps would be every step
-    cfg.outline.occupancy.warmup_steps = 2
-    cfg.export.uv_backend = "torch"
-    cfg.export.texture_size = 64
-    return cfg
+    return object_photo_jpeg(tmp_path_factory.mktemp("photo") / "object.jpg")
 
 
 class Recorder:
@@ -122,7 +94,7 @@ KILLABLE_RUN = """
 import sys
 from pathlib import Path
 from mpod123.pipeline.generate import generate
-from tests.mpod123.pipeline.test_pipeline import small_config
+from tests.tiny_models import small_config
 generate(Path(sys.argv[1]), Path(sys.argv[2]), config=small_config(40), tiny=True, device="cpu", workdir=Path(sys.argv[3]))
 """
 
@@ -193,7 +165,6 @@ def test_cancel_stops_within_a_step_and_leaves_a_consistent_folder(photo, tmp_pa
 
 @pytest.mark.parametrize("kind", ["corrupt", "zero-bytes", "empty-alpha", "all-background", "huge-header", "unwritable"])
 def test_bad_inputs_exit_2_with_a_message_and_no_output(tmp_path, photo, capsys, kind):
-    from .test_preprocess import _png_header_only
 
     image, out = tmp_path / "in.png", tmp_path / "out.glb"
     if kind == "corrupt":
@@ -205,7 +176,7 @@ def test_bad_inputs_exit_2_with_a_message_and_no_output(tmp_path, photo, capsys,
     elif kind == "all-background":
         Image.new("RGB", (64, 64), (255, 255, 255)).save(image)
     elif kind == "huge-header":
-        _png_header_only(image, 30000, 30000)
+        png_header_only(image, 30000, 30000)
     else:
         image = photo
         (tmp_path / "a-file").write_text("not a folder")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +14,7 @@ from mpod123.pipeline.preprocess import (
     preprocess,
     read_image,
 )
+from tests.inputs import png_header_only
 
 from ...conftest import SHARED_DATA
 
@@ -94,20 +92,12 @@ def test_large_photos_are_reduced_fast(tmp_path):
     assert out.method == "plain-background" and out.source_size == (5000, 4000)
 
 
-def _png_header_only(path, width: int, height: int) -> None:
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
-
-
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda p: p.write_bytes(b""), "empty"),
         (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "not an image|corrupt"),
-        (lambda p: _png_header_only(p, 30000, 30000), "too large.*Downscale"),
+        (lambda p: png_header_only(p, 30000, 30000), "too large.*Downscale"),
         (lambda p: _save(np.zeros((32, 32, 4), np.float32), p), "alpha channel is empty|no object"),
         (lambda p: Image.new("RGB", (64, 64), (255, 255, 255)).save(p, format="PNG"), "no object"),
         (lambda p: Image.new("RGB", (8, 8)).save(p, format="GIF"), "GIF"),

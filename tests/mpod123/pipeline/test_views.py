@@ -1,6 +1,6 @@
 """Extra views (`generate --view IMG@AZ[,POLAR]`): parsing, cameras, framing, the stages' use, end to end.
 
-The photos are renders of the procedural object (mpod123/synthetic.py) from cameras built here with
+The photos are renders of the procedural object (mpod123/bench/synthetic.py) from cameras built (tests/inputs.py) with
 look_at from explicit eye points, not with the code under test: the object faces +Z, so a photo of
 its left side is taken from +X (its blue arm), from behind from -Z, of its right side from -X.
 """
@@ -21,7 +21,6 @@ from mpod123.config import pipeline_preset
 from mpod123.imaging.metrics import silhouette_iou
 from mpod123.pipeline.preprocess import preprocess
 from mpod123.stages.base import reference_view_index
-from mpod123.bench.synthetic import render_object
 from mpod123.pipeline.extra_views import (
     MAX_VIEWS,
     ViewSpec,
@@ -31,31 +30,8 @@ from mpod123.pipeline.extra_views import (
     reference_views,
     view_camera,
 )
-
-E = 2.5
-EYES = {  # where a photographer stands for each side of the object (it faces +Z, its left is +X)
-    "front": (0.0, 0.0, E),
-    "left": (E, 0.0, 0.0),
-    "back": (0.0, 0.0, -E),
-    "right": (-E, 0.0, 0.0),
-    "left_above": (E * math.sin(math.radians(80)), E * math.cos(math.radians(80)), 0.0),
-}
-
-
-def camera_at(eye, size=96, target=(0.0, 0.0, 0.0), fov_deg=40.0) -> Cameras:
-    eye_t, target_t = torch.tensor([eye], dtype=torch.float32), torch.tensor([target], dtype=torch.float32)
-    return Cameras(look_at(eye_t, target_t), torch.tensor([math.radians(fov_deg)]), size, size)
-
-
-def png_of(rgba: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray((np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8), "RGBA").save(buf, "PNG")
-    return buf.getvalue()
-
-
-def photo(side: str, size: int = 96) -> bytes:
-    return png_of(render_object(camera_at(EYES[side], size))[0].numpy())
-
+from tests.inputs import EYES, camera_at, png_of
+from tests.inputs import view_photo as photo
 
 @pytest.fixture(scope="module")
 def photos():
@@ -276,14 +252,6 @@ def test_textual_inversion_pool_holds_every_view(tmp_path, photos):
 
 
 # ------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def tiny_models_home(tmp_path_factory):
-    from tests.tiny_models import tiny_models_env
-
-    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")) as folder:
-        yield folder
-
-
 def test_generate_with_two_extra_views_end_to_end(tiny_models_home, photos, tmp_path):
     from mpod123.cli.main import main
     from mpod123.export.gltf import validate_glb

@@ -115,8 +115,28 @@ def test_a_self_test_leaves_the_callers_random_state_alone(fake_accelerator):
     assert torch.equal(torch.rand(4), expected), "a seeded run draws the same numbers with or without a self-test"
 
 
-def test_every_real_accelerator_has_a_self_test():
-    assert set(accel_selftest.SELF_TESTS) >= set(_optional.ACCELERATORS) - {"fakeacc"}
+def test_every_real_accelerator_has_a_self_test_registered_by_the_module_that_owns_its_op():
+    """The registry imports no layer above it: the owners hand their self-tests in when imported
+    (a fresh process, so an earlier test's imports cannot make this pass)."""
+    code = (
+        "import json, mpod123.runtime.selftest as st, mpod123.runtime.accelerators as acc\n"
+        "before = sorted(st.SELF_TESTS)\n"
+        "import mpod123.rendering\n"
+        "print(json.dumps([before, {n: t.__module__ for n, t in st.SELF_TESTS.items()}, sorted(acc.ACCELERATORS)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    before, owners, accelerators = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == [], "the registry itself knows no op"
+    assert sorted(owners) == accelerators
+    assert owners == {"tcnn": "mpod123.fields.hash_grid", "kaolin": "mpod123.geometry.marching_tets",
+                      "nerfacc": "mpod123.rendering.volume_renderer", "nvdiffrast": "mpod123.rendering.mesh_renderer"}
+
+
+def test_doctor_says_when_no_self_test_is_registered(monkeypatch):
+    monkeypatch.setitem(_optional.ACCELERATORS, "fakeacc", _optional.Accelerator("fakeacc", "colorsys", "n/a", False))
+    monkeypatch.delitem(accel_selftest.SELF_TESTS, "fakeacc", raising=False)
+    report = doctor.accelerators("cpu")["fakeacc"]
+    assert report["self_test"] == "not registered" and "importing mpod123.rendering" in report["detail"]
 
 
 def _serve(data, *extra, env=None):
@@ -132,7 +152,7 @@ def _serve(data, *extra, env=None):
 
 @pytest.mark.parametrize("extra, expected", [
     (("--tiny",), "GPU: none (CPU), models: tiny (built in, no download)"),
-    (("--job", "backend.kinds.image:pipeline_job"), "GPU: none (CPU), models: will download 9.3 GB"),
+    (("--job", "backend.kinds.dispatch:pipeline_job"), "GPU: none (CPU), models: will download 9.3 GB"),
 ])
 def test_the_hello_reply_carries_the_summary(tmp_path, extra, expected):
     pytest.importorskip("zmq")

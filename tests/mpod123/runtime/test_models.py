@@ -117,7 +117,7 @@ def test_models_cli_list_and_download_from_a_folder(mirror, tmp_path):
 def _serve(data: Path, env: dict, watchdog_s: float = 60):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(data),
-         "--job", "backend.kinds.image:pipeline_job", "--watchdog", str(watchdog_s)],
+         "--job", "backend.kinds.dispatch:pipeline_job", "--watchdog", str(watchdog_s)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, **env},
     )
     line = proc.stdout.readline()

@@ -111,7 +111,7 @@ def test_nan_steps_are_counted_in_run_json_and_progress_stays_under_4_per_second
     pytest.importorskip("diffusers")
     from mpod123.guidance.zero123 import Zero123Guidance
     from mpod123.pipeline.generate import generate
-    from tests.mpod123.pipeline.test_pipeline import small_config
+    from tests.tiny_models import small_config
 
     monkeypatch.setenv("MPOD123_TINY_MODELS", str(tmp_path / "tiny"))
     monkeypatch.setattr(OptimisationStage, "progress_rate_hz", PROGRESS_RATE_HZ)  # production's rate

@@ -30,7 +30,7 @@ from mpod123.texturing.camera_file import (
 from mpod123.texturing.normalisation import Normalisation
 from mpod123.texturing.uv_usability import check_uvs, coverage_counts
 
-from tests.mpod123.pipeline.test_pipeline import tiny_models_home  # noqa: E402,F401  (tiny models made once for this module)
+pytestmark = pytest.mark.usefixtures("tiny_models_home")  # tiny models made once for this module (conftest)
 
 HERE = Path(__file__).resolve().parents[2]  # tests/, where the Blender scene script lives
 PSNR_FLOOR_40PX = 14.0  # measured 15.7 dB (surface 17.9) on a 2-core CPU: 40 steps only, a smoke-size floor

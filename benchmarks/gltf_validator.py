@@ -3,7 +3,7 @@
 .ci/run installs the package into .ci/npm/node_modules before the tests; a
 developer can do the same (``npm install --prefix .ci/npm gltf-validator``) or
 install it globally. :func:`validator_missing` says why it cannot run, for a
-skip reason.
+skip reason. The GLB tests (tests/mpod123/export/test_gltf_io.py) and bench_export.py share it.
 """
 
 from __future__ import annotations
