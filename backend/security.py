@@ -42,11 +42,13 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from mpod123.runtime.errors import Mpod123Error
+
 from .client import token_path
 from .protocol import LOCAL_TRANSPORTS, is_loopback  # noqa: F401  (part of this module's API)
 
 
-class SecurityError(RuntimeError):
+class SecurityError(Mpod123Error, RuntimeError):
     """A refused security setting; the message says how to set it up."""
 
 

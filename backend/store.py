@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpod123.runtime.errors import Mpod123Error
+
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 TRANSITIONS = {
@@ -86,7 +88,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 """
 
 
-class JobStoreError(RuntimeError):
+class JobStoreError(Mpod123Error, RuntimeError):
     """A request the store refuses; the message says why."""
 
 

@@ -31,8 +31,10 @@ from types import ModuleType
 
 import torch
 
+from .errors import Mpod123Error
 
-class BackendUnavailable(RuntimeError):
+
+class BackendUnavailable(Mpod123Error, RuntimeError):
     """A named accelerator was requested but cannot run here."""
 
 
