@@ -50,15 +50,20 @@ class _MovedModule:
 
     def __init__(self, new: str) -> None:
         self.new = new
+        self.own_spec: ModuleSpec | None = None
 
     def create_module(self, spec: ModuleSpec):
         warnings.warn(f"{spec.name} moved to {self.new}: import {self.new} instead (the old path goes in the "
                       "next release)", DeprecationWarning, stacklevel=2)
         __import__(self.new)
-        return sys.modules[self.new]
+        module = sys.modules[self.new]
+        self.own_spec = module.__spec__
+        return module
 
     def exec_module(self, module) -> None:
-        """Nothing to run: the module at the new path is already loaded."""
+        """Nothing to run: the module at the new path is already loaded. The import system has just set
+        its ``__spec__`` to the old path's; give it back its own (reload, pickling and ``-m`` read it)."""
+        module.__spec__ = self.own_spec
 
 
 class _MovedModulesFinder:
