@@ -30,22 +30,26 @@ TINY_JOB = "backend.kinds.image:tiny_pipeline_job"
 
 
 class ServiceRequestError(Mpod123Error):
-    """The backend answered a request with an error, did not answer in time, or the OS refused an
-    address or a file: something the user can fix (the message says what)."""
+    """A refused security setting, a request the job store refuses, an error answer from the backend,
+    no answer in time, or an address or file the OS refuses: something the user can fix (the message
+    says what)."""
 
 
 def _clear_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """The service client's errors (its module is copied into the add-on, so they cannot derive from
-    :class:`Mpod123Error`) and the OS's refusals become :class:`ServiceRequestError`, which
-    ``mpod123.cli.common.run_command`` turns into one line on stderr and exit code 2 (never a traceback)."""
+    """The service's own errors become :class:`ServiceRequestError`, which ``mpod123.cli.common.run_command``
+    turns into one line on stderr and exit code 2 (never a traceback). They cannot derive from
+    :class:`Mpod123Error` themselves: the client module is copied into the add-on, and the server's
+    modules load nothing of the method package."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from .client import BackendError, BackendTimeout
+        from .security import SecurityError
+        from .store import JobStoreError
 
         try:
             return fn(args)
-        except (BackendError, BackendTimeout, OSError) as exc:
+        except (SecurityError, JobStoreError, BackendError, BackendTimeout, OSError) as exc:
             raise ServiceRequestError(str(exc)) from exc
 
     return run

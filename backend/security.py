@@ -42,13 +42,11 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from mpod123.runtime.errors import Mpod123Error
-
 from .client import token_path
 from .protocol import LOCAL_TRANSPORTS, is_loopback  # noqa: F401  (part of this module's API)
 
 
-class SecurityError(Mpod123Error, RuntimeError):
+class SecurityError(RuntimeError):
     """A refused security setting; the message says how to set it up."""
 
 

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mpod123.runtime.errors import Mpod123Error
-
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 TRANSITIONS = {
@@ -88,7 +86,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 """
 
 
-class JobStoreError(Mpod123Error, RuntimeError):
+class JobStoreError(RuntimeError):
     """A request the store refuses; the message says why."""
 
 

@@ -77,7 +77,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     batch = Batch(config_from_args(args))
     try:
-        code = batch.run()  # a BatchError (bad arguments, an unusable folder) is an Mpod123Error: exit 2
+        code = batch.run()  # a BatchError (bad arguments, an unusable folder) is a ValueError: exit 2
     except (ConnectionError, ServiceError, BackendError, BackendTimeout) as exc:
         if batch.outcomes:
             print(summary_table(batch.outcomes), flush=True)

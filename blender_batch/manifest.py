@@ -27,15 +27,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mpod123.runtime.errors import Mpod123Error
-
 MANIFEST_NAME = "mpod123-batch.json"
 VERSION = 1
 STATES = ("pending", "submitted", "fetched", "done", "failed")
 HISTORY_LIMIT = 50
 
 
-class ManifestError(Mpod123Error, ValueError):
+class ManifestError(ValueError):
     """The manifest cannot be read; the message says what to do."""
 
 

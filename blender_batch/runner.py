@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from mpod123.runtime.errors import Mpod123Error
-
 from . import manifest as mf
 from .catalog import ensure_catalog, normalize
 from .scan import Photo, scan, tags_for
@@ -45,7 +43,7 @@ LIBRARY_NAME = "mpod123-library"
 SILENCE_CHECK_S = 20.0
 
 
-class BatchError(Mpod123Error, ValueError):
+class BatchError(ValueError):
     """Bad arguments or an unusable folder: the message says what to change (exit code 2)."""
 
 

@@ -26,12 +26,7 @@ USER_FIXABLE = [
     ("mpod123.export.reader", "MeshReadError", ValueError),
     ("mpod123.guidance.textual_inversion", "EmbeddingError", ValueError),
     ("mpod123.bench.dataset", "DatasetError", ValueError),
-    ("backend.security", "SecurityError", RuntimeError),
-    ("backend.store", "JobStoreError", RuntimeError),
-    ("backend.store", "StoreDamaged", RuntimeError),
     ("backend.commands", "ServiceRequestError", Exception),
-    ("blender_batch.runner", "BatchError", ValueError),
-    ("blender_batch.manifest", "ManifestError", ValueError),
 ]
 
 
