@@ -53,7 +53,7 @@ class EmbeddedBackend:
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir / "serve.log"
-        cmd = [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(data_dir),
+        cmd = [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(data_dir),
                "--workers", str(max(1, workers))]
         if tiny:
             cmd.append("--tiny")

@@ -70,7 +70,7 @@ class ServeProcess:
         return f"tcp://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mpod123.cli.main", "serve", "--tiny", "--data", str(self.data),
+        return [sys.executable, "-m", "mpod123", "serve", "--tiny", "--data", str(self.data),
                 "--bind", self.endpoint, *self.extra]
 
     def start(self, timeout_s: float = 30.0) -> ServeProcess:

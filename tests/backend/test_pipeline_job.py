@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     log = data / "serve.log"
     with open(log, "w") as out:  # a file, not a pipe nobody reads: a full pipe would block the server
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mpod123.cli.main", "serve", "--tiny", "--bind", "tcp://127.0.0.1:0", "--data", str(data)],
+            [sys.executable, "-m", "mpod123", "serve", "--tiny", "--bind", "tcp://127.0.0.1:0", "--data", str(data)],
             stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
         )
     deadline = time.time() + 60

@@ -172,7 +172,7 @@ def ray_head(tmp_path):
 
 def _serve(data: Path, address: str, bind: str = "tcp://127.0.0.1:0"):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job",
+        [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job",
          "--executor", "ray", "--ray-address", address, "--ray-gpus", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

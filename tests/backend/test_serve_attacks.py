@@ -34,7 +34,7 @@ def env(tmp_path, monkeypatch):
 
 def _serve(data, env, *extra, bind="tcp://127.0.0.1:0"):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job",
+        [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job",
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -48,7 +48,7 @@ def _serve(data, env, *extra, bind="tcp://127.0.0.1:0"):
 
 
 def _cli(env, *args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "mpod123.cli.main", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "mpod123", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
 
 
@@ -69,7 +69,7 @@ def _rss_mb(pid: int) -> float:
 @pytest.mark.parametrize("bind", ["tcp://127.0.0.1:1;0.0.0.0:0", "tcp://[::1]:1;[::]:0"])
 def test_a_source_address_cannot_smuggle_a_public_bind_past_the_loopback_rule(tmp_path, env, bind):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", bind, "--data", str(tmp_path), "--job", "backend.demo:demo_job"],
+        [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(tmp_path), "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     try:
@@ -169,7 +169,7 @@ def test_client_submit_wait_survives_a_killed_and_restarted_server(tmp_path, env
     image = tmp_path / "img.png"
     image.write_bytes(b"\x89PNG not really")
     cli = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "client", "submit", str(image), "--server", endpoint, "--wait",
+        [sys.executable, "-m", "mpod123", "client", "submit", str(image), "--server", endpoint, "--wait",
          "--options", json.dumps({"steps": 30, "step_s": 0.05, "result_bytes": 100})],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -229,7 +229,7 @@ def test_keys_are_private_from_the_start_clients_send_only_public_keys_and_sighu
     assert all(m & 0o022 == 0 for m in modes.values()), modes
     assert not list(server_dir.rglob("*.key_secret"))[1:], "the server folder holds only its own secret"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path / "d"),
+        [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path / "d"),
          "--keys", str(server_dir), "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -303,7 +303,7 @@ def test_emfile_while_starting_a_worker_requeues_the_job_and_it_finishes_later(t
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path),
+        [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path),
          "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=low_fd_limit,
     )

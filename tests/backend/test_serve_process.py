@@ -18,7 +18,7 @@ from backend.client import Client  # noqa: E402
 
 def _start(data, bind="tcp://127.0.0.1:0"):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job"],
+        [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     line = proc.stdout.readline()

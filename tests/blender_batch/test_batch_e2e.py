@@ -99,7 +99,7 @@ def make_photos(folder: Path, shapes=SHAPES) -> None:
 
 
 def batch_cmd(photos: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mpod123.cli.main", "batch", str(photos), "--out", str(out), "--timeout", "60",
+    return [sys.executable, "-m", "mpod123", "batch", str(photos), "--out", str(out), "--timeout", "60",
             "--job-timeout", "300", *extra]
 
 
@@ -299,7 +299,7 @@ def curve_server(tmp_path):
     data.mkdir()
     log = data / "serve.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--keys",
+        proc = subprocess.Popen([sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--keys",
                                  str(keys), "--data", str(data), "--workers", "2", *DEMO],
                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     try:
