@@ -1,13 +1,14 @@
-"""Command-line commands of the service (registered by ``mpod123.cli.main``): ``serve``, ``keys``, ``client``.
+"""Command-line commands of the service: ``serve``, ``keys``, ``client``.
 
-They live here, beside the code they drive, so that the method package
-imports nothing of the service. Nothing heavy is imported at module level:
-building the parser costs no zmq import.
+They live here, beside the code they drive, and join the ``mpod123`` command
+line through the ``mpod123.commands`` entry point ``service`` (pyproject.toml),
+so that the method package imports nothing of the service. Nothing heavy is
+imported at module level: building the parser costs no zmq import.
 
-Exit codes: 0 success, 1 a job failed or a service thread stopped by itself
-(``serve``: a service manager should restart it), 2 bad usage, a refused
-setting or an error answer from the backend (the message says what to do),
-130 interrupted.
+Exit codes (``mpod123.cli.common``'s): 0 success, 1 a job failed or a service
+thread stopped by itself (``serve``: a service manager should restart it), 2 bad
+usage, a refused setting or an error answer from the backend (the message says
+what to do), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,26 +22,35 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from mpod123.cli.common import EXIT_FAILURE, EXIT_OK
+from mpod123.runtime.errors import Mpod123Error
 
 TINY_JOB = "backend.kinds.dispatch:tiny_pipeline_job"
 """The job ``serve --tiny`` runs."""
 
 
+class ServiceRequestError(Mpod123Error):
+    """A refused security setting, a request the job store refuses, an error answer from the backend,
+    no answer in time, or an address or file the OS refuses: something the user can fix (the message
+    says what)."""
+
+
 def _clear_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """The service's own errors become one line on stderr and exit code 2 (never a traceback)."""
+    """The service's own errors become :class:`ServiceRequestError`, which ``mpod123.cli.common.run_command``
+    turns into one line on stderr and exit code 2 (never a traceback). They cannot derive from
+    :class:`Mpod123Error` themselves: the client module is copied into the add-on, and the server's
+    modules load nothing of the method package."""
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         from .client import BackendError, BackendTimeout
-        from .store import JobStoreError
         from .security import SecurityError
+        from .store import JobStoreError
 
         try:
             return fn(args)
-        except (SecurityError, BackendError, BackendTimeout, JobStoreError, ValueError, OSError) as exc:
-            print(f"mpod123: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        except (SecurityError, JobStoreError, BackendError, BackendTimeout, OSError) as exc:
+            raise ServiceRequestError(str(exc)) from exc
 
     return run
 

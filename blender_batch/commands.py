@@ -1,6 +1,7 @@
-"""Command-line commands of this package (registered by ``mpod123.cli.main``): ``mpod123 batch``.
+"""``mpod123 batch``, joined to the ``mpod123`` command line through the ``mpod123.commands`` entry
+point ``batch`` (pyproject.toml).
 
-Exit codes: 0 every photo is done (or was done before), 1 at least one photo
+Exit codes (``mpod123.cli.common``'s): 0 every photo is done (or was done before), 1 at least one photo
 failed (the summary says why) or the backend could not be reached, 2 bad
 arguments or an unusable folder, 130 interrupted (rerun the same command to
 continue).
@@ -13,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from mpod123.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, run_command
+from mpod123.runtime.errors import UsageError
 
 
 def _job_option(text: str) -> tuple[str, object]:
@@ -66,20 +68,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from .runner import Batch, BatchError, summary_table
+    from .runner import Batch, summary_table
     from .service import ServiceError
 
     if args.steps is not None and args.steps < 1:
-        print("mpod123 batch: error: --steps must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise UsageError("--steps must be at least 1")
     from backend.client import BackendError, BackendTimeout
 
     batch = Batch(config_from_args(args))
     try:
-        code = batch.run()
-    except BatchError as exc:
-        print(f"mpod123 batch: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = batch.run()  # a BatchError (bad arguments, an unusable folder) is a ValueError: exit 2
     except (ConnectionError, ServiceError, BackendError, BackendTimeout) as exc:
         if batch.outcomes:
             print(summary_table(batch.outcomes), flush=True)
@@ -105,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m blender_batch``: the same command without the rest of the mpod123 CLI."""
     parser = argparse.ArgumentParser(prog="python -m blender_batch", description="a folder of photos to .blend assets")
     add_arguments(parser)
-    return cmd_batch(parser.parse_args(argv))
+    return run_command(cmd_batch, parser.parse_args(argv), prog="mpod123 batch")

@@ -21,9 +21,10 @@ from PIL import Image
 from torch import Tensor
 
 from ..camera import Cameras, blender_c2w_to_world, world_c2w_to_blender
+from ..runtime.errors import Mpod123Error
 
 
-class DatasetError(ValueError):
+class DatasetError(Mpod123Error, ValueError):
     """A dataset folder that cannot be read; the message says which file and why."""
 
 

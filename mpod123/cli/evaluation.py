@@ -1,8 +1,8 @@
-"""Command-line commands of this package (registered by ``mpod123.cli.main``): ``eval`` and ``eval-set``.
+"""``mpod123 eval`` and ``mpod123 eval-set``: score results against their inputs (:mod:`mpod123.evaluation`).
 
 Exit codes: 0 scored (missing CLIP or VGG weights only mark those metrics
 unavailable), 1 a failure (in ``eval-set``: some object failed), 2 bad input
-(raised as ``ValueError`` subclasses, which ``mpod123.cli.main.main`` maps to 2).
+(raised as :class:`~mpod123.runtime.errors.Mpod123Error`, which ``mpod123.cli.common.run_command`` maps to 2).
 torch and transformers are imported inside the command functions only.
 """
 
@@ -12,8 +12,7 @@ import argparse
 import sys
 
 from ..evaluation.config import DEFAULT_CLIP, EvalConfig
-
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+from .common import EXIT_FAILURE, EXIT_OK
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:

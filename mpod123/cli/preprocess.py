@@ -3,31 +3,28 @@
 Writes ``input.png`` (the framed RGBA reference), ``mask.png`` (its alpha) and
 ``matte.png`` (the alpha at the photo's own size), prints the matting method
 and its confidence, and exits 2 with the fix-it message when the matting
-refuses, so a script or the add-on can check a cut-out before committing a GPU
-for an hour.
+refuses (an ``InputImageError``, mapped to 2 by ``mpod123.cli.common.run_command``),
+so a script or the add-on can check a cut-out before committing a GPU for an hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from .common import EXIT_OK
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import PreprocessConfig
-    from ..pipeline.preprocess import InputImageError, preprocess
+    from ..pipeline.preprocess import preprocess
 
     cfg = PreprocessConfig(size=args.size, matting=args.matting)
     if args.min_confidence is not None:
         cfg.min_confidence = args.min_confidence
-    try:
-        pre = preprocess(args.photo, cfg)
-    except InputImageError as exc:
-        print(f"mpod123: refused: {exc}", file=sys.stderr)
-        return 2
+    pre = preprocess(args.photo, cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pre.save(out)
@@ -41,7 +38,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     }
     (out / "preprocess.json").write_text(json.dumps(summary, indent=1))
     print(f"{pre.method} (confidence {pre.confidence:.2f}): wrote input.png, mask.png and matte.png to {out}")
-    return 0
+    return EXIT_OK
 
 
 def register(sub) -> None:

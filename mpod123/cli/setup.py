@@ -1,4 +1,4 @@
-"""Command-line commands for setting an environment up (registered by ``mpod123.cli.main``): ``doctor`` and ``models``.
+"""``mpod123 doctor`` and ``mpod123 models``: setting an environment up.
 
     mpod123 doctor [--json]                 what this environment can do
     mpod123 models list [--json]            the pipeline's weights: ready or not, size, where
@@ -6,8 +6,8 @@
                                             get them, with a progress bar; resumable
 
 Exit codes: 0 done, 1 a failure, 2 bad input or weights that cannot be
-fetched (``ModelNotFound``, a ``FileNotFoundError``, which ``mpod123.cli.main``
-maps to 2). torch is imported by ``doctor`` only.
+fetched (``ModelNotFound``, an :class:`~mpod123.runtime.errors.Mpod123Error`, which
+``mpod123.cli.common.run_command`` maps to 2). torch is imported by ``doctor`` only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-EXIT_OK = 0
+from ..runtime.errors import UsageError
+from .common import EXIT_OK
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -43,7 +44,7 @@ def _specs(args: argparse.Namespace):
             elif source in ("zero123", "sd"):
                 chosen.append(next(s for s in specs if s.role == source))
             else:
-                raise ValueError(f"{source!r} is not one of the pipeline's models ({', '.join(by_source)}); "
+                raise UsageError(f"{source!r} is not one of the pipeline's models ({', '.join(by_source)}); "
                                  "name another with --zero123 or --sd")
         specs = chosen
     return specs
@@ -85,7 +86,7 @@ def _cmd_models_download(args: argparse.Namespace) -> int:
 
     specs = _specs(args)
     if args.from_folder and len(specs) != 1:
-        raise ValueError("--from copies one model: name it (e.g. `mpod123 models download sd --from /mirror/sd15`)")
+        raise UsageError("--from copies one model: name it (e.g. `mpod123 models download sd --from /mirror/sd15`)")
     bar = models.throttled(_Bar(), 0.2)
     for spec in specs:
         if args.from_folder:

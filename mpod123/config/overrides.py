@@ -3,7 +3,10 @@
 Tuning on a GPU should need no code change: every knob is a dataclass field, so
 ``a.b.c=value`` names one, the value is parsed as JSON when it parses (numbers,
 true/false, null, lists) and as a plain string otherwise, and it is checked
-against the field's type before the run starts. ``load_config`` reads the
+against the field's type, and by the setting's own check in :data:`SETTING_CHECKS`, before the run
+starts. Command-line flags such as ``--faces`` are other names for these paths, so each check lives
+here once. Groups that are not part of :class:`PipelineConfig` (the text-to-3D ``candidates``) are
+reached the same way when the command passes them in ``groups``. ``load_config`` reads the
 ``config`` of a ``run.json`` (or a bare config dict), so a recorded run can be
 repeated exactly.
 """
@@ -14,13 +17,15 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..runtime.errors import Mpod123Error
 from . import PipelineConfig, from_dict
 
 
-class OverrideError(ValueError):
+class OverrideError(Mpod123Error, ValueError):
     """An override that names no field or whose value does not fit it; the message says which."""
 
 
@@ -87,31 +92,68 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise OverrideError(f"{where}: unsupported field type {hint!r}")
 
 
-def apply_override(cfg: Any, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` to the config dataclass ``cfg`` in place."""
+def _face_budget(value: int | None, where: str) -> int | None:
+    if not value:  # 0 or null: keep every face
+        return None
+    if value < 4:
+        raise OverrideError(f"{where} must be at least 4 (or 0 for the full mesh), got {value}")
+    return value
+
+
+def _between(low: float, high: float) -> Callable[[Any, str], Any]:
+    def check(value: Any, where: str) -> Any:
+        if not low <= value <= high:
+            raise OverrideError(f"{where} must be between {low} and {high}, got {value}")
+        return value
+
+    return check
+
+
+SETTING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "export.target_faces": _face_budget,
+    "export.texture_size": _between(16, 8192),
+}
+"""Setting path -> its range check (value, how the user named it) -> the value to store. The type
+check comes from the field's annotation; these add what a type cannot say."""
+
+
+def apply_override(cfg: Any, assignment: str, label: str | None = None,
+                   groups: Mapping[str, Any] | None = None) -> None:
+    """Apply one ``a.b.c=value`` to the config dataclass ``cfg`` in place (or to ``groups[a]`` when
+    ``a`` names one of those). ``label`` is how the user gave it (``--faces``) for the messages."""
     if "=" not in assignment:
         raise OverrideError(f"--set {assignment!r}: write it as name=value, e.g. detail.sdf_lr=1e-3")
     path, _, text = assignment.partition("=")
-    names = path.strip().split(".")
+    path = path.strip()
+    names = path.split(".")
+    where = label or f"--set {path}"
     target = cfg
+    if groups and names[0] in groups and names[0] not in _fields(cfg):
+        target, names = groups[names[0]], names[1:]
     for depth, name in enumerate(names):
         fields = _fields(target)
         if name not in fields:
-            here = ".".join(names[:depth]) or type(cfg).__name__
-            raise OverrideError(f"--set {path}: {here} has no field {name!r} (it has {', '.join(sorted(fields))})")
+            here = ".".join(names[:depth]) or type(target).__name__
+            others = sorted(fields) + (sorted(groups or ()) if target is cfg else [])
+            raise OverrideError(f"--set {path}: {here} has no field {name!r} (it has {', '.join(others)})")
         if depth == len(names) - 1:
             hint = typing.get_type_hints(type(target))[name]
-            setattr(target, name, _coerce(_parse(text.strip()), hint, f"--set {path}"))
+            value = _coerce(_parse(text.strip()), hint, where)
+            check = SETTING_CHECKS.get(path)
+            setattr(target, name, check(value, where) if check else value)
         else:
             target = getattr(target, name)
             if not dataclasses.is_dataclass(target):
                 raise OverrideError(f"--set {path}: {'.'.join(names[: depth + 1])} is a value, not a group")
 
 
-def apply_overrides(cfg: PipelineConfig, assignments: list[str] | tuple[str, ...]) -> PipelineConfig:
-    """Apply every override in order and record them in ``cfg.overrides`` (written to run.json)."""
+def apply_overrides(cfg: PipelineConfig, assignments: list[str] | tuple[str, ...],
+                    labels: Mapping[str, str] | None = None, groups: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """Apply every override in order and record them in ``cfg.overrides`` (written to run.json).
+    ``labels``: setting path -> the flag it was given with; ``groups``: settings outside ``cfg``."""
+    labels = labels or {}
     for assignment in assignments:
-        apply_override(cfg, assignment)
+        apply_override(cfg, assignment, labels.get(assignment.partition("=")[0].strip()), groups)
     cfg.overrides = tuple(cfg.overrides) + tuple(assignments)
     return cfg
 
@@ -135,14 +177,15 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise OverrideError(f"{path} does not match this version's configuration: {exc}") from None
 
 
-__all__ = ["OverrideError", "apply_override", "apply_overrides", "load_config", "run_config"]
+__all__ = ["SETTING_CHECKS", "OverrideError", "apply_override", "apply_overrides", "load_config", "run_config"]
 
 
-def run_config(preset: str, seed: int | None, config_path: str | None, assignments: list[str]) -> PipelineConfig:
+def run_config(preset: str, seed: int | None, config_path: str | None, assignments: list[str],
+               labels: Mapping[str, str] | None = None, groups: Mapping[str, Any] | None = None) -> PipelineConfig:
     """The config a ``generate`` command asks for: the recorded ``config_path`` or the preset, the
-    seed when given (else the recorded one, else 0), then the overrides."""
+    seed when given (else the recorded one, else 0), then the overrides (see :func:`apply_overrides`)."""
     from . import pipeline_preset
 
     cfg = load_config(config_path) if config_path else pipeline_preset(preset)
     cfg.with_seed(seed if seed is not None else (cfg.seed if config_path else 0))
-    return apply_overrides(cfg, assignments)
+    return apply_overrides(cfg, assignments, labels, groups)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Backend = Literal["auto", "torch", "tcnn", "nerfacc"]
+from .backends import HashGridBackend, MarcherBackend, MarchingTetsBackend, RasterizerBackend
 BackgroundKind = Literal["white", "black", "random"]
 
 
@@ -59,7 +59,7 @@ class HashGridConfig:
     base_resolution: int = 16
     per_level_scale: float = 1.4472692374403782
     """Growth factor between levels; the default reaches 2048 at level 16."""
-    backend: Backend = "auto"
+    backend: HashGridBackend = "auto"
     """"torch" (reference, any device), "tcnn" (tinycudann, CUDA) or "auto"."""
 
 
@@ -95,7 +95,7 @@ class OccupancyGridConfig:
     ema_decay: float = 0.95
     threshold: float = 0.01
     """A cell is occupied when density * step size exceeds min(mean, threshold)."""
-    backend: Backend = "auto"
+    backend: MarcherBackend = "auto"
     """"torch" (reference, any device), "nerfacc" (CUDA) or "auto"."""
 
 
@@ -337,7 +337,7 @@ class DMTetConfig:
     init_threshold: float | None = None
     """Density at which the initial surface is extracted from the NeRF; None calibrates it
     so that the first mesh's silhouettes best match the stage-1 masks."""
-    backend: Backend = "auto"
+    backend: MarchingTetsBackend = "auto"
     """Marching tets: "torch" (reference) or "kaolin" (CUDA) or "auto"."""
 
 
@@ -388,7 +388,7 @@ class DetailStageConfig:
     """Share of lit views rendered with a white albedo, geometry only (stable-dreamfusion: 0.2)."""
     light_jitter: float = 1.0
     """The light sits at the camera position plus N(0, light_jitter^2) per axis, seen from the origin."""
-    rasterizer_backend: Backend = "auto"
+    rasterizer_backend: RasterizerBackend = "auto"
     """"torch" (reference) or "nvdiffrast" (CUDA) or "auto"."""
     preview_every: int = 500
     preview_views: int = 4

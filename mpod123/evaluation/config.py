@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime.errors import Mpod123Error
+
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 """ViT-L/14, the backbone Magic123's and Make-it-3D's CLIP scores use (papers differ; it is always reported)."""
 
@@ -50,10 +52,10 @@ class EvalConfig:
     """Also write each turntable view as a PNG under ``views/``."""
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(Mpod123Error, RuntimeError):
     """A model needed by a metric cannot be loaded; the message says where it was looked for
     and which flag points at a local copy. The metric is reported as unavailable."""
 
 
-class EvalInputError(ValueError):
+class EvalInputError(Mpod123Error, ValueError):
     """A result or reference file that cannot be evaluated (bad GLB, unreadable image)."""

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.errors import Mpod123Error
+
 GLB_MAGIC = 0x46546C67
 CHUNK_JSON = 0x4E4F534A
 CHUNK_BIN = 0x004E4942
@@ -36,7 +38,7 @@ FLOAT, UINT32 = 5126, 5125
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 
 
-class GLBError(ValueError):
+class GLBError(Mpod123Error, ValueError):
     """A GLB that fails validation; the message says which check."""
 
 

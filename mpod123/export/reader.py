@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.errors import Mpod123Error
+
 GLB_MAGIC = 0x46546C67
 REPEAT, CLAMP_TO_EDGE, MIRRORED_REPEAT = 10497, 33071, 33648
 _TAG = "mpod123-material-"
@@ -40,7 +42,7 @@ _UNDERSTOOD = {"KHR_texture_transform", "KHR_materials_unlit", "KHR_materials_em
                "KHR_texture_basisu", "KHR_mesh_quantization"}
 
 
-class MeshReadError(ValueError):
+class MeshReadError(Mpod123Error, ValueError):
     """A mesh file that cannot be read; the message says why and what to do."""
 
 

@@ -26,9 +26,10 @@ import torch
 from torch import Tensor
 
 from ..geometry.mesh import Mesh
+from ..runtime.errors import Mpod123Error
 
 
-class UnwrapError(RuntimeError):
+class UnwrapError(Mpod123Error, RuntimeError):
     """UV unwrapping failed; the message says what to try instead."""
 
 

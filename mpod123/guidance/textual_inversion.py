@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TextualInversionConfig
+from ..runtime.errors import Mpod123Error
 from .multiview import resize_rgba
 from .stable_diffusion import StableDiffusionModels
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(Mpod123Error, ValueError):
     """An embedding file that cannot be used; the message says why."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config.candidates import CandidateConfig
 from ..runtime.progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 from .prompt import MAX_PROMPT_CHARS, PromptError, check_prompt
 from .runner import RunError
@@ -41,41 +42,6 @@ CANDIDATE_RECORD = "candidates.json"
 
 class NoUsableCandidate(RunError):
     """No candidate image matted as one clean object; the message says what to try."""
-
-
-@dataclass
-class CandidateConfig:
-    """How candidate images are drawn from a prompt."""
-
-    count: int = 4
-    """Candidates drawn (each about as costly as one SD image: seconds on a GPU)."""
-    steps: int = 30
-    """Denoising steps of DPM-Solver++ per candidate (25-30 is its usual quality plateau)."""
-    guidance_scale: float = 7.5
-    """Classifier-free guidance scale (SD 1.5's usual 7.5)."""
-    size: int | None = None
-    """Image side in pixels; None: the model's native size (512 for SD 1.5, 16 for the tiny model)."""
-    suffix: str = (", a single whole object, centered, isolated on a plain white background, "
-                   "full view, product photo, studio lighting, high detail")
-    """Appended to the user's prompt: the object alone and whole on white is what the matting accepts."""
-    negative_prompt: str = ("multiple objects, cropped, cut off, out of frame, scenery, landscape, room, "
-                            "busy background, pattern background, shadow, text, watermark, frame, border, blurry")
-
-    def validate(self) -> CandidateConfig:
-        if not 1 <= self.count <= 16:
-            raise ValueError(f"candidates must be between 1 and 16, got {self.count}")
-        if not 1 <= self.steps <= 200:
-            raise ValueError(f"candidate steps must be between 1 and 200, got {self.steps}")
-        if not 0.0 <= self.guidance_scale <= 50.0:
-            raise ValueError(f"the candidates' guidance scale must be between 0 and 50, got {self.guidance_scale}")
-        if self.size is not None and not (8 <= self.size <= 1024 and self.size % 8 == 0):
-            raise ValueError(f"the candidate size must be a multiple of 8 between 8 and 1024, got {self.size}")
-        return self
-
-    @classmethod
-    def tiny(cls, count: int = 2) -> CandidateConfig:
-        """For the tiny random models: their native 16 px and a few steps."""
-        return cls(count=count, steps=4)
 
 
 def augmented_prompt(prompt: str, cfg: CandidateConfig) -> str:
@@ -369,32 +335,8 @@ def write_record(folder: Path, key: dict, text: TextRun, error: str = "") -> Pat
     return path
 
 
-def prompt_generate(args) -> Callable[..., Any]:
-    """For ``mpod123 generate``: checks that exactly one of IMAGE and ``--prompt`` is given, and returns
-    a function with :func:`mpod123.pipeline.generate.generate`'s signature that runs from the prompt."""
-    if args.image is not None and args.prompt is not None:
-        raise ValueError("give either an IMAGE or --prompt, not both (an image needs no candidates)")
-    if args.prompt is None:
-        if args.image is None:
-            raise ValueError("give an IMAGE to generate from, or --prompt \"a red vintage kettle\" for text to 3D")
-        raise ValueError("--candidates and --pick choose among the images drawn for --prompt; with an IMAGE leave them out")
-    if getattr(args, "views", None):
-        raise ValueError("--view adds photos of the object to an IMAGE; with --prompt the object is drawn, so there "
-                         "is no photo to add views to: leave --view out, or generate from a photo")
-    prompt = check_prompt(args.prompt)
-    ccfg = CandidateConfig.tiny() if args.tiny else CandidateConfig()
-    if args.candidates is not None:
-        ccfg.count = args.candidates
-    ccfg.validate()
-
-    def run(_image, out_glb, views=(), **kwargs):  # views: always empty here (refused above)
-        return generate_from_prompt(prompt, out_glb, candidates=ccfg, pick=args.pick, **kwargs)
-
-    return run
-
-
 __all__ = [
-    "CandidateConfig", "CandidateMaker", "prompt_generate", "MAX_PROMPT_CHARS", "NoUsableCandidate", "PromptError", "TextRun",
+    "CandidateConfig", "CandidateMaker", "MAX_PROMPT_CHARS", "NoUsableCandidate", "PromptError", "TextRun",
     "Verdict", "augmented_prompt", "candidate_seed", "check_prompt", "generate_from_prompt", "judge",
     "make_candidates", "pick_candidate", "prompt_templates",
 ]

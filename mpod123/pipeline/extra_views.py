@@ -52,6 +52,7 @@ from torch import Tensor
 
 from ..camera import Cameras, orbit_cameras
 from ..config import PipelineConfig, PreprocessConfig
+from ..runtime.errors import Mpod123Error
 from .preprocess import InputImageError, Preprocessed, find_foreground, frame, read_image
 from ..stages.base import ReferenceView
 
@@ -61,7 +62,7 @@ MAX_FILL = 0.98
 """At the shared scale, an extra view's object may span at most this fraction of the frame."""
 
 
-class ViewSpecError(ValueError):
+class ViewSpecError(Mpod123Error, ValueError):
     """An extra view that cannot be used; the message says what to give instead."""
 
 

@@ -36,9 +36,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import PreprocessConfig
 from ..imaging.images import to_uint8
+from ..runtime.errors import Mpod123Error
 
 
-class InputImageError(ValueError):
+class InputImageError(Mpod123Error, ValueError):
     """An input image that cannot be used; the message says what to supply instead."""
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+from ..runtime.errors import Mpod123Error
+
 MAX_PROMPT_CHARS = 500
 """CLIP reads 77 tokens; a longer text is almost certainly not a prompt."""
 
 
-class PromptError(ValueError):
+class PromptError(Mpod123Error, ValueError):
     """A prompt that cannot be used; the message says what to write instead."""
 
 

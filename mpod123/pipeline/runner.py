@@ -38,6 +38,7 @@ import torch
 
 from ..config import PipelineConfig, from_dict, to_dict
 from ..runtime.devices import resolve_device
+from ..runtime.errors import Mpod123Error
 from ..runtime.progress import (Cancelled, CancelToken, Event, MeshPreview, Preview, Progress, ProgressCallback, Result,
                         StageDone, emit)
 
@@ -45,7 +46,7 @@ RUN_FILE = "run.json"
 STATE_FILES = ("outline.ckpt", "detail.ckpt", "embedding.safetensors")
 
 
-class RunError(RuntimeError):
+class RunError(Mpod123Error, RuntimeError):
     """A run that cannot start or continue as asked; the message says what to do."""
 
 

@@ -31,10 +31,11 @@ from types import ModuleType
 
 import torch
 
+from .errors import Mpod123Error
 from .selftest import check as self_test_check
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(Mpod123Error, RuntimeError):
     """A named accelerator was requested but cannot run here."""
 
 

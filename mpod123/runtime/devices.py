@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import DeviceError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA when torch sees a GPU, else the CPU; asking for CUDA without one is an error."""
@@ -12,7 +14,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N]") from None
+        raise DeviceError(f"--device {name!r}: not a device; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device here; use --device cpu or auto")
+        raise DeviceError(f"--device {name}: torch sees no CUDA device here; use --device cpu or auto")
     return device

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
+from .errors import Mpod123Error
+
 GB = 1e9
 MIRROR_ENV = "MPOD123_MODELS_MIRROR"
 """A folder with ``<org>/<name>/`` copies of hub repositories, used before the hub."""
@@ -46,7 +48,7 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "dif
 """In order of preference: what ``from_pretrained`` loads by default (fp32 safetensors, else .bin)."""
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(Mpod123Error, FileNotFoundError):
     """Weights that are not on this machine and cannot be fetched now; the message says what to do."""
 
 

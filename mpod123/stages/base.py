@@ -36,6 +36,7 @@ from ..config import from_dict, to_dict
 from ..guidance import CameraProposer, over, resize_rgba
 from ..imaging.images import grid_image, png_bytes
 from ..rendering import background_color
+from ..runtime.errors import Mpod123Error
 from ..runtime.progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 from .mesh_previews import MeshPreviewer
 
@@ -46,7 +47,7 @@ PROGRESS_RATE_HZ = 4.0
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(Mpod123Error, RuntimeError):
     """A checkpoint that cannot be resumed; the message says why."""
 
 

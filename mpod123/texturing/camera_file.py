@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.errors import Mpod123Error
+
 if TYPE_CHECKING:  # parsing and validating need only the standard library (the backend checks submits with it)
     from torch import Tensor
 
@@ -38,7 +40,7 @@ KEYS = {"position", "look_at", "fov_y_deg", "up"}
 MAX_CAMERA_FILE_BYTES = 64 << 10
 
 
-class CameraFileError(ValueError):
+class CameraFileError(Mpod123Error, ValueError):
     """A camera description that cannot be used; the message says what to fix."""
 
 

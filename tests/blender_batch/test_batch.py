@@ -158,10 +158,14 @@ def test_summary_table_lists_every_file_with_its_reason():
 
 
 def test_the_batch_package_loads_bpy_but_never_torch_or_the_method():
+    """Its working modules load nothing of the method; its command module joins the `mpod123` command
+    line, so it shares the exit codes and the error mapping of mpod123.cli.common (still no torch)."""
     import subprocess
     import sys
 
-    code = ("import sys, blender_batch.commands, blender_batch.runner, blender_batch.service, blender_batch.assets; "
-            "print(sorted(m for m in ('torch', 'mpod123', 'bpy') if m in sys.modules))")
+    code = ("import sys, blender_batch.runner, blender_batch.service, blender_batch.assets; "
+            "print(sorted(m for m in ('torch', 'mpod123', 'bpy') if m in sys.modules)); "
+            "import blender_batch.commands; "
+            "print(sorted(m for m in ('torch', 'mpod123.cli.common', 'bpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "['bpy']"
+    assert out.stdout.strip().splitlines()[-2:] == ["['bpy']", "['bpy', 'mpod123.cli.common']"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from mpod123.cli.main import EXIT_BAD_INPUT, main
+from mpod123.cli.common import EXIT_BAD_INPUT
+from mpod123.cli.main import main
 
 
 def test_bench_overrides_reach_the_stage_configs_and_bad_ones_exit_2(tmp_path, capsys):

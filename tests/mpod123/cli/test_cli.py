@@ -9,7 +9,8 @@ import sys
 
 from PIL import Image
 
-from mpod123.cli.main import EXIT_BAD_INPUT, main
+from mpod123.cli.common import EXIT_BAD_INPUT
+from mpod123.cli.main import main
 
 
 def test_reconstruct_writes_metrics_and_contact_sheet(tmp_path, capsys):
@@ -51,7 +52,7 @@ def test_console_script_is_installed():
 
 def test_run_resumable_says_how_to_continue_after_ctrl_c_and_closes_the_bars(tmp_path, capsys):
     """generate and texture share this: Ctrl-C is exit 130 with the --resume hint, never a traceback."""
-    from mpod123.cli.main import StageBars, run_resumable
+    from mpod123.cli.common import StageBars, run_resumable
 
     closed = []
 

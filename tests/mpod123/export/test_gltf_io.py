@@ -329,7 +329,8 @@ def test_our_glbs_pass_the_khronos_validator_at_the_presets_face_budgets(tmp_pat
 
 # ----------------------------------------------------------------------------- the command line
 def test_generate_takes_a_face_budget_and_a_texture_size():
-    from mpod123.cli.main import build_parser, generate_config
+    from mpod123.cli.generate import generate_config
+    from mpod123.cli.main import build_parser
 
     parse = build_parser().parse_args
     assert generate_config(parse(["generate", "a.png", "-o", "a.glb", "--preset", "paper"])).export.target_faces == 50_000
