@@ -67,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .store import JobStore
     from .kinds.image import ENV_MODELS
-    from .security import CurveServerSecurity, check_bind, check_bound, ensure_local_token, load_server_keys
+    from .security import (
+        CurveServerSecurity, check_bind, check_bound, ensure_local_keys, load_server_keys, private_data_dir,
+    )
     from .server import Server, ServerConfig, ServiceFailed, serve_forever
     from .workers import ExecutorConfig, LocalExecutor
 
@@ -75,7 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, env in ENV_MODELS.items():  # the workers (spawned processes) read these
         if getattr(args, name, None):
             os.environ[env] = str(getattr(args, name))
-    data = Path(args.data)
+    # the keys first: a refused runtime folder or key must stop the start before anything is made
+    keys = load_server_keys(args.keys) if args.keys else ensure_local_keys()
+    os.umask(0o077)  # everything serve and its workers write (database, inputs, previews, results) is 0600
+    data, narrowed = private_data_dir(args.data)
+    if narrowed:
+        print(f"mpod123: {data} was open to other users; narrowed it to 0700 (its files to 0600)", file=sys.stderr)
     store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts, busy_timeout_s=args.store_timeout, check=True)
     job_fn = TINY_JOB if args.tiny else args.job
     executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up)
@@ -91,21 +98,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         executor = LocalExecutor(store, data, executor_cfg)
     recovered = executor.recover()  # a Ray executor reattaches to jobs still running on the cluster
     ctx = zmq.Context.instance()
-    security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
-    token, token_file = (None, None) if security else ensure_local_token()
+    security = CurveServerSecurity(ctx, keys)  # local mode is CURVE too: nothing is accepted before ZAP
     info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": job_fn, "executor": args.executor}
-    server = Server(store, ServerConfig(bind=args.bind, info=info, local_token=token,
-                                        key_allowed=security.allows if security else None), ctx,
-                    security.configure if security else None)
+    server = Server(store, ServerConfig(bind=args.bind, info=info, local_key=keys.local_client,
+                                        require_loopback=not args.keys, key_allowed=security.allows), ctx,
+                    security.configure)
     try:
         endpoint = server.start()
         check_bound(endpoint, args.keys)
     except RuntimeError as exc:
-        if security:
-            security.stop()
+        security.stop()
         raise ValueError(str(exc)) from None
     executor.start()
-    auth = "CURVE" if security else f"loopback, clients of this user only (token in {token_file})"
+    auth = "CURVE" if args.keys else "loopback, CURVE with this user's local keys"
     print(
         f"mpod123 backend on {endpoint} ({auth}), "
         f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {job_fn}, data in {data}; "
@@ -115,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a clean stop too
-        if security and hasattr(signal, "SIGHUP"):
+        if args.keys and hasattr(signal, "SIGHUP"):  # a damaged key file keeps the last good list
             signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_list())
         serve_forever(server, executor)
     except KeyboardInterrupt:
@@ -124,8 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mpod123: the backend stops: {exc}; restart it (a service manager does)", file=sys.stderr, flush=True)
         code = EXIT_FAILURE
     finally:
-        if security:
-            security.stop()
+        security.stop()
         store.close()
     return code
 

@@ -10,8 +10,15 @@ per-job event sequence number (None outside events). Optional header fields
 (kept in ``extra_header``): ``parent_msg_id`` on every reply (the request it
 answers: a client drops a reply that is not for its current request),
 ``boot`` on everything a server sends (a new value means the server restarted
-and the client subscribes again), and ``auth`` (the local token, on loopback). Binary frames carry image
-bytes and result chunks; nothing is ever pickled.
+and the client subscribes again). Binary frames carry image bytes and result
+chunks; nothing is ever pickled.
+
+Liveness is the protocol's own: a client sends ``ping`` when it has sent
+nothing for ``PING_EVERY_S`` and the server answers ``pong`` with how many of
+the client's jobs it is forwarding (``following``), so a client the server
+dropped (it fell behind, or went silent) subscribes again. ZMTP heartbeats
+stay off on every socket: libzmq aborts the process when a heartbeat times out
+on a peer that stopped reading (zeromq/libzmq #3937, #4364, #4767).
 
 Decoding is strict about what it needs and tolerant of what it does not know:
 a wrong frame count, bad JSON, an unknown version or message type, a missing
@@ -42,6 +49,12 @@ MAX_CHUNK_BYTES = 8 << 20
 MAX_LIST_PAGE = 500
 CHUNK_CREDIT = 8
 """Result chunks a client may have unread; it acknowledges them by their nonces."""
+MAX_ERROR_CHARS = 2000
+"""An error's text is cut to this many characters (a job's exception can be any size)."""
+PING_EVERY_S = 2.0
+"""A client that has sent nothing for this long sends a ``ping`` (the old ZMTP heartbeat interval)."""
+PEER_TIMEOUT_S = 10.0
+"""A peer not heard from for this long is taken for gone (the old ZMTP heartbeat timeout)."""
 MAX_FRAMES = 12
 """Frames in one message (a submit has 4, plus one per extra view, at most 8); more is refused before
 anything is copied. The bytes of all frames together stay under the server's message limit."""
@@ -66,6 +79,8 @@ CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
     "fetch_chunk": {"offset": int, "length": int},  # optional: acks, the nonces of chunks read
     "chunk": {"offset": int, "size": int},
     "error": {"ename": str, "evalue": str, "hint": str},
+    "ping": {},
+    "pong": {"following": int},
 }
 MSG_TYPES = frozenset(CONTENT_SCHEMA)
 NEEDS_JOB_ID = frozenset({"submit", "ack", "event", "status", "cancel", "resume", "result_info", "fetch_chunk", "chunk"})
@@ -76,6 +91,7 @@ class ProtocolError(ValueError):
     """A message that cannot be accepted; becomes an ``error`` reply."""
 
     def __init__(self, ename: str, evalue: str, hint: str = "") -> None:
+        evalue = evalue if len(evalue) <= MAX_ERROR_CHARS else evalue[:MAX_ERROR_CHARS] + " [...]"
         super().__init__(f"{ename}: {evalue}")
         self.ename, self.evalue, self.hint = ename, evalue, hint
 
@@ -121,8 +137,8 @@ def _json_object(frame: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError("MessageTooLarge", f"the {what} frame is {len(frame)} bytes, over {MAX_JSON_BYTES}")
     try:
         value = json.loads(frame.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("BadJSON", f"the {what} frame is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also: nesting too deep, a number of thousands of digits
+        raise ProtocolError("BadJSON", f"the {what} frame is not JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
         raise ProtocolError("BadJSON", f"the {what} frame must be a JSON object")
     return value
