@@ -10,8 +10,11 @@ with a reason it logs once, when
 * a send to it finds its queue full (it stopped reading: the ROUTER's
   high-water mark is reached),
 * it has been sent more than ``budget_bytes`` since it was last heard (a
-  client that reads also pings, fetches or asks), or
-* it has not been heard for ``silence_s`` (the old heartbeat timeout).
+  client that reads also pings, fetches or asks).
+
+A peer not heard for ``silence_s`` (the old heartbeat timeout) that follows
+no job is forgotten; one that follows jobs keeps them (a client may only
+listen), bounded by its queue and its budget.
 
 Dropping forgets its subscriptions and unread chunks; a client that is still
 there learns from the next ``pong`` (``following``) that it must subscribe

@@ -31,9 +31,9 @@ chunks it has read (``acks`` in its next ``fetch_chunk``), and a client with
 ``chunk_credit`` chunks unread is refused more. A client that never reads
 can make the server hold at most ``chunk_credit`` chunks; it cannot fake an
 ack without reading, because the nonce is only in the chunk. Every send is
-non-blocking; a peer whose queue is full, that is sent more than
-``max_peer_bytes`` without a word from it, or that stays silent for
-``peer_timeout_s`` is dropped (:mod:`backend.peers`), never waited for.
+non-blocking; a peer whose queue is full, or that is sent more than
+``max_peer_bytes`` without a word from it, is dropped (:mod:`backend.peers`),
+never waited for.
 
 Every service loop is guarded: a failed turn is logged and the next one runs;
 a thread that keeps failing stops and :meth:`Server.alive` says so, and
@@ -71,8 +71,9 @@ class ServerConfig:
     max_queued_jobs: int = 1000
     max_jobs_per_client: int = 100
     peer_timeout_s: float = protocol.PEER_TIMEOUT_S
-    """A client not heard from for this long (clients ping every ``protocol.PING_EVERY_S``) is dropped.
-    ZMTP heartbeats stay off: libzmq aborts under them when a peer stops reading."""
+    """A client not heard from for this long (clients ping every ``protocol.PING_EVERY_S``) and
+    following no job is forgotten. ZMTP heartbeats stay off: libzmq aborts under them when a peer
+    stops reading."""
     max_peer_bytes: int = 96 << 20
     """Bytes sent to one client since it was last heard, past which it is dropped (it does not read).
     Above the chunk credit's worth (``chunk_credit`` x ``protocol.MAX_CHUNK_BYTES``)."""
@@ -329,10 +330,10 @@ class Server(RequestHandlers):
         self.peers.drop(identity, reason)
 
     def _sweep(self) -> None:
+        """Forget peers silent for ``peer_timeout_s`` that follow no job. One that follows jobs keeps
+        them (a client may only listen); its queue and byte budget bound what it can cost."""
         for identity in self.peers.silent():
-            if identity in self._subs:
-                self._drop(identity, f"silent for {self.cfg.peer_timeout_s:.0f} s")
-            else:
+            if identity not in self._subs:
                 self.peers.forget(identity)
 
     # ------------------------------------------------------------ forwarding
