@@ -39,6 +39,7 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import threading
@@ -49,8 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import TERMINAL, JobStore, UnknownJob
-from .protocol import file_digest
+from .store import DAMAGED, TERMINAL, JobStore, UnknownJob
+from .protocol import MAX_ERROR_CHARS, file_digest
 
 log = logging.getLogger(__name__)
 INPUT_STAMP = "input.sha256"
@@ -118,8 +119,18 @@ def prepare_workdir(workdir: Path, image: bytes) -> None:
 
 
 def public_error(exc: BaseException) -> str:
-    """What a client is told about a job's exception: its type and message, no server paths."""
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:]
+    """What a client is told about a job's exception: its type and message (cut to a fixed size),
+    no server paths."""
+    return scrub_paths("".join(traceback.format_exception_only(type(exc), exc)).strip())[-MAX_ERROR_CHARS:]
+
+
+_PATH = re.compile(r"(?<![\w.:/])(?:~|[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,;]+){2,}")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (``.../name``): errors and log events
+    tell the client what failed, never where the server keeps its files, caches or interpreter."""
+    return _PATH.sub(lambda m: ".../" + re.split(r"[\\/]", m.group(0))[-1], text)
 
 
 def run_job(
@@ -134,6 +145,9 @@ def run_job(
     store = JobStore(db_path)
     try:
         job = store.get(job_id)
+        if DAMAGED in job.options:  # one damaged row fails its job, with a terminal event
+            fail_job(store, job_id, "DamagedJob", job.options[DAMAGED] + "; submit the job again")
+            return
         workdir = work_folder(data_dir, job_id)
         image = store.image(job_id)
         prepare_workdir(workdir, image)
@@ -173,7 +187,10 @@ def publish_result(
 
 
 def fail_job(store: JobStore, job_id: str, ename: str, evalue: str, cursor: tuple[str, int] | None = None) -> None:
-    """Finish a job as failed, with the reason the client is shown."""
+    """Finish a job as failed, with the reason the client is shown (cut to a fixed size, no server paths)."""
+    evalue = scrub_paths(evalue)
+    if len(evalue) > MAX_ERROR_CHARS:
+        evalue = evalue[:MAX_ERROR_CHARS] + " [...]"
     store.finish(job_id, "failed", "failed", {"ename": ename, "evalue": evalue}, f"{ename}: {evalue}", cursor=cursor)
 
 

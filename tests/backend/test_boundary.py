@@ -386,3 +386,121 @@ def test_unauthenticated_peers_cannot_make_the_server_hold_memory(tmp_path, env)
         assert peak - base < 200, f"unauthenticated peers took the server from {base:.0f} to {peak:.0f} MB"
     finally:
         _stop(proc)
+
+
+# ------------------------------------------------------------------ items 6-8
+@pytest.fixture
+def quiet_server(tmp_path):
+    """An in-process server with no executor: submitted jobs stay queued."""
+    from backend.server import Server, ServerConfig
+    from backend.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))
+    server.endpoint_ = server.start()
+    yield server
+    server.stop()
+    store.close()
+
+
+def test_a_job_cancelled_while_queued_ends_with_a_terminal_event_and_drops_its_image(quiet_server):
+    with Client(quiet_server.endpoint_, session="alice", timeout_s=10, local_keys=False) as c:
+        job = c.submit(b"\x89PNG an image", {"steps": 1})
+        assert c.cancel(job) == "cancelled"
+        final = c.wait(job, timeout_s=20)
+        assert final.content["kind"] == "cancelled"
+    stored = quiet_server.store.get_owned(job, "session:alice")
+    assert quiet_server.store.image(stored.job_id) == b""
+
+
+def test_a_huge_job_error_is_cut_and_the_owner_still_works(quiet_server):
+    from backend.workers import fail_job
+
+    store = quiet_server.store
+    with Client(quiet_server.endpoint_, session="alice", timeout_s=10, local_keys=False) as c:
+        job = c.submit(b"img", {"steps": 1})
+        server_id = store.get_owned(job, "session:alice").job_id
+        store.claim_next()
+        fail_job(store, server_id, "Boom", "x" * (2 << 20) + " in /srv/secret/cache/model.bin")
+        final = c.wait(job, timeout_s=20)
+        assert final.content["kind"] == "failed"
+        assert len(final.content["evalue"]) <= protocol.MAX_ERROR_CHARS + 10
+        assert c.status(job)["state"] == "failed" and len(c.status(job)["error"]) < 4096
+        assert [j["job_id"] for j in c.list_jobs()] == [job]
+
+
+def test_errors_and_log_events_carry_no_server_paths():
+    from backend.workers import public_error, scrub_paths
+
+    text = public_error(OSError(2, "No such file", "/root/.cache/huggingface/hub/models--x/config.json"))
+    assert "/root" not in text and "config.json" in text
+    assert scrub_paths("in /usr/lib/python3.11/site-packages/torch/__init__.py, line 3") == \
+        "in .../__init__.py, line 3"
+    assert scrub_paths("ratio 1/2, http://example.org/a/b") == "ratio 1/2, http://example.org/a/b"
+
+
+def test_a_corrupt_options_row_fails_that_job_and_serve_still_starts(tmp_path, env):
+    import sqlite3
+
+    from backend.store import JobStore
+
+    data = tmp_path / "data"
+    store = JobStore(data / "jobs.sqlite")
+    bad, _ = store.submit("bad", "local", {"steps": 1}, b"img")
+    good, _ = store.submit("good", "local", {"steps": 1}, b"img")
+    store.claim_next()  # the bad one was running when the backend died
+    store.close()
+    db = sqlite3.connect(data / "jobs.sqlite")
+    db.execute("UPDATE jobs SET options='{not json' WHERE job_id=?", (bad.job_id,))
+    db.commit()
+    db.close()
+    proc, endpoint = _serve(data, env)
+    try:
+        with Client(endpoint, timeout_s=20) as c:
+            c.resume("bad", 0)
+            c.resume("good", 0)
+            assert c.wait("bad", timeout_s=90).content["kind"] == "failed"
+            assert c.wait("good", timeout_s=90).content["kind"] == "done"
+        assert proc.poll() is None
+    finally:
+        _stop(proc)
+
+
+def test_a_malformed_key_file_and_sighup_keep_the_last_good_allow_list(tmp_path, env):
+    from backend.security import init_keys, load_client_keys, load_public_key
+
+    keys = tmp_path / "keys"
+    made = init_keys(keys)
+    proc, endpoint = _serve(tmp_path / "data", env, "--keys", str(keys))
+    try:
+        with Client(endpoint, timeout_s=20, server_key=load_public_key(made["server_public"]),
+                    client_keys=load_client_keys(made["client_secret"])) as c:
+            assert c.hello()["server"]
+            (keys / "clients" / "broken.key").write_text('metadata\ncurve\n    public-key = "short"\n')
+            os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(1.0)
+            assert proc.poll() is None, proc.communicate(timeout=10)[0][-2000:]
+            job = c.submit(b"img", {"steps": 1})
+            assert c.wait(job, timeout_s=60).content["kind"] == "done"
+    finally:
+        _stop(proc)
+
+
+def test_undecodable_messages_get_an_error_and_no_traceback_in_the_log(quiet_server, caplog):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(quiet_server.endpoint_)
+    nested = b"[" * 100_000 + b"]" * 100_000
+    big_number = b'{"n": ' + b"9" * 5000 + b"}"
+    try:
+        for content in [nested, big_number] * 50:
+            header = json.dumps({"msg_id": "m", "msg_type": "hello", "version": "1.0", "session": "s"}).encode()
+            sock.send_multipart([protocol.MAGIC, header, content])
+        replies = []
+        while len(replies) < 100 and sock.poll(10_000):
+            replies.append(protocol.decode(sock.recv_multipart()))
+    finally:
+        sock.close(0)
+    assert len(replies) == 100 and {m.content["ename"] for m in replies} == {"BadJSON"}
+    assert all(len(m.content["evalue"]) < 400 for m in replies)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged for a bad message"
