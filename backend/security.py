@@ -54,11 +54,24 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .client import (
-    LOCAL_CLIENT_SECRET, LOCAL_SERVER_KEY, LOCAL_SERVER_SECRET, LocalKeysError, open_private_dir, parse_key_text,
-    read_private_file, runtime_dir,
+from .protocol import (  # noqa: F401  (LOCAL_TRANSPORTS, is_loopback: part of this module's API)
+    LOCAL_CLIENT_SECRET, LOCAL_SERVER_KEY, LOCAL_SERVER_SECRET, LOCAL_TRANSPORTS, LocalKeysError, is_loopback,
+    open_private_dir, read_private_file, runtime_dir,
 )
-from .protocol import LOCAL_TRANSPORTS, is_loopback  # noqa: F401  (part of this module's API)
+from .protocol import parse_key_text as _parse_key_text
+
+
+def parse_key_text(text: str, where: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    """:func:`backend.protocol.parse_key_text`, and a secret must match its public key."""
+    public, secret = _parse_key_text(text, where, need_secret)
+    if secret is not None:
+        try:
+            ok = zmq.curve_public(secret) == public
+        except (zmq.ZMQError, ValueError):
+            ok = False
+        if not ok:
+            raise LocalKeysError(f"{where}: its secret key does not match its public key; remove it and make keys again")
+    return public, secret
 
 log = logging.getLogger(__name__)
 LOCAL_CLIENTS = "clients"

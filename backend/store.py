@@ -138,7 +138,6 @@ _JOB_COLUMNS = ("job_id, owner, state, options, created, updated, attempts, erro
 _MIGRATIONS = (("client_id", "TEXT"), ("image_sha256", "TEXT"), ("workdir", "TEXT"))
 
 
-
 def _job_filter(owner: str | None, states: tuple[str, ...]) -> tuple[str, list[Any]]:
     """The WHERE clause (and its parameters) that ``list`` and ``count`` share: jobs in ``states``, of ``owner``."""
     where = f"state IN ({','.join('?' * len(states))})"

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import stat
 import sys
 import time
 import uuid
@@ -52,125 +50,11 @@ from typing import Any
 import zmq
 
 from . import protocol
-from .protocol import Message
+from .protocol import LocalKeysError, Message, read_local_keys, runtime_dir  # noqa: F401  (part of this API)
 
 DEFAULT_CHUNK = 2 << 20
 STATUS_EVERY_S = 2.0
 """How often :meth:`Client.wait` asks for the job's status besides listening for its events."""
-LOCAL_SERVER_KEY = "server.key"
-LOCAL_SERVER_SECRET = "server.key_secret"
-LOCAL_CLIENT_SECRET = "local.key_secret"
-KEY_CHARS = 40
-"""A CURVE key in Z85 is 40 characters."""
-
-
-class LocalKeysError(PermissionError):
-    """The runtime folder or a key file in it is not private to this user; the message says the fix."""
-
-
-def runtime_dir() -> Path:
-    """Where the local keys live: ``$MPOD123_RUNTIME_DIR``, else ``~/.local/share/mpod123/runtime``
-    (``%APPDATA%\\mpod123\\runtime`` on Windows). The folder is 0700 and its files 0600."""
-    env = os.environ.get("MPOD123_RUNTIME_DIR")
-    if env:
-        return Path(env)
-    if sys.platform == "win32" and os.environ.get("APPDATA"):
-        return Path(os.environ["APPDATA"]) / "mpod123" / "runtime"
-    return Path.home() / ".local" / "share" / "mpod123" / "runtime"
-
-
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
-
-
-def _check_private(st: os.stat_result, path: Path, folder: bool) -> None:
-    if not hasattr(os, "getuid"):
-        return  # Windows: the user's profile folder is private by its ACL
-    fix = (f"set MPOD123_RUNTIME_DIR to a folder of your own, or remove {path} and start the backend again")
-    if st.st_uid != os.getuid():
-        raise LocalKeysError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); {fix}")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        mode = stat.S_IMODE(st.st_mode)
-        raise LocalKeysError(f"{path} is {oct(mode)}: others can read it; run `chmod {'700' if folder else '600'} "
-                             f"{path}` (and make new keys if someone else may have read them)")
-
-
-def open_private_dir(path: Path) -> int:
-    """A file descriptor of ``path`` after checking that it is a real folder (not a symbolic link),
-    this user's own and 0700; files are then opened relative to it, so the folder cannot be
-    swapped between the check and the use."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise LocalKeysError(f"{path} is a symbolic link; remove it (rm {path}) and start the backend again, "
-                                 "or set MPOD123_RUNTIME_DIR to a folder of your own") from None
-        raise exc
-    try:
-        _check_private(os.fstat(fd), path, folder=True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def read_private_file(folder_fd: int, folder: Path, name: str, limit: int = 1 << 16) -> str:
-    """A small file of the runtime folder, refused if it is a symbolic link, not this user's, or not 0600."""
-    path = folder / name
-    try:
-        fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=folder_fd) if _NOFOLLOW else os.open(path, os.O_RDONLY)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise LocalKeysError(f"{path} is a symbolic link; remove it and start the backend again") from None
-        raise exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LocalKeysError(f"{path} is not a regular file; remove it and start the backend again")
-        _check_private(st, path, folder=False)
-        return os.read(fd, limit).decode("ascii", errors="replace")
-    finally:
-        os.close(fd)
-
-
-def parse_key_text(text: str, where: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
-    """(public, secret) from a ZeroMQ certificate's text; an empty, short or mismatched key is an error."""
-    found = {m.group(1): m.group(2) for m in re.finditer(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"', text, re.M)}
-    public, secret = found.get("public", ""), found.get("secret")
-    what = "secret" if need_secret else "public"
-    if len(public) != KEY_CHARS or need_secret and (secret is None or len(secret) != KEY_CHARS):
-        raise LocalKeysError(f"{where} holds no valid CURVE {what} key (empty, short or damaged); remove it "
-                             "and make keys again (a local backend makes its own at its next start)")
-    if secret is not None and need_secret:
-        try:
-            ok = zmq.curve_public(secret.encode()) == public.encode()
-        except (zmq.ZMQError, ValueError):
-            ok = False
-        if not ok:
-            raise LocalKeysError(f"{where}: its secret key does not match its public key; remove it and make keys again")
-    return public.encode(), (secret.encode() if secret is not None and need_secret else None)
-
-
-def read_local_keys(folder: Path | None = None) -> tuple[bytes, tuple[bytes, bytes]] | None:
-    """(server public key, (client public, client secret)) made by this user's local backend, or None
-    when none has run as this user; raises :class:`LocalKeysError` if they are not private."""
-    folder = folder or runtime_dir()
-    if not os.path.lexists(folder):
-        return None
-    fd = open_private_dir(folder)
-    try:
-        try:
-            server = read_private_file(fd, folder, LOCAL_SERVER_KEY)
-            client = read_private_file(fd, folder, LOCAL_CLIENT_SECRET)
-        except FileNotFoundError:
-            return None
-    finally:
-        os.close(fd)
-    server_public, _ = parse_key_text(server, folder / LOCAL_SERVER_KEY, need_secret=False)
-    client_public, client_secret = parse_key_text(client, folder / LOCAL_CLIENT_SECRET, need_secret=True)
-    return server_public, (client_public, client_secret)
-
-
 class BackendError(RuntimeError):
     """The backend answered with an error; ``ename`` says which."""
 
