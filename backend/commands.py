@@ -223,7 +223,7 @@ def _connection_flags() -> argparse.ArgumentParser:
     p.add_argument("--server", default="tcp://127.0.0.1:5555", help="the backend's address (default: the local one)")
     p.add_argument("--server-key", help="the server's public key file (turns on CURVE; needs --client-key)")
     p.add_argument("--client-key", help="this client's NAME.key_secret file (from `mpod123 keys client`)")
-    p.add_argument("--session", help="a session name; only a backend without a token file (tests) files jobs under it")
+    p.add_argument("--session", help="a session name; only an in-process backend without CURVE (tests) files jobs under it")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
     return p
 

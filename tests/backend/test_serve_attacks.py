@@ -38,13 +38,28 @@ def _serve(data, env, *extra, bind="tcp://127.0.0.1:0"):
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
-    line = proc.stdout.readline()
-    match = re.search(r"on (tcp://\S+) ", line)
+    line = ""
+    for _ in range(5):  # a warning line may come first
+        line += proc.stdout.readline()
+        match = re.search(r"backend on (tcp://\S+) ", line)
+        if match or proc.poll() is not None:
+            break
     if not match:
         proc.kill()
         rest = proc.communicate(timeout=10)[0]
         raise AssertionError(line + rest)
     return proc, match.group(1)
+
+
+def _endpoint_of(proc) -> str:
+    """The endpoint from serve's first line (a warning line may come before it)."""
+    line = ""
+    for _ in range(5):
+        line += proc.stdout.readline()
+        match = re.search(r"backend on (tcp://\S+) ", line)
+        if match:
+            return match.group(1)
+    raise AssertionError(line)
 
 
 def _cli(env, *args, timeout=60):
@@ -233,7 +248,7 @@ def test_keys_are_private_from_the_start_clients_send_only_public_keys_and_sighu
          "--keys", str(server_dir), "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        endpoint = re.search(r"on (tcp://\S+) ", proc.stdout.readline()).group(1)
+        endpoint = _endpoint_of(proc)
         common = ("--server", endpoint, "--server-key", str(server_dir / "server.key"), "--timeout", "3")
         assert _cli(env, "client", "list", *common, "--client-key", str(tmp_path / "alice-keys" / "alice.key_secret")).returncode == 0
         bob = ("--client-key", str(client_dir / "bob.key_secret"))
@@ -309,7 +324,7 @@ def test_emfile_while_starting_a_worker_requeues_the_job_and_it_finishes_later(t
     )
     held: list[socket.socket] = []
     try:
-        endpoint = re.search(r"on (tcp://\S+) ", proc.stdout.readline()).group(1)
+        endpoint = _endpoint_of(proc)
         client = Client(endpoint, timeout_s=10)
         client.hello()
         host, port = endpoint[len("tcp://"):].rsplit(":", 1)
