@@ -504,3 +504,46 @@ def test_undecodable_messages_get_an_error_and_no_traceback_in_the_log(quiet_ser
     assert len(replies) == 100 and {m.content["ename"] for m in replies} == {"BadJSON"}
     assert all(len(m.content["evalue"]) < 400 for m in replies)
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged for a bad message"
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_flood_of_idle_connections_neither_pins_the_cpu_nor_stops_serve(tmp_path, env):
+    import resource
+    import socket
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4096:
+        pytest.skip(f"the hard limit on open files is {hard}; the test needs 4096")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+    proc = subprocess.Popen(  # a service manager's usual soft limit: 1024 open files
+        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path / "d"),
+         "--job", "backend.demo:demo_job", "--give-up", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    conns = []
+    try:
+        line = ""
+        for _ in range(5):
+            line += proc.stdout.readline()
+            if m := re.search(r"backend on tcp://127.0.0.1:(\d+) ", line):
+                break
+        port = int(m.group(1))
+        for _ in range(1100):
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(1.0)
+        cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
+        time.sleep(8.0)
+        share = (_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
+        assert proc.poll() is None, proc.communicate(timeout=10)[0][-2000:]
+        assert share < 0.5, f"serve used {share:.0%} of a core with 1,100 idle connections"
+        with Client(f"tcp://127.0.0.1:{port}", timeout_s=20) as c:
+            job = c.submit(b"img", {"steps": 1})
+            assert c.wait(job, timeout_s=60).content["kind"] == "done"
+    finally:
+        for s in conns:
+            s.close()
+        _stop(proc)

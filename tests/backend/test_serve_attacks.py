@@ -20,7 +20,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 from backend import protocol  # noqa: E402
-from backend.client import Client  # noqa: E402
+from backend.client import Client, read_local_keys  # noqa: E402
 from backend.protocol import Message  # noqa: E402
 
 
@@ -119,9 +119,17 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
         time.sleep(0.5)
         base = _rss_mb(proc.pid)
         ctx = zmq.Context()
+        server_key, (public, secret) = read_local_keys()  # these abusers hold the user's keys: authenticated
+
+        def authenticated_dealer():
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDTIMEO, 10_000)
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_key, public, secret
+            return sock
+
         # 1. one message of many large frames
-        big = ctx.socket(zmq.DEALER)
-        big.setsockopt(zmq.LINGER, 0)
+        big = authenticated_dealer()
         big.connect(endpoint)
         hello = protocol.encode(Message("hello", {"client": "x"}))
         frame = b"\0" * (40 << 20)
@@ -130,17 +138,18 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
         for _ in range(40):
             peak = max(peak, _rss_mb(proc.pid))
             time.sleep(0.1)
+        big.setsockopt(zmq.RCVTIMEO, 60_000)
+        big.recv_multipart()  # its error reply: the server has read (and refused) the whole message
+        time.sleep(0.5)
         after_frames = _rss_mb(proc.pid)
         big.close(0)
         # 2. a client that pipelines 8 MiB chunk requests and never reads
-        greedy = ctx.socket(zmq.DEALER)
-        greedy.setsockopt(zmq.LINGER, 0)
+        greedy = authenticated_dealer()
         greedy.setsockopt(zmq.RCVHWM, 1)
         greedy.setsockopt(zmq.RCVBUF, 4096)
         greedy.connect(endpoint)
         for i in range(150):
             req = Message("fetch_chunk", {"offset": 0, "length": 8 << 20}, job_id=job_id, session=good.session)
-            req.extra_header.update(getattr(good, "auth_header", dict)())
             greedy.send_multipart(protocol.encode(req))
         for _ in range(40):
             peak = max(peak, _rss_mb(proc.pid))
