@@ -85,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mpod123: {data} was open to other users; narrowed it to 0700 (its files to 0600)", file=sys.stderr)
     store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts, busy_timeout_s=args.store_timeout, check=True)
     job_fn = TINY_JOB if args.tiny else args.job
-    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up)
+    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up,
+                                  store_timeout_s=args.store_timeout)
     if args.executor == "ray":
         try:
             from .ray_executor import RayConfig, RayExecutor

@@ -41,6 +41,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -133,8 +134,18 @@ def scrub_paths(text: str) -> str:
     return _PATH.sub(lambda m: ".../" + re.split(r"[\\/]", m.group(0))[-1], text)
 
 
+EXIT_STORE_LOCKED = 75
+"""A worker's exit code when the job database stayed locked past its busy timeout: the job is
+re-queued with its attempt given back (a long lock is not the job's failure)."""
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 def run_job(
-    db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None
+    db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None,
+    busy_timeout_s: float = 30.0,
 ) -> None:
     """The worker process's entry point: run one job to a terminal state (on one GPU, if given)."""
     _die_with_parent()
@@ -142,7 +153,7 @@ def run_job(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if parent_pid is not None and os.getppid() != parent_pid:
         return  # the backend died before we got here; it will re-queue the job
-    store = JobStore(db_path)
+    store = JobStore(db_path, busy_timeout_s=busy_timeout_s)
     try:
         job = store.get(job_id)
         if DAMAGED in job.options:  # one damaged row fails its job, with a terminal event
@@ -158,6 +169,10 @@ def run_job(
         except JobCancelled as exc:
             store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
         except Exception as exc:  # the job's failure: the client gets its type and message, the log the traceback
+            if _locked(exc):
+                print(f"mpod123 worker: the job database stayed locked ({exc}); the job goes back to the queue",
+                      file=sys.stderr, flush=True)
+                os._exit(EXIT_STORE_LOCKED)
             traceback.print_exc(file=sys.stderr)
             store.append_event(job_id, "log", {"text": public_error(exc)})
             fail_job(store, job_id, type(exc).__name__, str(exc))
@@ -226,6 +241,8 @@ class ExecutorConfig:
     poll_s: float = 0.05
     give_up_s: float = 120.0
     """The dispatcher declares the executor failed when its rounds keep failing this long."""
+    store_timeout_s: float = 30.0
+    """How long a worker waits for a locked job database before its job goes back to the queue."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -311,9 +328,9 @@ class LocalExecutor:
                 continue
             if not proc.is_alive():
                 proc.join()
-                del self._running[job_id]
-                if job.state not in TERMINAL:
+                if job.state not in TERMINAL:  # before forgetting the worker: a failed round retries this
                     self._worker_died(job_id, proc.exitcode, job.attempts)
+                del self._running[job_id]
                 continue
             if job.state in TERMINAL:
                 continue
@@ -348,7 +365,8 @@ class LocalExecutor:
         self.store.set_workdir(job_id, str(work_folder(self.data_dir, job_id)))
         proc = self._mp.Process(
             target=run_job,
-            args=(str(self.store.path), job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu),
+            args=(str(self.store.path), job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu,
+                  self.cfg.store_timeout_s),
             name=f"mpod123-job-{job_id}",
             daemon=True,
         )
@@ -364,7 +382,10 @@ class LocalExecutor:
         return free[0] if free else self.gpus[len(self._running) % len(self.gpus)]
 
     def _worker_died(self, job_id: str, exitcode: int | None, attempts: int) -> None:
-        if attempts < self.store.max_attempts:
+        if exitcode == EXIT_STORE_LOCKED:
+            self.store.append_event(job_id, "log", {"text": "the job database stayed locked; re-queued"})
+            self.store.requeue(job_id, "the job database stayed locked; re-queued", refund=True)
+        elif attempts < self.store.max_attempts:
             self.store.append_event(job_id, "log", {"text": f"worker exited with code {exitcode}; re-queued"})
             self.store.set_state(job_id, "queued", f"worker exited with code {exitcode}; re-queued")
         else:

@@ -547,3 +547,30 @@ def test_a_flood_of_idle_connections_neither_pins_the_cpu_nor_stops_serve(tmp_pa
         for s in conns:
             s.close()
         _stop(proc)
+
+
+def test_a_long_database_lock_requeues_the_running_job_with_its_attempt_given_back(tmp_path):
+    import sqlite3
+
+    from tests.backend_harness import Backend
+
+    b = Backend(tmp_path, workers=1, poll_s=0.02, store_timeout_s=0.5)  # the workers give up on a lock after 0.5 s
+    try:
+        with Client(b.endpoint, session="alice", timeout_s=20, local_keys=False) as c:
+            job = c.submit(b"img", {"steps": 40, "step_s": 0.05, "result_bytes": 100})
+            seen = []
+            deadline = time.monotonic() + 60
+            while not any(m.content["kind"] == "progress" for m in seen) and time.monotonic() < deadline:
+                seen += c.drain()
+                time.sleep(0.05)
+            other = sqlite3.connect(b.store.path, isolation_level=None, timeout=5)
+            other.execute("BEGIN EXCLUSIVE")
+            time.sleep(2.0)  # four times the workers' busy timeout
+            other.execute("ROLLBACK")
+            other.close()
+            final = c.wait(job, timeout_s=120, on_event=seen.append)
+            assert final.content["kind"] == "done", final.content
+            assert any("locked" in m.content.get("text", "") for m in seen), [m.content for m in seen][-5:]
+            assert c.status(job)["attempts"] == 1, "the lock was charged as the job's failure"
+    finally:
+        b.stop()
