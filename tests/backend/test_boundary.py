@@ -243,19 +243,28 @@ def test_local_mode_is_curve_with_keys_only_this_user_can_read(tmp_path, env):
         plain.send_multipart(protocol.encode(Message("hello", {"client": "x"})), zmq.NOBLOCK)
         assert plain.poll(3000) == 0
         plain.close(0)
-        if _other_user() is not None:
-            stranger = {**env, "MPOD123_RUNTIME_DIR": str(runtime)}
-            r = _python(stranger, """
-                import sys
-                from backend.client import Client, BackendError
-                try:
-                    Client(sys.argv[1], timeout_s=3).list_jobs()
-                except Exception as exc:
-                    print(type(exc).__name__, exc)
-                else:
-                    print("LISTED")
-            """, endpoint, user=NOBODY, timeout=60)
-            assert "LISTED" not in r.stdout and r.stdout.strip(), r.stdout + r.stderr
+    finally:
+        _stop(proc)
+
+
+def test_another_local_user_cannot_use_this_users_backend(tmp_path, env):
+    other = _other_user()
+    if other is None:
+        pytest.skip("needs root and an interpreter that another uid can run (this venv is not reachable by nobody)")
+    proc, endpoint = _serve(tmp_path / "data", env)
+    try:
+        runtime = Path(env["MPOD123_RUNTIME_DIR"])
+        r = _python({**env, "MPOD123_RUNTIME_DIR": str(runtime)}, """
+            import sys
+            from backend.client import Client
+            try:
+                Client(sys.argv[1], timeout_s=3).list_jobs()
+            except Exception as exc:
+                print(type(exc).__name__, exc)
+            else:
+                print("LISTED")
+        """, endpoint, user=other, timeout=60)
+        assert "LISTED" not in r.stdout and "Permission" in r.stdout + r.stderr, r.stdout + r.stderr
     finally:
         _stop(proc)
 
@@ -574,3 +583,33 @@ def test_a_long_database_lock_requeues_the_running_job_with_its_attempt_given_ba
             assert c.status(job)["attempts"] == 1, "the lock was charged as the job's failure"
     finally:
         b.stop()
+
+
+def test_another_local_user_reads_neither_the_keys_nor_the_stored_work(env):
+    import shutil
+    import tempfile
+
+    if not _as_root():
+        pytest.skip("running a process as another uid needs root")
+    base = Path(tempfile.mkdtemp(prefix="mpod123-two-users-"))
+    os.chmod(base, 0o755)  # a folder every user can enter, as a home folder often is
+    data, runtime = base / "data", base / "runtime"
+    env = {**env, "MPOD123_RUNTIME_DIR": str(runtime)}
+    proc, endpoint = _serve(data, env, umask=0o022)
+    try:
+        os.environ["MPOD123_RUNTIME_DIR"] = str(runtime)  # restored by the env fixture's monkeypatch
+        with Client(endpoint, timeout_s=20) as c:
+            job = c.submit(b"\x89PNG secret image", {"steps": 1, "result_bytes": 100})
+            assert c.wait(job, timeout_s=60).content["kind"] == "done"
+        targets = [*sorted(runtime.glob("*key_secret")), data / "jobs.sqlite", next(data.rglob("*.glb"))]
+        assert len(targets) >= 3
+        for target in targets:
+            r = subprocess.run(["cat", str(target)], capture_output=True, timeout=10,
+                               preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+            assert r.returncode != 0 and b"Permission denied" in r.stderr, (target, r.stderr)
+        r = subprocess.run(["ls", str(base)], capture_output=True, timeout=10,
+                           preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+        assert r.returncode == 0, "the shared folder itself is readable: the refusals above are our files' modes"
+    finally:
+        _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
