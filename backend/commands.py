@@ -77,7 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .store import JobStore
     from .kinds.common import ENV_MODELS
-    from .security import CurveServerSecurity, check_bind, check_bound, ensure_local_token, load_server_keys
+    from .security import (
+        CurveServerSecurity, check_bind, check_bound, ensure_local_keys, load_server_keys, private_data_dir,
+    )
     from .server import Server, ServerConfig, ServiceFailed, serve_forever
     from .workers import ExecutorConfig, LocalExecutor
 
@@ -85,10 +87,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, env in ENV_MODELS.items():  # the workers (spawned processes) read these
         if getattr(args, name, None):
             os.environ[env] = str(getattr(args, name))
-    data = Path(args.data)
+    # the keys first: a refused runtime folder or key must stop the start before anything is made
+    keys = load_server_keys(args.keys) if args.keys else ensure_local_keys()
+    os.umask(0o077)  # everything serve and its workers write (database, inputs, previews, results) is 0600
+    data, narrowed = private_data_dir(args.data)
+    if narrowed:
+        print(f"mpod123: {data} was open to other users; narrowed it to 0700 (its files to 0600)", file=sys.stderr)
     store = JobStore(data / "jobs.sqlite", max_attempts=args.max_attempts, busy_timeout_s=args.store_timeout, check=True)
     job_fn = TINY_JOB if args.tiny else args.job
-    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up)
+    executor_cfg = ExecutorConfig(workers=args.workers, job_fn=job_fn, watchdog_s=args.watchdog, give_up_s=args.give_up,
+                                  store_timeout_s=args.store_timeout)
     if args.executor == "ray":
         try:
             from .ray_executor import RayConfig, RayExecutor
@@ -101,21 +109,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         executor = LocalExecutor(store, data, executor_cfg)
     recovered = executor.recover()  # a Ray executor reattaches to jobs still running on the cluster
     ctx = zmq.Context.instance()
-    security = CurveServerSecurity(ctx, load_server_keys(args.keys)) if args.keys else None
-    token, token_file = (None, None) if security else ensure_local_token()
+    security = CurveServerSecurity(ctx, keys)  # local mode is CURVE too: nothing is accepted before ZAP
     info = {"gpu": ", ".join(_gpu_names()) or "cpu", "job": job_fn, "executor": args.executor}
-    server = Server(store, ServerConfig(bind=args.bind, info=info, local_token=token,
-                                        key_allowed=security.allows if security else None), ctx,
-                    security.configure if security else None)
+    server = Server(store, ServerConfig(bind=args.bind, info=info, local_key=keys.local_client,
+                                        require_loopback=not args.keys, key_allowed=security.allows), ctx,
+                    security.configure)
     try:
         endpoint = server.start()
         check_bound(endpoint, args.keys)
     except RuntimeError as exc:
-        if security:
-            security.stop()
+        security.stop()
         raise ValueError(str(exc)) from None
     executor.start()
-    auth = "CURVE" if security else f"loopback, clients of this user only (token in {token_file})"
+    auth = "CURVE" if args.keys else "loopback, CURVE with this user's local keys"
     print(
         f"mpod123 backend on {endpoint} ({auth}), "
         f"{executor.workers} worker(s) on GPUs {executor.gpus or 'none'}, job {job_fn}, data in {data}; "
@@ -125,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop is a clean stop too
-        if security and hasattr(signal, "SIGHUP"):
+        if args.keys and hasattr(signal, "SIGHUP"):  # a damaged key file keeps the last good list
             signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_list())
         serve_forever(server, executor)
     except KeyboardInterrupt:
@@ -134,8 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"mpod123: the backend stops: {exc}; restart it (a service manager does)", file=sys.stderr, flush=True)
         code = EXIT_FAILURE
     finally:
-        if security:
-            security.stop()
+        security.stop()
         store.close()
     return code
 
@@ -229,7 +234,7 @@ def _connection_flags() -> argparse.ArgumentParser:
     p.add_argument("--server", default="tcp://127.0.0.1:5555", help="the backend's address (default: the local one)")
     p.add_argument("--server-key", help="the server's public key file (turns on CURVE; needs --client-key)")
     p.add_argument("--client-key", help="this client's NAME.key_secret file (from `mpod123 keys client`)")
-    p.add_argument("--session", help="a session name; only a backend without a token file (tests) files jobs under it")
+    p.add_argument("--session", help="a session name; only an in-process backend without CURVE (tests) files jobs under it")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
     return p
 

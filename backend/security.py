@@ -19,11 +19,21 @@
 * With keys, a ZAP authenticator admits only clients whose public key is in
   ``DIR/clients``; the server then takes a job's owner from the client's key,
   so a job is visible only to the key that submitted it.
-* Without keys (loopback), the server writes a random token to a file only its
-  user can read (:func:`ensure_local_token`; where: :func:`backend.client.token_path`),
-  and answers only clients that send it: Jupyter's connection-file model. Every
-  process of that user shares the file, so they share their jobs; other users
-  of the machine cannot read it, so they cannot use the backend at all.
+* Without keys (loopback), the connection is CURVE too: on its first start the
+  server makes its key pair and one local client pair in the user's runtime
+  folder (:func:`ensure_local_keys`; where: :func:`backend.client.runtime_dir`),
+  0700 with files 0600, and allows only that client key. Every process of that
+  user reads the keys by itself and shares the jobs (owner ``local``); other
+  users cannot read them, and no secret ever travels on the wire, so a squatter
+  on the port while the server is down learns nothing (Jupyter's
+  connection-file model, with keys in place of the HMAC).
+* A runtime folder or key file that is a symbolic link, not the user's own, or
+  open to others is refused with the fix (files are opened with ``O_NOFOLLOW``
+  relative to the checked folder); an empty, short or mismatched secret is an
+  error at start; missing parents are made 0700 whatever the umask.
+* ``--data`` is made 0700 (an existing wider folder of the user's is narrowed,
+  another user's is refused), and ``serve`` runs under umask 077, so the
+  database, inputs, previews and results are 0600 (:func:`private_data_dir`).
 
 A wrong server key fails silently in ZeroMQ (the handshake never completes),
 so clients need their own timeout; :class:`backend.client.Client` raises a
@@ -33,8 +43,10 @@ message that names this cause.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +54,28 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .client import token_path
-from .protocol import LOCAL_TRANSPORTS, is_loopback  # noqa: F401  (part of this module's API)
+from .protocol import (  # noqa: F401  (LOCAL_TRANSPORTS, is_loopback: part of this module's API)
+    LOCAL_CLIENT_SECRET, LOCAL_SERVER_KEY, LOCAL_SERVER_SECRET, LOCAL_TRANSPORTS, LocalKeysError, is_loopback,
+    open_private_dir, read_private_file, runtime_dir,
+)
+from .protocol import parse_key_text as _parse_key_text
+
+
+def parse_key_text(text: str, where: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    """:func:`backend.protocol.parse_key_text`, and a secret must match its public key."""
+    public, secret = _parse_key_text(text, where, need_secret)
+    if secret is not None:
+        try:
+            ok = zmq.curve_public(secret) == public
+        except (zmq.ZMQError, ValueError):
+            ok = False
+        if not ok:
+            raise LocalKeysError(f"{where}: its secret key does not match its public key; remove it and make keys again")
+    return public, secret
+
+log = logging.getLogger(__name__)
+LOCAL_CLIENTS = "clients"
+LOCAL_CLIENT_NAME = "local"
 
 
 class SecurityError(RuntimeError):
@@ -77,15 +109,57 @@ def check_bound(endpoint: str, keys_dir: str | Path | None) -> None:
 
 
 # ------------------------------------------------------------------ files
+def _make_parents(path: Path) -> None:
+    """Missing parents of ``path``, each 0700 (``mkdir(parents=True)`` makes them 0777 less the
+    umask, which is 0777 under umask 000)."""
+    missing = []
+    for parent in path.absolute().parents:
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(parent, 0o700)
+
+
 def private_dir(path: str | Path, fix_existing: bool = True) -> Path:
-    """A folder only its owner can enter (0700, whatever the umask). ``fix_existing=False`` leaves
-    the mode of a folder that was already there alone (a runtime folder named by a variable)."""
+    """A folder only its owner can enter (0700, whatever the umask; missing parents 0700 too).
+    ``fix_existing=False`` leaves the mode of a folder that was already there alone."""
     path = Path(path)
     existed = path.is_dir()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_parents(path)
+    path.mkdir(mode=0o700, exist_ok=True)
     if fix_existing or not existed:
         os.chmod(path, 0o700)
     return path
+
+
+def private_data_dir(path: str | Path) -> tuple[Path, bool]:
+    """``serve --data``: made 0700; an existing folder of this user's with wider modes is narrowed
+    (its contents too), one of another user's is refused. Returns (folder, whether it was narrowed)."""
+    path = Path(path)
+    if not path.exists():
+        return private_dir(path), False
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise SecurityError(f"the data folder {path} belongs to uid {st.st_uid}, not to you; "
+                            "give --data a folder of your own")
+    if not hasattr(os, "getuid") or not stat.S_IMODE(st.st_mode) & 0o077:
+        return path, False
+    os.chmod(path, 0o700)
+    for root, dirs, files in os.walk(path):  # what was stored before under a wider umask
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            try:
+                lst = os.lstat(p)
+                if not stat.S_ISLNK(lst.st_mode) and lst.st_uid == os.getuid() and lst.st_mode & 0o077:
+                    os.chmod(p, stat.S_IMODE(lst.st_mode) & 0o700)
+            except OSError:
+                continue
+    return path, True
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:
@@ -179,14 +253,36 @@ class ServerKeys:
     public: bytes
     secret: bytes
     clients_dir: Path
+    local_client: str | None = None
+    """Z85 public key of the local client pair (local mode), whose owner is ``local``."""
+
+
+def _read_key_file(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    """A key file, refused if it is a symbolic link, not this user's or open to others (secrets),
+    or holds an empty, short or mismatched key."""
+    fd = open_private_dir(path.parent) if need_secret else os.open(path.parent, os.O_RDONLY)
+    try:
+        if need_secret:
+            text = read_private_file(fd, path.parent, path.name)
+        else:
+            with open(path, encoding="ascii", errors="replace") as f:
+                text = f.read(1 << 16)
+    except LocalKeysError as exc:
+        raise SecurityError(str(exc)) from None
+    finally:
+        os.close(fd)
+    try:
+        return parse_key_text(text, path, need_secret)
+    except LocalKeysError as exc:
+        raise SecurityError(str(exc)) from None
 
 
 def load_server_keys(keys_dir: str | Path) -> ServerKeys:
     keys_dir = Path(keys_dir)
     secret_file = keys_dir / "server.key_secret"
-    if not secret_file.is_file():
+    if not secret_file.is_file() and not secret_file.is_symlink():
         raise SecurityError(f"no server key pair in {keys_dir}: run `mpod123 keys init {keys_dir}` first")
-    public, secret = zmq.auth.load_certificate(secret_file)
+    public, secret = _read_key_file(secret_file, need_secret=True)
     clients = keys_dir / "clients"
     if not clients.is_dir() or not any(clients.glob("*.key")):
         raise SecurityError(
@@ -194,6 +290,59 @@ def load_server_keys(keys_dir: str | Path) -> ServerKeys:
             f"and run `mpod123 keys allow {keys_dir} DIR/NAME.key` (or `mpod123 keys init {keys_dir} --client NAME`)"
         )
     return ServerKeys(public, secret, clients)
+
+
+def _write_new_at(folder_fd: int, name: str, text: str) -> None:
+    """``name`` in the folder, 0600, complete before it appears (written under a temporary name,
+    then hard-linked: another process sees the whole file or none, and an existing file wins)."""
+    tmp = f".{name}.{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=folder_fd)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except FileExistsError:
+        pass  # another server of this user made it at the same moment: theirs stays
+    finally:
+        os.unlink(tmp, dir_fd=folder_fd)
+
+
+def ensure_local_keys(folder: Path | None = None) -> ServerKeys:
+    """Local mode's keys, made on the first start: the server pair, a local client pair and its
+    allow-list, all 0600 in this user's 0700 runtime folder; checked (owner, modes, no links,
+    key lengths) on every start. Raises :class:`SecurityError` with the fix."""
+    folder = folder or runtime_dir()
+    if not os.path.lexists(folder):
+        private_dir(folder)
+    try:
+        fd = open_private_dir(folder)
+    except LocalKeysError as exc:
+        raise SecurityError(str(exc)) from None
+    try:
+        names = set(os.listdir(fd))
+        if LOCAL_SERVER_SECRET not in names:
+            client_public, client_secret = zmq.curve_keypair()
+            server_public, server_secret = zmq.curve_keypair()
+            _write_new_at(fd, LOCAL_CLIENT_SECRET, _cert_text(client_public, client_secret))
+            _write_new_at(fd, LOCAL_SERVER_KEY, _cert_text(server_public, None))
+            _write_new_at(fd, LOCAL_SERVER_SECRET, _cert_text(server_public, server_secret))
+        try:
+            server = read_private_file(fd, folder, LOCAL_SERVER_SECRET)
+            read_private_file(fd, folder, LOCAL_SERVER_KEY)
+            client = read_private_file(fd, folder, LOCAL_CLIENT_SECRET)
+        except FileNotFoundError as exc:
+            raise SecurityError(f"{folder} lacks {exc.filename}: remove the folder's key files and start again") from None
+        server_public, server_secret = parse_key_text(server, folder / LOCAL_SERVER_SECRET, need_secret=True)
+        client_public, _ = parse_key_text(client, folder / LOCAL_CLIENT_SECRET, need_secret=True)
+    except LocalKeysError as exc:
+        raise SecurityError(str(exc)) from None
+    finally:
+        os.close(fd)
+    return ServerKeys(server_public, server_secret, folder / LOCAL_CLIENTS, client_public.decode("ascii"))
 
 
 def load_client_keys(secret_file: str | Path) -> tuple[bytes, bytes]:
@@ -209,40 +358,44 @@ def load_public_key(path: str | Path) -> bytes:
     return public
 
 
-def ensure_local_token(path: Path | None = None) -> tuple[str, Path]:
-    """The local token (created once, 0600 in a 0700 folder); returns (token, its file)."""
-    path = path or token_path()
-    private_dir(path.parent, fix_existing=False)  # the file itself is what must be private
-    if not path.exists():
-        try:
-            _write_new(path, secrets.token_hex(32) + "\n", 0o600)
-        except FileExistsError:
-            pass  # another server of this user made it at the same moment
-    if hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
-        raise SecurityError(f"{path} belongs to another user; remove it or set MPOD123_RUNTIME_DIR")
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-    return path.read_text().strip(), path
-
-
 class CurveServerSecurity:
-    """Starts the ZAP authenticator and configures the server socket for CURVE."""
+    """Starts the ZAP authenticator and configures the server socket for CURVE.
+
+    ZAP asks :meth:`allows` (a callback), so the handshake and every request check the same
+    allow-list, replaced whole on a successful reload only."""
 
     def __init__(self, context: zmq.Context, keys: ServerKeys) -> None:
         self.keys = keys
+        self._allowed = self._read_allow_list()
         self.auth = ThreadAuthenticator(context)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(keys.clients_dir))
-        self._allowed = self._read_allow_list()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
 
     def _read_allow_list(self) -> frozenset[str]:
-        return frozenset(k.decode("ascii") for k in zmq.auth.load_certificates(str(self.keys.clients_dir)))
+        if self.keys.local_client is not None:
+            return frozenset({self.keys.local_client})
+        allowed = set()
+        for path in sorted(self.keys.clients_dir.glob("*.key")):
+            try:
+                public, _ = _read_key_file(path, need_secret=False)
+            except (OSError, SecurityError) as exc:
+                raise SecurityError(f"cannot read the allowed key {path.name}: {exc}") from None
+            allowed.add(public.decode("ascii"))
+        return frozenset(allowed)
 
-    def reload_allow_list(self) -> None:
-        """Re-read ``clients/`` (SIGHUP): new connections are vetted by ZAP against it, and the
-        server asks :meth:`allows` on every request, so a removed key's open connection is cut too."""
-        self.auth.configure_curve(domain="*", location=str(self.keys.clients_dir))
-        self._allowed = self._read_allow_list()
+    def reload_allow_list(self) -> bool:
+        """Re-read ``clients/`` (SIGHUP). A damaged key file is logged and the last good list
+        kept; returns whether the list was replaced."""
+        try:
+            self._allowed = self._read_allow_list()
+        except Exception as exc:  # noqa: BLE001  a signal handler must not stop the server
+            log.error("the allow-list was not reloaded (%s); the last good one stays in force", exc)
+            return False
+        return True
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: whether a connecting client's key (Z85) may complete its handshake."""
+        return key.decode("ascii", errors="replace") in self._allowed
 
     def allows(self, user_id: str) -> bool:
         """Whether a User-Id (a z85 public key, as ZAP sets it) is on the allow-list as last read."""

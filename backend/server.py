@@ -12,12 +12,14 @@ client that resumes from its last seq sees no gap and no duplicate. A
 subscription ends after the job's terminal event has been sent, or when its
 client is gone.
 
-Owner of a job: the client's CURVE public key when CURVE is on (a CURVE
-socket without an authenticated User-Id is refused, never trusted); otherwise,
-with a local token (``serve`` always sets one), the token's holder: the user
-who started the backend, whose processes share their jobs; and only in tests
-without a token, the ``session`` field of the header. A job of another owner
-looks exactly like a missing one, and job ids are per owner.
+Owner of a job: the client's CURVE public key (a CURVE socket without an
+authenticated User-Id is refused, never trusted); ``local`` for the local
+client key that ``serve`` made in the user's runtime folder (every process of
+that user shares its jobs); and only in in-process tests without CURVE, the
+``session`` field of the header. ``serve`` is always CURVE, on loopback too,
+so the handshake and ZAP decide before libzmq accepts a single frame of a
+peer: an unauthenticated peer can make the server hold nothing. A job of
+another owner looks exactly like a missing one, and job ids are per owner.
 
 Bounds per client: a frame is at most ``max_image_bytes`` plus 1 MiB
 (MAXMSGSIZE; the peer is dropped otherwise), a message at most
@@ -28,7 +30,10 @@ server-enforced credit on result chunks: every chunk reply carries a random
 chunks it has read (``acks`` in its next ``fetch_chunk``), and a client with
 ``chunk_credit`` chunks unread is refused more. A client that never reads
 can make the server hold at most ``chunk_credit`` chunks; it cannot fake an
-ack without reading, because the nonce is only in the chunk.
+ack without reading, because the nonce is only in the chunk. Every send is
+non-blocking; a peer whose queue is full, or that is sent more than
+``max_peer_bytes`` without a word from it, is dropped (:mod:`backend.peers`),
+never waited for.
 
 Every service loop is guarded: a failed turn is logged and the next one runs;
 a thread that keeps failing stops and :meth:`Server.alive` says so, and
@@ -37,9 +42,7 @@ a thread that keeps failing stops and :meth:`Server.alive` says so, and
 
 from __future__ import annotations
 
-import hmac
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -51,13 +54,12 @@ from pathlib import Path
 import zmq
 
 from . import protocol
-from .kinds import view_frames
+from .handlers import SERVER_NAME, RequestHandlers  # noqa: F401  (SERVER_NAME: part of this module's API)
+from .peers import Peers
 from .store import TERMINAL, JobIdReused, JobStore, JobStoreError, UnknownJob
-from .kinds.prompt import check_submit
 from .protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
-SERVER_NAME = "mpod123-backend"
 
 
 @dataclass
@@ -68,8 +70,13 @@ class ServerConfig:
     max_image_bytes: int = 50 << 20
     max_queued_jobs: int = 1000
     max_jobs_per_client: int = 100
-    heartbeat_ivl_ms: int = 2000
-    heartbeat_timeout_ms: int = 10000
+    peer_timeout_s: float = protocol.PEER_TIMEOUT_S
+    """A client not heard from for this long (clients ping every ``protocol.PING_EVERY_S``) and
+    following no job is forgotten. ZMTP heartbeats stay off: libzmq aborts under them when a peer
+    stops reading."""
+    max_peer_bytes: int = 96 << 20
+    """Bytes sent to one client since it was last heard, past which it is dropped (it does not read).
+    Above the chunk credit's worth (``chunk_credit`` x ``protocol.MAX_CHUNK_BYTES``)."""
     result_ttl_s: float = 7 * 24 * 3600.0
     """Finished jobs, their results and work folders are deleted this long after they end."""
     forward_batch: int = 200
@@ -80,9 +87,9 @@ class ServerConfig:
     """Messages queued per peer (the ROUTER's send high-water mark, libzmq's default)."""
     rcvhwm: int = 1000
     """Requests queued per peer before the server stops reading from it."""
-    local_token: str | None = None
-    """Without CURVE: the token a client must send (``auth`` header); None trusts the session
-    (in-process tests only: ``serve`` always sets one)."""
+    local_key: str | None = None
+    """The local client's CURVE public key (Z85), whose owner is ``local``: the user who started
+    the backend (``serve`` makes the pair in that user's runtime folder)."""
     require_loopback: bool | None = None
     """Refuse a bound address that is not loopback; default: when there is no CURVE."""
     max_failing_turns: int = 200
@@ -104,7 +111,9 @@ class _Sub:
     client_id: str
 
 
-class Server:
+class Server(RequestHandlers):
+    _sub_type = _Sub
+
     def __init__(
         self,
         store: JobStore,
@@ -125,20 +134,12 @@ class Server:
         self.endpoint: str | None = None
         self.boot = uuid.uuid4().hex
         self.failure: str | None = None
-        # (identity, server job id) -> what was sent
-        self._subs: dict[tuple[bytes, str], _Sub] = {}
-        # identity -> nonces of chunks sent and not yet acknowledged (insertion order: oldest first)
-        self._unread: dict[bytes, set[str]] = {}
-        self._handlers: dict[str, Callable[[bytes, str, Message], Message | None]] = {
-            "hello": self._hello,
-            "submit": self._submit,
-            "status": self._status,
-            "list": self._list,
-            "cancel": self._cancel,
-            "resume": self._resume,
-            "result_info": self._result_info,
-            "fetch_chunk": self._fetch_chunk,
-        }
+        # identity -> server job id -> what was sent
+        self._subs: dict[bytes, dict[str, _Sub]] = {}
+        self.peers = Peers(self.cfg.max_peer_bytes, self.cfg.peer_timeout_s)
+        self._handlers = self._handler_table()
+        self._version = _package_version()
+        self._failures_logged = 0
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> str:
@@ -168,8 +169,7 @@ class Server:
         sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_image_bytes + (1 << 20))
         sock.setsockopt(zmq.SNDHWM, self.cfg.sndhwm)
         sock.setsockopt(zmq.RCVHWM, self.cfg.rcvhwm)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, self.cfg.heartbeat_ivl_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.cfg.heartbeat_timeout_ms)
+        # no ZMTP heartbeats (HEARTBEAT_IVL stays 0): liveness is the protocol's ping/pong
         if self._configure is not None:
             self._configure(sock)
         return sock
@@ -200,7 +200,7 @@ class Server:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        next_expiry = 0.0
+        next_expiry = next_sweep = 0.0
         failing = 0
         try:
             while not self._stop.is_set():
@@ -208,6 +208,9 @@ class Server:
                     if time.monotonic() >= next_expiry:
                         next_expiry = time.monotonic() + 60.0
                         self.store.expire(self.cfg.result_ttl_s)
+                    if time.monotonic() >= next_sweep:
+                        next_sweep = time.monotonic() + 1.0
+                        self._sweep()
                     if poller.poll(5 if self._backlog else 50):
                         for _ in range(100):  # drain a burst, but keep forwarding events
                             if not self._receive(sock):
@@ -244,6 +247,7 @@ class Server:
                 frames.append(frame)
             del frame
         identity = first.bytes
+        self.peers.heard(identity)  # under CURVE (serve), only an authenticated peer gets here
         if too_many or size > self.cfg.message_limit:
             user_id = _user_id(frames[-1])
             del frames
@@ -269,16 +273,7 @@ class Server:
                 raise ProtocolError("KeyRevoked", "this client's key is no longer on this server's allow-list",
                                     "ask the server's administrator to allow your key again (mpod123 keys allow), "
                                     "then reconnect")
-            return f"key:{user_id}"
-        if self.cfg.local_token is not None:
-            token = msg.extra_header.get("auth")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.cfg.local_token.encode()):
-                raise ProtocolError(
-                    "Unauthorized", "this backend serves only the user who started it",
-                    "clients of that user find its token by themselves (MPOD123_RUNTIME_DIR or "
-                    "~/.local/share/mpod123/runtime/token); other users need their own backend, or CURVE keys",
-                )
-            return "local"
+            return "local" if user_id == self.cfg.local_key else f"key:{user_id}"
         return f"session:{msg.session}"
 
     def _handle(self, sock: zmq.Socket, frames: list[bytes], user_id: str | None = None) -> None:
@@ -286,7 +281,7 @@ class Server:
         msg: Message | None = None
         try:
             msg = protocol.decode(body, max_binary=self.cfg.max_image_bytes + (1 << 20))
-            owner = self._owner(msg, user_id) if msg.msg_type != "hello" else ""
+            owner = self._owner(msg, user_id) if msg.msg_type not in ("hello", "ping") else ""
             reply = self._handlers.get(msg.msg_type, self._unexpected)(identity, owner, msg)
         except ProtocolError as exc:
             reply = protocol.error_reply(exc, msg)
@@ -296,9 +291,12 @@ class Server:
             reply = protocol.error_reply(ProtocolError("JobIdReused", str(exc), "choose a new job id"), msg)
         except JobStoreError as exc:
             reply = protocol.error_reply(ProtocolError("Refused", str(exc)), msg)
-        except Exception as exc:  # a bug must not take the front door down
-            log.exception("handler failed")
-            reply = protocol.error_reply(ProtocolError("ServerError", f"{type(exc).__name__}: {exc}"), msg)
+        except Exception as exc:  # a bug must not take the front door down; logged in a bounded way
+            self._failures_logged += 1
+            if self._failures_logged <= 20:
+                log.exception("handler failed")
+            reply = protocol.error_reply(ProtocolError("ServerError", f"{type(exc).__name__}: the server failed "
+                                                       "on this request (its log has the details)"), msg)
         if reply is not None:
             if msg is not None:
                 reply.extra_header["parent_msg_id"] = msg.msg_id
@@ -311,140 +309,32 @@ class Server:
     _backlog = False
 
     def _send(self, sock: zmq.Socket, identity: bytes, msg: Message) -> bool:
+        """Send without ever waiting; a peer that cannot take it is dropped (:mod:`backend.peers`)."""
+        frames = [identity, *protocol.encode(msg)]
         try:
-            sock.send_multipart([identity, *protocol.encode(msg)], zmq.NOBLOCK)
-            return True
+            sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: it is full
             if exc.errno == zmq.EHOSTUNREACH:
-                for key in [k for k in self._subs if k[0] == identity]:
-                    del self._subs[key]
-                self._unread.pop(identity, None)
+                self._subs.pop(identity, None)
+                self.peers.forget(identity)
             else:
-                self._backlog = True
+                self._drop(identity, f"it fell behind: {self.cfg.sndhwm} messages wait unread")
             return False
+        if not self.peers.sent(identity, sum(map(len, frames))):
+            self._drop(identity, f"it fell behind: over {self.cfg.max_peer_bytes >> 20} MiB sent since it was last heard")
+        return True
 
-    def _unexpected(self, identity: bytes, owner: str, msg: Message) -> Message:
-        raise ProtocolError("UnexpectedMessage", f"{msg.msg_type} is a reply type; clients do not send it")
+    def _drop(self, identity: bytes, reason: str) -> None:
+        """Forget a peer's subscriptions and chunk credit; its next ping tells it to subscribe again."""
+        self._subs.pop(identity, None)
+        self.peers.drop(identity, reason)
 
-    # -------------------------------------------------------------- handlers
-    def _hello(self, identity: bytes, owner: str, msg: Message) -> Message:
-        content = {
-            "server": SERVER_NAME, "versions": list(protocol.SUPPORTED_VERSIONS), "version": _package_version(),
-            "max_image_bytes": self.cfg.max_image_bytes, "max_chunk_bytes": protocol.MAX_CHUNK_BYTES,
-            "chunk_credit": self.cfg.chunk_credit,
-            "boot": self.boot,
-        }
-        from mpod123.runtime.doctor import hello_summary  # "GPU: ..., models: ready | will download N GB" (cached, no torch)
-
-        content["summary"] = hello_summary(self.cfg.info)
-        return Message("hello_reply", {**self.cfg.info, **content}, session=msg.session)
-
-    def _submit(self, identity: bytes, owner: str, msg: Message) -> Message:
-        # a prompt job (text to 3D) has no image frame
-        image = b"" if check_submit(msg.content["options"], msg.buffers) else msg.buffers[0] if msg.buffers else None
-        if image is None:
-            raise ProtocolError("BadFrames", "submit needs the image as a binary frame (or options.prompt and none)",
-                                "send the image file's bytes")
-        if len(image) > self.cfg.max_image_bytes:
-            raise ProtocolError("ImageTooLarge", f"the image is {len(image)} bytes, over {self.cfg.max_image_bytes}",
-                                "send a smaller or compressed image")
-        if not image and "prompt" not in msg.content["options"]:
-            raise ProtocolError("BadImage", "the image frame is empty", "send the image file's bytes")
-        options = msg.content["options"]
-        if isinstance(options, dict) and options.get("kind") == "texture":
-            from .kinds.texture import texture_input  # photo + mesh, checked, stored together
-
-            image = texture_input(options, msg.buffers, self.cfg.max_image_bytes)
-        else:
-            try:  # extra views: one more frame each, angles in options["views"] (backend/view_frames.py)
-                if view_frames.check_views(options, msg.buffers[1:]):
-                    image = view_frames.pack(image, msg.buffers[1:])
-            except view_frames.ViewFramesError as exc:
-                raise ProtocolError("BadViews", str(exc), exc.hint) from None
-        try:
-            existing = self.store.get_owned(msg.job_id, owner)
-        except UnknownJob:
-            existing = None
-        if existing is None:
-            queued = self.store.count(states=("queued", "running"))
-            if queued >= self.cfg.max_queued_jobs:
-                raise ProtocolError("QueueFull", f"{queued} jobs are waiting", "try again later")
-            mine = self.store.count(owner=owner, states=("queued", "running"))
-            if mine >= self.cfg.max_jobs_per_client:
-                raise ProtocolError("TooManyJobs", f"you have {mine} unfinished jobs", "wait for some to finish")
-        job, created = self.store.submit(msg.job_id, owner, msg.content["options"], image)
-        self._subs.setdefault((identity, job.job_id), _Sub(0, job.client_id))
-        return Message("ack", {"state": job.state, "created": created, "last_seq": job.last_seq},
-                       job_id=job.client_id, session=msg.session)
-
-    def _job_content(self, job) -> dict:
-        return {
-            "state": job.state, "error": job.error, "attempts": job.attempts, "last_seq": job.last_seq,
-            "created": job.created, "updated": job.updated, "result_size": job.result_size,
-        }
-
-    def _status(self, identity: bytes, owner: str, msg: Message) -> Message:
-        job = self.store.get_owned(msg.job_id, owner)
-        return Message("status_reply", self._job_content(job), job_id=job.client_id, session=msg.session)
-
-    def _list(self, identity: bytes, owner: str, msg: Message) -> Message:
-        offset = msg.content.get("offset", 0)
-        limit = min(msg.content.get("limit", protocol.MAX_LIST_PAGE), protocol.MAX_LIST_PAGE)
-        page = self.store.list(owner=owner, offset=offset, limit=limit + 1)
-        more = len(page) > limit
-        jobs = [{"job_id": j.client_id, **self._job_content(j)} for j in page[:limit]]
-        return Message("list_reply", {"jobs": jobs, "next_offset": offset + limit if more else None}, session=msg.session)
-
-    def _cancel(self, identity: bytes, owner: str, msg: Message) -> Message:
-        job = self.store.get_owned(msg.job_id, owner)
-        job = self.store.request_cancel(job.job_id)
-        return Message("cancel_reply", {"state": job.state}, job_id=job.client_id, session=msg.session)
-
-    def _resume(self, identity: bytes, owner: str, msg: Message) -> Message:
-        job = self.store.get_owned(msg.job_id, owner)
-        self._subs[(identity, job.job_id)] = _Sub(int(msg.content["last_seq"]), job.client_id)
-        return Message("status_reply", self._job_content(job), job_id=job.client_id, session=msg.session)
-
-    def _result_path(self, client_id: str, owner: str) -> tuple[Path, object]:
-        job = self.store.get_owned(client_id, owner)
-        if job.state != "done" or not job.result_path:
-            raise ProtocolError("NotReady", f"job {client_id} is {job.state}; its result is not available",
-                                "wait for the 'done' event")
-        path = Path(job.result_path)
-        if not path.is_file():
-            raise ProtocolError("ResultMissing", f"the result of {client_id} is gone (expired or deleted)", "submit again")
-        return path, job
-
-    def _result_info(self, identity: bytes, owner: str, msg: Message) -> Message:
-        path, job = self._result_path(msg.job_id, owner)
-        return Message("result_info_reply", {"size": job.result_size, "sha256": job.result_sha256,
-                                             "name": f"{job.client_id}{path.suffix}"},
-                       job_id=msg.job_id, session=msg.session)
-
-    def _fetch_chunk(self, identity: bytes, owner: str, msg: Message) -> Message:
-        unread = self._unread.setdefault(identity, set())
-        acks = msg.content.get("acks", [])
-        if isinstance(acks, list):
-            unread.difference_update(a for a in acks if isinstance(a, str))
-        if len(unread) >= self.cfg.chunk_credit:
-            raise ProtocolError(
-                "TooManyChunks", f"{len(unread)} chunks sent to you are not acknowledged",
-                "read the chunks you asked for and send their nonces in 'acks' with the next fetch_chunk",
-            )
-        path, job = self._result_path(msg.job_id, owner)
-        offset, length = msg.content["offset"], msg.content["length"]
-        if offset > job.result_size:
-            raise ProtocolError("BadField", f"offset {offset} is past the end ({job.result_size} bytes)")
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
-        nonce = secrets.token_hex(8)
-        unread.add(nonce)
-        if len(self._unread) > 10000:  # forget the oldest peers (gone ones are dropped on EHOSTUNREACH)
-            for old in list(self._unread)[:1000]:
-                del self._unread[old]
-        return Message("chunk", {"offset": offset, "size": len(data), "nonce": nonce}, [data],
-                       job_id=msg.job_id, session=msg.session)
+    def _sweep(self) -> None:
+        """Forget peers silent for ``peer_timeout_s`` that follow no job. One that follows jobs keeps
+        them (a client may only listen); its queue and byte budget bound what it can cost."""
+        for identity in self.peers.silent():
+            if identity not in self._subs:
+                self.peers.forget(identity)
 
     # ------------------------------------------------------------ forwarding
     def _revoked(self, owner: str) -> bool:
@@ -457,38 +347,44 @@ class Server:
         if not self._subs:
             return
         jobs: dict[str, object] = {}
-        for key, sub in list(self._subs.items()):
-            identity, job_id = key
-            try:
-                if job_id not in jobs:
-                    try:
-                        jobs[job_id] = self.store.get(job_id)
-                    except UnknownJob:
-                        jobs[job_id] = None
-                job = jobs[job_id]
-                if job is None or self._revoked(job.owner):
-                    del self._subs[key]
-                    continue
-                if job.last_seq <= sub.sent:
-                    if job.state in TERMINAL:  # everything up to the terminal event is sent: done
-                        del self._subs[key]
-                    continue
-                for event in self.store.events_since(job_id, sub.sent, limit=self.cfg.forward_batch):
-                    msg = Message(
-                        "event",
-                        {"kind": event.kind, "time": event.created, **event.content},
-                        [event.blob] if event.blob is not None else [],
-                        job_id=sub.client_id,
-                        seq=event.seq,
-                    )
-                    if not self._send(sock, identity, self._stamp(msg)):
-                        break
-                    if key not in self._subs:
-                        break
-                    sub.sent = event.seq
-            except Exception:  # one job's bad data must not stop the others' events
-                log.exception("forwarding events of job %s failed; dropping that subscription", job_id)
-                self._subs.pop(key, None)
+        for identity, subs in list(self._subs.items()):
+            for job_id, sub in list(subs.items()):
+                try:
+                    if job_id not in jobs:
+                        try:
+                            jobs[job_id] = self.store.get(job_id)
+                        except UnknownJob:
+                            jobs[job_id] = None
+                    job = jobs[job_id]
+                    if job is None or self._revoked(job.owner):
+                        subs.pop(job_id, None)
+                        continue
+                    if job.last_seq <= sub.sent:
+                        if job.state in TERMINAL:  # everything up to the terminal event is sent: done
+                            subs.pop(job_id, None)
+                        continue
+                    events = self.store.events_since(job_id, sub.sent, limit=self.cfg.forward_batch)
+                    self._backlog |= len(events) >= self.cfg.forward_batch
+                    for event in events:
+                        msg = Message(
+                            "event",
+                            {"kind": event.kind, "time": event.created, **event.content},
+                            [event.blob] if event.blob is not None else [],
+                            job_id=sub.client_id,
+                            seq=event.seq,
+                        )
+                        if not self._send(sock, identity, self._stamp(msg)):
+                            break
+                        sub.sent = event.seq
+                        if identity not in self._subs:
+                            break
+                except Exception:  # one job's bad data must not stop the others' events
+                    log.exception("forwarding events of job %s failed; dropping that subscription", job_id)
+                    subs.pop(job_id, None)
+                if identity not in self._subs:
+                    break
+            if not subs:
+                self._subs.pop(identity, None)
 
 
 def _package_version() -> str:

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .protocol import MAX_ERROR_CHARS
+
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
 TRANSITIONS = {
@@ -136,7 +138,6 @@ _JOB_COLUMNS = ("job_id, owner, state, options, created, updated, attempts, erro
 _MIGRATIONS = (("client_id", "TEXT"), ("image_sha256", "TEXT"), ("workdir", "TEXT"))
 
 
-
 def _job_filter(owner: str | None, states: tuple[str, ...]) -> tuple[str, list[Any]]:
     """The WHERE clause (and its parameters) that ``list`` and ``count`` share: jobs in ``states``, of ``owner``."""
     where = f"state IN ({','.join('?' * len(states))})"
@@ -147,8 +148,22 @@ def _job_filter(owner: str | None, states: tuple[str, ...]) -> tuple[str, list[A
     return where, params
 
 
+DAMAGED = "_damaged"
+"""The key of the options of a job whose stored options no longer parse (its worker fails it)."""
+
+
+def _options(text: object) -> dict[str, Any]:
+    """A job's stored options; a damaged row reads as ``{DAMAGED: why}`` instead of raising, so one
+    bad row fails that job (with a terminal event) and never stops listing, recovery or a start."""
+    try:
+        options = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return {DAMAGED: "the job's stored options do not parse"}
+    return options if isinstance(options, dict) else {DAMAGED: "the job's stored options are not an object"}
+
+
 def _job(row: tuple) -> Job:
-    return Job(row[0], row[1], row[2], json.loads(row[3]), *row[4:12], row[12] or row[0], row[13])
+    return Job(row[0], row[1], row[2], _options(row[3]), *row[4:12], row[12] or row[0], row[13])
 
 
 def _body_digest(options: dict[str, Any], image: bytes) -> str:
@@ -298,6 +313,8 @@ class JobStore:
             raise UnknownJob(f"no job {job_id!r}")
         if state not in TRANSITIONS[row[0]]:
             raise JobStoreError(f"job {job_id!r} cannot go from {row[0]} to {state}")
+        if error is not None and len(error) > MAX_ERROR_CHARS:  # a job's exception can be any size
+            error = error[:MAX_ERROR_CHARS] + " [...]"
         db.execute("UPDATE jobs SET state=?, error=?, updated=? WHERE job_id=?", (state, error, time.time(), job_id))
         if state in TERMINAL:  # the image is not needed any more; its sha256 stays for resubmits
             db.execute("UPDATE jobs SET image=x'' WHERE job_id=?", (job_id,))
@@ -358,11 +375,10 @@ class JobStore:
             row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJob(f"no job {job_id!r}")
-            if row[0] == "queued":
-                db.execute(
-                    "UPDATE jobs SET state='cancelled', error='cancelled before it started', updated=? WHERE job_id=?",
-                    (time.time(), job_id),
-                )
+            if row[0] == "queued":  # terminal at once: its event ends every wait, and the image goes
+                reason = "cancelled before it started"
+                self._move(db, job_id, "cancelled", reason)
+                self._insert_event(db, job_id, "cancelled", {"reason": reason}, None)
             elif row[0] == "running":
                 db.execute("UPDATE jobs SET cancel_requested=1, updated=? WHERE job_id=?", (time.time(), job_id))
         return self.get(job_id)

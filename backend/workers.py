@@ -39,7 +39,9 @@ import importlib
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
+import sqlite3
 import sys
 import threading
 import time
@@ -49,8 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .store import TERMINAL, JobStore, UnknownJob
-from .protocol import file_digest
+from .store import DAMAGED, TERMINAL, JobStore, UnknownJob
+from .protocol import MAX_ERROR_CHARS, file_digest
 
 log = logging.getLogger(__name__)
 INPUT_STAMP = "input.sha256"
@@ -118,12 +120,32 @@ def prepare_workdir(workdir: Path, image: bytes) -> None:
 
 
 def public_error(exc: BaseException) -> str:
-    """What a client is told about a job's exception: its type and message, no server paths."""
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-4000:]
+    """What a client is told about a job's exception: its type and message (cut to a fixed size),
+    no server paths."""
+    return scrub_paths("".join(traceback.format_exception_only(type(exc), exc)).strip())[-MAX_ERROR_CHARS:]
+
+
+_PATH = re.compile(r"(?<![\w.:/])(?:~|[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,;]+){2,}")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (``.../name``): errors and log events
+    tell the client what failed, never where the server keeps its files, caches or interpreter."""
+    return _PATH.sub(lambda m: ".../" + re.split(r"[\\/]", m.group(0))[-1], text)
+
+
+EXIT_STORE_LOCKED = 75
+"""A worker's exit code when the job database stayed locked past its busy timeout: the job is
+re-queued with its attempt given back (a long lock is not the job's failure)."""
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 def run_job(
-    db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None
+    db_path: str, job_id: str, job_fn: str, data_dir: str, parent_pid: int | None = None, gpu: str | None = None,
+    busy_timeout_s: float = 30.0,
 ) -> None:
     """The worker process's entry point: run one job to a terminal state (on one GPU, if given)."""
     _die_with_parent()
@@ -131,9 +153,12 @@ def run_job(
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if parent_pid is not None and os.getppid() != parent_pid:
         return  # the backend died before we got here; it will re-queue the job
-    store = JobStore(db_path)
+    store = JobStore(db_path, busy_timeout_s=busy_timeout_s)
     try:
         job = store.get(job_id)
+        if DAMAGED in job.options:  # one damaged row fails its job, with a terminal event
+            fail_job(store, job_id, "DamagedJob", job.options[DAMAGED] + "; submit the job again")
+            return
         workdir = work_folder(data_dir, job_id)
         image = store.image(job_id)
         prepare_workdir(workdir, image)
@@ -144,6 +169,10 @@ def run_job(
         except JobCancelled as exc:
             store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
         except Exception as exc:  # the job's failure: the client gets its type and message, the log the traceback
+            if _locked(exc):
+                print(f"mpod123 worker: the job database stayed locked ({exc}); the job goes back to the queue",
+                      file=sys.stderr, flush=True)
+                os._exit(EXIT_STORE_LOCKED)
             traceback.print_exc(file=sys.stderr)
             store.append_event(job_id, "log", {"text": public_error(exc)})
             fail_job(store, job_id, type(exc).__name__, str(exc))
@@ -173,7 +202,10 @@ def publish_result(
 
 
 def fail_job(store: JobStore, job_id: str, ename: str, evalue: str, cursor: tuple[str, int] | None = None) -> None:
-    """Finish a job as failed, with the reason the client is shown."""
+    """Finish a job as failed, with the reason the client is shown (cut to a fixed size, no server paths)."""
+    evalue = scrub_paths(evalue)
+    if len(evalue) > MAX_ERROR_CHARS:
+        evalue = evalue[:MAX_ERROR_CHARS] + " [...]"
     store.finish(job_id, "failed", "failed", {"ename": ename, "evalue": evalue}, f"{ename}: {evalue}", cursor=cursor)
 
 
@@ -209,6 +241,8 @@ class ExecutorConfig:
     poll_s: float = 0.05
     give_up_s: float = 120.0
     """The dispatcher declares the executor failed when its rounds keep failing this long."""
+    store_timeout_s: float = 30.0
+    """How long a worker waits for a locked job database before its job goes back to the queue."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -294,9 +328,9 @@ class LocalExecutor:
                 continue
             if not proc.is_alive():
                 proc.join()
-                del self._running[job_id]
-                if job.state not in TERMINAL:
+                if job.state not in TERMINAL:  # before forgetting the worker: a failed round retries this
                     self._worker_died(job_id, proc.exitcode, job.attempts)
+                del self._running[job_id]
                 continue
             if job.state in TERMINAL:
                 continue
@@ -331,7 +365,8 @@ class LocalExecutor:
         self.store.set_workdir(job_id, str(work_folder(self.data_dir, job_id)))
         proc = self._mp.Process(
             target=run_job,
-            args=(str(self.store.path), job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu),
+            args=(str(self.store.path), job_id, self.cfg.job_fn, str(self.data_dir), os.getpid(), gpu,
+                  self.cfg.store_timeout_s),
             name=f"mpod123-job-{job_id}",
             daemon=True,
         )
@@ -347,7 +382,10 @@ class LocalExecutor:
         return free[0] if free else self.gpus[len(self._running) % len(self.gpus)]
 
     def _worker_died(self, job_id: str, exitcode: int | None, attempts: int) -> None:
-        if attempts < self.store.max_attempts:
+        if exitcode == EXIT_STORE_LOCKED:
+            self.store.append_event(job_id, "log", {"text": "the job database stayed locked; re-queued"})
+            self.store.requeue(job_id, "the job database stayed locked; re-queued", refund=True)
+        elif attempts < self.store.max_attempts:
             self.store.append_event(job_id, "log", {"text": f"worker exited with code {exitcode}; re-queued"})
             self.store.set_state(job_id, "queued", f"worker exited with code {exitcode}; re-queued")
         else:

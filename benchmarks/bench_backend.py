@@ -1,10 +1,20 @@
 """Backend throughput on loopback: chunked result download vs a raw pyzmq send, submit-to-ack
-latency, and event forwarding rate; each with and without CURVE."""
+latency, and event forwarding rate; each with and without CURVE.
+
+``--abuse``: instead, the resident memory of a real ``mpod123 serve`` process (VmRSS from /proc,
+sampled every 50 ms) while unauthenticated peers send it one message of ``--frames`` frames of
+``--frame-mb`` MB, then ``--pipelined`` messages of ``--frame-mb`` MB that are never read. Run it
+with PYTHONPATH pointing at another source tree to measure that tree's server the same way."""
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -111,12 +121,89 @@ def run(curve: bool, size: int, n_acks: int, n_events: int, tmp: Path) -> dict:
     }
 
 
+_ABUSER = """
+    import sys, time, zmq
+    from backend import protocol
+    from backend.protocol import Message
+    endpoint, mode, n, mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    s = zmq.Context().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDTIMEO, 5000)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.connect(endpoint)
+    frame = zmq.Frame(b"\\0" * (mb << 20))
+    head = protocol.encode(Message("hello", {"client": "x"}))
+    sent = 0
+    try:
+        if mode == "frames":
+            s.send_multipart([*head, *([frame] * n)], copy=False)
+            sent = 1
+        else:
+            for _ in range(n):
+                s.send_multipart([*head, frame], copy=False)
+                sent += 1
+    except zmq.Again:
+        pass
+    print(sent, flush=True)
+    time.sleep(8)
+"""
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def abuse(frames: int, pipelined: int, frame_mb: int, tmp: Path) -> dict:
+    """Peak VmRSS growth of a serve process under the two unauthenticated abusers of issue 30."""
+    env = {**os.environ, "MPOD123_RUNTIME_DIR": str(tmp / "runtime"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data",
+                             str(tmp / "data"), "--job", "backend.demo:demo_job"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out = ""
+        for _ in range(5):
+            out += proc.stdout.readline()
+            if m := re.search(r"backend on (tcp://\S+) ", out):
+                break
+        endpoint = m.group(1)
+        time.sleep(1.0)
+        base = _rss_mb(proc.pid)
+        row = {"base_mb": base}
+        for mode, n in (("frames", frames), ("pipelined", pipelined)):
+            peak = base
+            a = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ABUSER), endpoint, mode, str(n), str(frame_mb)],
+                                 stdout=subprocess.PIPE, text=True, env=env)
+            while a.poll() is None:
+                peak = max(peak, _rss_mb(proc.pid))
+                time.sleep(0.05)
+            row[f"{mode}_sent"] = int((a.stdout.read() or "0").split()[0] or 0)
+            row[f"{mode}_peak_growth_mb"] = round(peak - base, 1)
+            row[f"{mode}_after_mb"] = round(_rss_mb(proc.pid) - base, 1)
+        row["alive"] = proc.poll() is None
+        return row
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--size-mb", type=int, default=100)
     p.add_argument("--acks", type=int, default=200)
     p.add_argument("--events", type=int, default=5000)
+    p.add_argument("--abuse", action="store_true", help="measure serve's memory under unauthenticated abusers instead")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--pipelined", type=int, default=150)
+    p.add_argument("--frame-mb", type=int, default=50)
     args = p.parse_args()
+    if args.abuse:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = abuse(args.frames, args.pipelined, args.frame_mb, Path(tmp))
+        report("backend_abuse", {"benchmark": "backend_abuse", "args": vars(args), "result": row}, args.out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(curve, args.size_mb * 1_000_000, args.acks, args.events, Path(tmp)) for curve in (False, True)]
     import os

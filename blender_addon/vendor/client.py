@@ -14,10 +14,22 @@ server restarted), the client subscribes again to every job it follows, and
 :meth:`wait` also asks for the job's status now and then, so a restart never
 leaves it waiting for events that nobody will send.
 
-On loopback without CURVE the server answers only clients that hold its
-user's token, a file in :func:`runtime_dir` that only that user can read
-(Jupyter's connection-file model). The client reads it by itself, so every
-process of that user shares its jobs with no ``--session``.
+On loopback the connection is CURVE too, with keys the local server made on
+its first start in :func:`runtime_dir` (0700, files 0600, only that user can
+read them: Jupyter's connection-file model with keys in place of the HMAC).
+The client reads them by itself (:func:`read_local_keys`), so every process
+of that user shares its jobs with no ``--session``, and no secret ever travels
+on the wire: a squatter on the port has neither the server's secret nor
+anything to steal. A runtime folder or key file that is a symbolic link, not
+this user's own, or readable by others is refused (``O_NOFOLLOW``, checked on
+the open file).
+
+Liveness is the protocol's own ``ping``/``pong`` (ZMTP heartbeats are off:
+libzmq aborts under them when a peer stops reading). :meth:`drain` and
+:meth:`wait` ping when nothing was sent for ``PING_EVERY_S``; a ``pong`` that
+says the server follows fewer jobs than this client does (it dropped a client
+that fell behind) makes the client subscribe again, and a server silent for
+``PEER_TIMEOUT_S`` while pinged gets a fresh socket.
 
 ZeroMQ reconnects by itself and queues sends while disconnected, and a wrong
 CURVE server key makes the handshake fail silently; every wait therefore has
@@ -38,37 +50,11 @@ from typing import Any
 import zmq
 
 from . import protocol
-from .protocol import Message
+from .protocol import LocalKeysError, Message, read_local_keys, runtime_dir  # noqa: F401  (part of this API)
 
 DEFAULT_CHUNK = 2 << 20
 STATUS_EVERY_S = 2.0
 """How often :meth:`Client.wait` asks for the job's status besides listening for its events."""
-TOKEN_FILE = "token"
-
-
-def runtime_dir() -> Path:
-    """Where the local token lives: ``$MPOD123_RUNTIME_DIR``, else ``~/.local/share/mpod123/runtime``
-    (``%APPDATA%\\mpod123\\runtime`` on Windows). The folder is 0700 and the token file 0600."""
-    env = os.environ.get("MPOD123_RUNTIME_DIR")
-    if env:
-        return Path(env)
-    if sys.platform == "win32" and os.environ.get("APPDATA"):
-        return Path(os.environ["APPDATA"]) / "mpod123" / "runtime"
-    return Path.home() / ".local" / "share" / "mpod123" / "runtime"
-
-
-def token_path() -> Path:
-    return runtime_dir() / TOKEN_FILE
-
-
-def read_local_token() -> str | None:
-    """This user's token for local backends, or None (no local backend has run as this user)."""
-    try:
-        return token_path().read_text().strip() or None
-    except OSError:
-        return None
-
-
 class BackendError(RuntimeError):
     """The backend answered with an error; ``ename`` says which."""
 
@@ -95,19 +81,32 @@ class Client:
         server_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
         context: zmq.Context | None = None,
-        token: str | None = None,
+        local_keys: bool = True,
     ) -> None:
-        """``server_key`` and ``client_keys`` (public, secret) turn on CURVE. Without CURVE the
-        local token (``token``, default: this user's token file) authenticates the client."""
+        """``server_key`` and ``client_keys`` (public, secret) turn on CURVE. Without them, on a
+        loopback endpoint, this user's local keys (:func:`read_local_keys`) do, when a local
+        backend has made them (``local_keys=False``: never; a plain socket, for in-process tests)."""
         if server_key is not None and client_keys is None:
             raise ValueError("CURVE needs the client's key pair as well as the server's public key")
         self.endpoint = endpoint
         self.session = session or uuid.uuid4().hex
         self.timeout_s = timeout_s
+        self.local = False
+        if server_key is None and local_keys and protocol.is_loopback(endpoint):
+            found = read_local_keys()
+            if found is not None:
+                server_key, client_keys = found
+                self.local = True
         self.curve = server_key is not None
-        self.token = None if self.curve else (token or read_local_token())
         self._ctx = context or zmq.Context.instance()
         self._server_key, self._client_keys = server_key, client_keys
+        now = time.monotonic()
+        self._last_sent = self._last_heard = now
+        self._pinged = False
+        """A ping is out and nothing was heard since."""
+        self._next_resubscribe = 0.0
+        self._finished: set[str] = set()
+        """Jobs whose terminal event this client has seen (the server follows them no more)."""
         self.sock = self._socket()
         self.pending_events: list[Message] = []
         self.last_seq: dict[str, int] = {}
@@ -121,9 +120,7 @@ class Client:
 
     def _socket(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        sock.setsockopt(zmq.LINGER, 0)  # no ZMTP heartbeats: see the module docstring
         # a send blocks while no connection can take it (a CURVE handshake the server refused drops
         # the pipe): bound it, so a refused key is a clear timeout and never a hang
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
@@ -144,10 +141,6 @@ class Client:
     def close(self) -> None:
         self.sock.close(0)
 
-    def auth_header(self) -> dict[str, str]:
-        """Header fields that authenticate this client to a local backend."""
-        return {"auth": self.token} if self.token else {}
-
     def __enter__(self) -> Client:
         return self
 
@@ -159,17 +152,23 @@ class Client:
              job_id: str | None = None) -> None:
         self._send(Message(msg_type, content or {}, buffers or [], job_id=job_id, session=self.session))
 
-    def _send(self, msg: Message) -> str:
-        msg.extra_header.update(self.auth_header())
+    def _send(self, msg: Message, block: bool = True) -> str | None:
+        """Send ``msg``; ``block=False`` (pings, resubscribes) gives up at once instead of waiting
+        for a connection, and returns None when it could not send."""
         try:
-            self.sock.send_multipart(protocol.encode(msg))
+            self.sock.send_multipart(protocol.encode(msg), 0 if block else zmq.NOBLOCK)
         except zmq.Again:
+            if not block:
+                return None
             raise self._timeout(msg.msg_type) from None
+        self._last_sent = time.monotonic()
         return msg.msg_id
 
     def _timeout(self, what: str) -> BackendTimeout:
         causes = "the backend is not running or not reachable at " + self.endpoint
-        if self.curve:
+        if self.local:
+            causes += f", or it was started by another user (this user's keys are in {runtime_dir()})"
+        elif self.curve:
             causes += ", the server public key is wrong, or this client's key is not on the server's allow-list"
         return BackendTimeout(f"no answer to {what} within {self.timeout_s:.0f} s: {causes}")
 
@@ -185,13 +184,41 @@ class Client:
                 if self.bad_messages == 1:
                     print(f"mpod123 client: dropped a message that does not decode ({exc})", file=sys.stderr)
                 continue
+            self._last_heard, self._pinged = time.monotonic(), False
             self._check_boot(msg)
+            if msg.msg_type == "pong":
+                self._check_following(msg.content.get("following"))
+                continue
             if msg.msg_type == "event" and msg.job_id is not None and msg.seq is not None:
                 if msg.seq <= self.last_seq.get(msg.job_id, 0):
                     continue  # a duplicate after a resume: drop it
                 self.last_seq[msg.job_id] = msg.seq
+                if msg.content.get("kind") in ("done", "failed", "cancelled"):
+                    self._finished.add(msg.job_id)
             return msg
         return None
+
+    def _check_following(self, following: object) -> None:
+        """A pong: the server forwards ``following`` of this client's jobs. Fewer than this client
+        follows means it was dropped (it fell behind or went silent): subscribe again, at most
+        once per PEER_TIMEOUT_S (a job that expired on the server stays unfollowed)."""
+        expected = sum(1 for j in self.last_seq if j not in self._finished)
+        now = time.monotonic()
+        if isinstance(following, int) and following < expected and now >= self._next_resubscribe:
+            self._next_resubscribe = now + protocol.PEER_TIMEOUT_S
+            self._resubscribe()
+
+    def _keep_alive(self) -> None:
+        """Ping when nothing was sent for PING_EVERY_S; a fresh socket when the server stayed
+        silent for PEER_TIMEOUT_S after a ping (what the ZMTP heartbeat did, without its abort)."""
+        now = time.monotonic()
+        if self._pinged and now - self._last_heard > protocol.PEER_TIMEOUT_S:
+            self._last_heard, self._pinged = now, False
+            self.reconnect()
+            return
+        if now - self._last_sent >= protocol.PING_EVERY_S:
+            if self._send(Message("ping", {}, session=self.session), block=False) is not None:
+                self._pinged = True
 
     def _check_boot(self, msg: Message) -> None:
         boot = msg.extra_header.get("boot")
@@ -205,7 +232,8 @@ class Client:
     def _resubscribe(self) -> None:
         """Ask again for the events of every followed job (their replies are not awaited)."""
         for job_id, seq in self.last_seq.items():
-            self._send(Message("resume", {"last_seq": seq}, job_id=job_id, session=self.session))
+            if job_id not in self._finished:
+                self._send(Message("resume", {"last_seq": seq}, job_id=job_id, session=self.session), block=False)
 
     def _is_reply(self, msg: Message, msg_id: str) -> bool:
         parent = msg.extra_header.get("parent_msg_id")
@@ -233,7 +261,9 @@ class Client:
             return msg
 
     def drain(self, max_messages: int = 100) -> list[Message]:
-        """Events received so far, without blocking (at most ``max_messages`` read per call)."""
+        """Events received so far, without blocking (at most ``max_messages`` read per call);
+        pings the server when nothing was sent for a while (see :meth:`_keep_alive`)."""
+        self._keep_alive()
         for _ in range(max_messages):
             msg = self._recv(0)
             if msg is None:
@@ -296,6 +326,7 @@ class Client:
         """Ask again for a job's events after ``last_seq`` (default: the last one seen)."""
         seq = self.last_seq.get(job_id, 0) if last_seq is None else last_seq
         self.last_seq[job_id] = seq
+        self._finished.discard(job_id)
         return self.request("resume", {"last_seq": seq}, job_id=job_id).content
 
     def wait(self, job_id: str, until: tuple[str, ...] = ("done", "failed", "cancelled"), timeout_s: float = 3600.0,

@@ -10,8 +10,15 @@ per-job event sequence number (None outside events). Optional header fields
 (kept in ``extra_header``): ``parent_msg_id`` on every reply (the request it
 answers: a client drops a reply that is not for its current request),
 ``boot`` on everything a server sends (a new value means the server restarted
-and the client subscribes again), and ``auth`` (the local token, on loopback). Binary frames carry image
-bytes and result chunks; nothing is ever pickled.
+and the client subscribes again). Binary frames carry image bytes and result
+chunks; nothing is ever pickled.
+
+Liveness is the protocol's own: a client sends ``ping`` when it has sent
+nothing for ``PING_EVERY_S`` and the server answers ``pong`` with how many of
+the client's jobs it is forwarding (``following``), so a client the server
+dropped (it fell behind, or went silent) subscribes again. ZMTP heartbeats
+stay off on every socket: libzmq aborts the process when a heartbeat times out
+on a peer that stopped reading (zeromq/libzmq #3937, #4364, #4767).
 
 Decoding is strict about what it needs and tolerant of what it does not know:
 a wrong frame count, bad JSON, an unknown version or message type, a missing
@@ -28,8 +35,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
+import re
+import stat
+import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -42,6 +54,12 @@ MAX_CHUNK_BYTES = 8 << 20
 MAX_LIST_PAGE = 500
 CHUNK_CREDIT = 8
 """Result chunks a client may have unread; it acknowledges them by their nonces."""
+MAX_ERROR_CHARS = 2000
+"""An error's text is cut to this many characters (a job's exception can be any size)."""
+PING_EVERY_S = 2.0
+"""A client that has sent nothing for this long sends a ``ping`` (the old ZMTP heartbeat interval)."""
+PEER_TIMEOUT_S = 10.0
+"""A peer not heard from for this long is taken for gone (the old ZMTP heartbeat timeout)."""
 MAX_FRAMES = 12
 """Frames in one message (a submit has 4, plus one per extra view, at most 8); more is refused before
 anything is copied. The bytes of all frames together stay under the server's message limit."""
@@ -66,6 +84,8 @@ CONTENT_SCHEMA: dict[str, dict[str, Any]] = {
     "fetch_chunk": {"offset": int, "length": int},  # optional: acks, the nonces of chunks read
     "chunk": {"offset": int, "size": int},
     "error": {"ename": str, "evalue": str, "hint": str},
+    "ping": {},
+    "pong": {"following": int},
 }
 MSG_TYPES = frozenset(CONTENT_SCHEMA)
 NEEDS_JOB_ID = frozenset({"submit", "ack", "event", "status", "cancel", "resume", "result_info", "fetch_chunk", "chunk"})
@@ -76,6 +96,7 @@ class ProtocolError(ValueError):
     """A message that cannot be accepted; becomes an ``error`` reply."""
 
     def __init__(self, ename: str, evalue: str, hint: str = "") -> None:
+        evalue = evalue if len(evalue) <= MAX_ERROR_CHARS else evalue[:MAX_ERROR_CHARS] + " [...]"
         super().__init__(f"{ename}: {evalue}")
         self.ename, self.evalue, self.hint = ename, evalue, hint
 
@@ -121,8 +142,8 @@ def _json_object(frame: bytes, what: str) -> dict[str, Any]:
         raise ProtocolError("MessageTooLarge", f"the {what} frame is {len(frame)} bytes, over {MAX_JSON_BYTES}")
     try:
         value = json.loads(frame.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("BadJSON", f"the {what} frame is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # also: nesting too deep, a number of thousands of digits
+        raise ProtocolError("BadJSON", f"the {what} frame is not JSON: {str(exc)[:200]}") from None
     if not isinstance(value, dict):
         raise ProtocolError("BadJSON", f"the {what} frame must be a JSON object")
     return value
@@ -239,3 +260,113 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # '*', an interface name or a host name: not provably local
+
+
+# ------------------------------------------------------------------ local keys
+# How a client finds a local backend: the key files that backend made in this user's private
+# runtime folder (Jupyter's connection-file model, with CURVE keys in place of the HMAC).
+LOCAL_SERVER_KEY = "server.key"
+LOCAL_SERVER_SECRET = "server.key_secret"
+LOCAL_CLIENT_SECRET = "local.key_secret"
+KEY_CHARS = 40
+"""A CURVE key in Z85 is 40 characters."""
+
+
+class LocalKeysError(PermissionError):
+    """The runtime folder or a key file in it is not private to this user; the message says the fix."""
+
+
+def runtime_dir() -> Path:
+    """Where the local keys live: ``$MPOD123_RUNTIME_DIR``, else ``~/.local/share/mpod123/runtime``
+    (``%APPDATA%\\mpod123\\runtime`` on Windows). The folder is 0700 and its files 0600."""
+    env = os.environ.get("MPOD123_RUNTIME_DIR")
+    if env:
+        return Path(env)
+    if sys.platform == "win32" and os.environ.get("APPDATA"):
+        return Path(os.environ["APPDATA"]) / "mpod123" / "runtime"
+    return Path.home() / ".local" / "share" / "mpod123" / "runtime"
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def _check_private(st: os.stat_result, path: Path, folder: bool) -> None:
+    if not hasattr(os, "getuid"):
+        return  # Windows: the user's profile folder is private by its ACL
+    fix = (f"set MPOD123_RUNTIME_DIR to a folder of your own, or remove {path} and start the backend again")
+    if st.st_uid != os.getuid():
+        raise LocalKeysError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}); {fix}")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        raise LocalKeysError(f"{path} is {oct(mode)}: others can read it; run `chmod {'700' if folder else '600'} "
+                             f"{path}` (and make new keys if someone else may have read them)")
+
+
+def open_private_dir(path: Path) -> int:
+    """A file descriptor of ``path`` after checking that it is a real folder (not a symbolic link),
+    this user's own and 0700; files are then opened relative to it, so the folder cannot be
+    swapped between the check and the use."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise LocalKeysError(f"{path} is a symbolic link; remove it (rm {path}) and start the backend again, "
+                                 "or set MPOD123_RUNTIME_DIR to a folder of your own") from None
+        raise exc
+    try:
+        _check_private(os.fstat(fd), path, folder=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private_file(folder_fd: int, folder: Path, name: str, limit: int = 1 << 16) -> str:
+    """A small file of the runtime folder, refused if it is a symbolic link, not this user's, or not 0600."""
+    path = folder / name
+    try:
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=folder_fd) if _NOFOLLOW else os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise LocalKeysError(f"{path} is a symbolic link; remove it and start the backend again") from None
+        raise exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LocalKeysError(f"{path} is not a regular file; remove it and start the backend again")
+        _check_private(st, path, folder=False)
+        return os.read(fd, limit).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def parse_key_text(text: str, where: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) from a ZeroMQ certificate's text; an empty, short or mismatched key is an error."""
+    found = {m.group(1): m.group(2) for m in re.finditer(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"', text, re.M)}
+    public, secret = found.get("public", ""), found.get("secret")
+    what = "secret" if need_secret else "public"
+    if len(public) != KEY_CHARS or need_secret and (secret is None or len(secret) != KEY_CHARS):
+        raise LocalKeysError(f"{where} holds no valid CURVE {what} key (empty, short or damaged); remove it "
+                             "and make keys again (a local backend makes its own at its next start)")
+    return public.encode(), (secret.encode() if secret is not None and need_secret else None)
+
+
+def read_local_keys(folder: Path | None = None) -> tuple[bytes, tuple[bytes, bytes]] | None:
+    """(server public key, (client public, client secret)) made by this user's local backend, or None
+    when none has run as this user; raises :class:`LocalKeysError` if they are not private."""
+    folder = folder or runtime_dir()
+    if not os.path.lexists(folder):
+        return None
+    fd = open_private_dir(folder)
+    try:
+        try:
+            server = read_private_file(fd, folder, LOCAL_SERVER_KEY)
+            client = read_private_file(fd, folder, LOCAL_CLIENT_SECRET)
+        except FileNotFoundError:
+            return None
+    finally:
+        os.close(fd)
+    server_public, _ = parse_key_text(server, folder / LOCAL_SERVER_KEY, need_secret=False)
+    client_public, client_secret = parse_key_text(client, folder / LOCAL_CLIENT_SECRET, need_secret=True)
+    return server_public, (client_public, client_secret)

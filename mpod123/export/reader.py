@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import Mpod123Error
+from .glb_bounds import check_glb_file_bounds
 
 GLB_MAGIC = 0x46546C67
 REPEAT, CLAMP_TO_EDGE, MIRRORED_REPEAT = 10497, 33071, 33648
@@ -261,6 +262,7 @@ def read_gltf_bytes(data: bytes, file_type: str = "glb", base_dir: Path | None =
 
     if file_type == "glb":
         gltf, rest = _glb_chunks(data)
+        check_glb_file_bounds(gltf, rest, MeshReadError)  # declared sizes <= the file's real bytes, before any array
     else:
         try:
             gltf, rest = json.loads(data), b""

@@ -21,8 +21,12 @@ def _start(data, bind="tcp://127.0.0.1:0"):
         [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    line = proc.stdout.readline()
-    match = re.search(r"on (tcp://\S+) ", line)
+    line = ""
+    for _ in range(5):  # a warning line may come first
+        line += proc.stdout.readline()
+        match = re.search(r"backend on (tcp://\S+) ", line)
+        if match or proc.poll() is not None:
+            break
     assert match, line + (proc.stdout.read() if proc.poll() is not None else "")
     return proc, match.group(1)
 
