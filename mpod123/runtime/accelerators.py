@@ -77,11 +77,12 @@ ACCELERATORS: dict[str, Accelerator] = {
     "tcnn": Accelerator(
         "tcnn",
         "tinycudann",
-        "pip install git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch "
-        "(needs CUDA and a matching compiler)",
+        "pip install ninja && pip install --no-build-isolation "
+        "git+https://github.com/NVlabs/tiny-cuda-nn/#subdirectory=bindings/torch "
+        "(builds at install time: needs nvcc of the CUDA version your torch was built with and a matching C++ compiler)",
     ),
     "nerfacc": Accelerator(
-        "nerfacc", "nerfacc", "pip install nerfacc (its ops need CUDA and its compiled extension)", True, _nerfacc_extension
+        "nerfacc", "nerfacc", "pip install nerfacc ninja (its ops need CUDA; the extension compiles with nvcc and ninja on first use, minutes)", True, _nerfacc_extension
     ),
     "kaolin": Accelerator(
         "kaolin",
@@ -94,7 +95,8 @@ ACCELERATORS: dict[str, Accelerator] = {
     "nvdiffrast": Accelerator(
         "nvdiffrast",
         "nvdiffrast.torch",
-        "pip install git+https://github.com/NVlabs/nvdiffrast (needs CUDA)",
+        "pip install setuptools wheel ninja && pip install --no-build-isolation git+https://github.com/NVlabs/nvdiffrast "
+        "(0.4 builds at install time: needs nvcc and a C++ compiler)",
         True,
         _nvdiffrast_extension,
     ),
