@@ -93,3 +93,43 @@ def test_gpu_check_smoke_says_nothing_accelerated_and_reports_every_section(tmp_
     assert all("not compared" in t for t in record["targets"].values())
     (row,) = record["pipeline"]["rows"]
     assert row["preset"] == "draft" and row["extrapolated_total_s"] > 0 and row["mesh_previews_emitted"] == 0
+
+
+def test_a_nan_is_counted_where_it_arises_although_the_sds_loss_hides_it(tmp_path):
+    """``sds_loss`` turns NaN into 0, so the render's gradient stays finite whatever the UNet
+    did (the old check looked only there). gpu_check counts the UNet's output and the SDS
+    gradient before that, and its fp16 check fails on them."""
+    import gpu_check
+    from mpod123.camera import orbit_cameras
+    from mpod123.config import Zero123Config
+    from mpod123.guidance import GuidanceInput
+    from mpod123.guidance.zero123 import Zero123Guidance
+    from mpod123.runtime.tiny_models import TINY, save_tiny_zero123
+
+    save_tiny_zero123(tmp_path / "z", size=TINY)
+    z = Zero123Guidance(Zero123Config(model=str(tmp_path / "z"), dtype="float32"),
+                        torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(0)), orbit_cameras(90.0, 0.0))
+    r = z.image_size
+
+    def poison(module, inputs, output):  # three NaN in the conditional half of the CFG batch
+        output.sample[0, 0, 0, :3] = float("nan")
+
+    z.unet.register_forward_hook(poison)  # before gpu_check's own hook, so it sees the NaN
+    render = torch.rand(1, r, r, 3).requires_grad_(True)
+    cams = orbit_cameras(70.0, 30.0, 2.5, 40.0, r)
+    row, render_grad, sds_grad = gpu_check._timed_sds(
+        z, lambda: GuidanceInput(render, torch.ones(1, r, r, 1), cams, torch.ones(1, 3), 7, 100), render, "sds_zero123", "cpu")
+    assert bool(torch.isfinite(render_grad).all()), "the loss hid the NaN from the render's gradient"
+    assert row["nonfinite_render_grad"] == 0
+    assert row["nonfinite_unet_output"] == 2 * 3, "both timed calls (warm-up and timed) counted"
+    assert row["nonfinite_sds_grad"] == 2 * 3 and _nonfinite(sds_grad) == 3
+    sds = {"rows": [{**row, "prior": "zero123", "dtype": "float16"}, {**row, "prior": "zero123", "dtype": "float32"}],
+           "fp16_vs_fp32": {"zero123": {"cosine_render_grad": 1.0}}}
+    inversion = {"nonfinite": {"fp32": 0, "fp16_unscaled": 0, "fp16_scaled": 0}, "cosine_fp16_scaled_vs_fp32": 0.99}
+    checks = gpu_check.checks_of(inversion, sds)
+    assert checks["inversion_fp16"]["ok"] and not checks["sds_zero123_fp16"]["ok"]
+    assert "non-finite" in checks["sds_zero123_fp16"]["reason"]
+
+
+def _nonfinite(x: torch.Tensor) -> int:
+    return int((~torch.isfinite(x)).sum())
