@@ -241,8 +241,9 @@ def pipeline(args, root: Path, out: Path, timeout: float) -> dict:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--smoke", action="store_true", help="tiny models, on the CPU if there is no GPU (a smoke test)")
-    p.add_argument("--budget", type=float, default=600.0,
-                   help="seconds for everything after the extension builds (which have no time cap)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds for everything after the extension builds, which have no time cap (default: 600 on "
+                        "a GPU; 1800 for --smoke, whose tiny pipeline run takes minutes on a busy CPU)")
     p.add_argument("--models", help="folder to keep the random models in (default: next to the report)")
     p.add_argument("--pipeline-steps", type=int, default=30, help="steps per stage run by the pipeline timing")
     args = p.parse_args()
@@ -251,6 +252,7 @@ def main() -> None:
                  "memory, accelerator parity, per-step times at real sizes); run it on the GPU machine, or "
                  "pass --smoke to run it on tiny models here as a smoke test")
     dev = args.device
+    args.budget = args.budget if args.budget is not None else 1800.0 if args.smoke else 600.0
     out = Path(args.out) if args.out else RESULTS / ("gpu_check_smoke.json" if args.smoke else "gpu_check.json")
     rec = StepRecord(out, {"benchmark": "gpu_check", "sizes": "tiny" if args.smoke else "real (random weights)",
                            "machine": machine(dev)})

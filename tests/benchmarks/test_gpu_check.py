@@ -70,7 +70,7 @@ def test_a_kill_in_the_middle_leaves_the_finished_steps_on_disk(tmp_path):
 def test_gpu_check_smoke_says_nothing_accelerated_and_reports_every_section(tmp_path):
     report = tmp_path / "r.json"
     out = subprocess.run(_cmd("--smoke", "--pipeline-steps", "3", "--out", str(report), "--models", str(tmp_path / "m")),
-                         capture_output=True, text=True, env=ENV, timeout=1500)
+                         capture_output=True, text=True, env=ENV, timeout=2400)
     assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-3000:]
     for name in ACCELERATORS:  # one line each, with the verdict and the reason
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith(f"gpu_check: {name} "))
