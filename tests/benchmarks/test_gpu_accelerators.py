@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.file_baton import FileBaton
 
 import gpu_accelerators as ga
 from mpod123.runtime.accelerators import ACCELERATORS, probe
@@ -30,16 +31,23 @@ def test_a_stale_lock_is_removed_and_a_held_one_is_left(tmp_path, monkeypatch):
     nobody holding it, and every later load of the extension waits on it forever."""
     stale = _lock(tmp_path, "py311_cu128", "nerfacc_cuda")  # the default layout: <root>/<pyXY_cuZZ>/<name>
     flat = _lock(tmp_path, "nvdiffrast_plugin")  # $TORCH_EXTENSIONS_DIR/<name>
-    held = _lock(tmp_path, "py311_cu128", "other")
     young = _lock(tmp_path, "py311_cu128", "starting", age_s=0.0)  # just created: maybe a build about to open it
-    fd = os.open(held, os.O_RDONLY)  # a build in progress holds it, as FileBaton.try_acquire does
+    held = tmp_path / "py311_cu128" / "other" / "lock"
+    held.parent.mkdir(parents=True)
+    building = FileBaton(str(held))  # what torch's JIT build takes (and keeps open) while it compiles
+    assert building.try_acquire()
+    os.utime(held, (time.time() - 120, time.time() - 120))
+    assert not FileBaton(str(stale)).try_acquire(), "a stale lock blocks the next build"
     try:
         monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
         messages = ga.clear_stale_locks(min_age_s=30.0)
+        assert held.exists(), "the lock of a build in progress is left alone"
     finally:
-        os.close(fd)
-    assert not stale.exists() and not flat.exists()
-    assert held.exists() and young.exists()
+        building.release()
+    assert not stale.exists() and not flat.exists() and young.exists()
+    after = FileBaton(str(stale))
+    assert after.try_acquire(), "the next build can take the lock"
+    after.release()
     text = "\n".join(messages)
     assert f"{stale}: removed a stale lock left by a killed extension build" in text
     assert f"{held}: held by pid {os.getpid()}" in text
