@@ -183,9 +183,10 @@ def sds_steps(root: Path, dev: str, smoke: bool) -> dict:
         render2 = torch.rand(1, side, side, 3, generator=gen()).to(dev).requires_grad_(True)
         masks = torch.ones(1, side, side, 1, device=dev)
         masks[:, :, : side // 4] = 0.0
-        row, render_grads["stable_diffusion_dai", dtype], sds_grads["stable_diffusion_dai", dtype] = _timed_sds(
-            dai, lambda: GuidanceInput(render2, torch.ones_like(masks), cams, torch.ones(1, 3, device=dev), 7, 100, None, masks),
-            render2, "sds_dai", dev)
+        key = "stable_diffusion_dai"
+        row, render_grads[key, dtype], sds_grads[key, dtype] = _timed_sds(
+            dai, lambda: GuidanceInput(render2, torch.ones_like(masks), cams, torch.ones(1, 3, device=dev), 7, 100, None,
+                                       masks), render2, "sds_dai", dev)
         rows.append({"prior": "stable_diffusion_dai", "dtype": dtype, "render": side, **row})
         dai.close()
         del dai, models

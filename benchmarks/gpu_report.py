@@ -84,7 +84,8 @@ def compare_targets(row: dict) -> dict | None:
             "met": not missed, "missed": missed}
 
 
-def exit_code(accelerators: dict[str, dict], checks: dict[str, dict], targets: dict[str, dict | None]) -> tuple[int, list[str]]:
+def exit_code(accelerators: dict[str, dict], checks: dict[str, dict],
+              targets: dict[str, dict | None]) -> tuple[int, list[str]]:
     """The check's exit code and the reasons for anything but 0 (see the module's docstring).
 
     ``accelerators``: name -> {"verdict", "reason"}; ``checks``: name -> {"ok", "reason"};

@@ -82,7 +82,11 @@ ACCELERATORS: dict[str, Accelerator] = {
         "(builds at install time: needs nvcc of the CUDA version your torch was built with and a matching C++ compiler)",
     ),
     "nerfacc": Accelerator(
-        "nerfacc", "nerfacc", "pip install nerfacc ninja (its ops need CUDA; the extension compiles with nvcc and ninja on first use, minutes)", True, _nerfacc_extension
+        "nerfacc",
+        "nerfacc",
+        "pip install nerfacc ninja (its ops need CUDA; the extension compiles with nvcc and ninja on first use, minutes)",
+        True,
+        _nerfacc_extension,
     ),
     "kaolin": Accelerator(
         "kaolin",
