@@ -7,14 +7,21 @@ stage is measured after its first steps (warm-up, compilation, caches) and
 multiplied out to the preset's real budget. Stage 1 first runs through its
 occupancy grid's warm-up (every cell re-evaluated, dense marching: slower
 steps than the rest of the stage), which is timed apart and not extrapolated.
-Progress events are not throttled here, and rates come from their step numbers. Targets on one H100: ``paper`` in
-at most 10 minutes and 24 GB, ``fast`` in at most 3 minutes.
+Mesh previews are off (``bench_preview_mesh.py`` times them apart) and progress
+events keep their production rate (``--progress-hz``: each event reads the
+losses back from the device); rates come from the events' step numbers, so
+they stay right when events are throttled. Each preset's row is written to the
+JSON report as soon as the preset ends (atomically), so a run stopped in the
+middle keeps the presets it finished. Rows are compared with the targets on one
+H100 (``gpu_report.TARGETS``: ``paper`` in at most 10 minutes and 24 GB,
+``fast`` in at most 3 minutes); a missed target makes the exit code 1.
 
 Refuses to run on the CPU; ``--tiny --allow-cpu`` is a smoke test of the script.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -24,11 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import machine, parser, quiet, report
+from common import RESULTS, machine, parser
+from gpu_report import StepRecord, compare_targets
 from mpod123.config import pipeline_preset
 from mpod123.pipeline.generate import ModelSources, configure
-from mpod123.runtime.progress import Progress
-from mpod123.stages.base import OptimisationStage
+from mpod123.runtime.progress import MeshPreview, Progress
+from mpod123.stages.base import PROGRESS_RATE_HZ, OptimisationStage
 from mpod123.pipeline.runner import Runner
 from mpod123.runtime.tiny_models import FULL, TINY, save_tiny_stable_diffusion, save_tiny_zero123
 
@@ -40,10 +48,13 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}
+        self.mesh_previews = 0
 
     def __call__(self, event) -> None:
         if isinstance(event, Progress) and event.stage in self.times:
             self.times[event.stage].append((time.perf_counter(), event.step))
+        elif isinstance(event, MeshPreview):
+            self.mesh_previews += 1
 
     def steps(self, stage: str) -> int:
         return self.times[stage][-1][1] if self.times[stage] else 0
@@ -75,11 +86,12 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--allow-cpu", action="store_true")
     p.add_argument("--models", help="folder to keep the random models in (default: a temporary folder)")
+    p.add_argument("--progress-hz", type=float, default=PROGRESS_RATE_HZ,
+                   help="progress events per second (default: the production rate; 0: every step, a host sync each)")
     args = p.parse_args()
     if not args.device.startswith("cuda") and not args.allow_cpu:
         sys.exit("pipeline_gpu: needs a CUDA device (the presets are GPU budgets); use --tiny --allow-cpu for a smoke test")
-    quiet()
-    OptimisationStage.progress_rate_hz = 0.0  # every step reported: the clock times each one
+    OptimisationStage.progress_rate_hz = args.progress_hz
     size, dtype = (TINY, None) if args.tiny else (FULL, torch.float16)
     root = Path(args.models or tempfile.mkdtemp(prefix="mpod123-bench-models-"))
     if not (root / "zero123" / "model_index.json").is_file():
@@ -88,7 +100,11 @@ def main() -> None:
         save_tiny_stable_diffusion(root / "sd", size=size, dtype=dtype)
     work = Path(tempfile.mkdtemp(prefix="mpod123-bench-run-"))
     image = input_image(work / "input.png")
-    rows = []
+    out = Path(args.out) if args.out else RESULTS / ("pipeline_tiny.json" if args.tiny else "pipeline_gpu.json")
+    rec = StepRecord(out, {"benchmark": "pipeline_gpu", "sizes": "tiny" if args.tiny else "real (random weights)",
+                           "machine": machine(args.device), "progress_hz": args.progress_hz, "mesh_previews": "off",
+                           "rows": []})
+    missed = []
     for preset in args.presets:
         full = pipeline_preset(preset)
         cfg = configure(preset, 0, ModelSources(str(root / "zero123"), str(root / "sd")), config=pipeline_preset(preset))
@@ -98,6 +114,7 @@ def main() -> None:
         cfg.detail.steps = min(args.steps, full.detail.steps)
         cfg.inversion.steps = min(args.steps, full.inversion.steps)
         cfg.deterministic = False  # what a GPU user runs for speed
+        cfg.outline.mesh_preview.enabled = cfg.detail.mesh_preview.enabled = False  # not timed here
         clock = StepClock()
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -117,13 +134,20 @@ def main() -> None:
             stages[stage] = {"steps_run": done, "steps_per_s": None if rate is None else round(rate, 4),
                              "seconds_run": timings[stage], "setup_s": round(setup, 2),
                              "budget_steps": budget[stage], "extrapolated_s": round(full_s, 1)}
-        rows.append({"preset": preset, "stages": stages, "export_s": timings.get("export"),
-                     "peak_gpu_gb": result.record.get("peak_gpu_memory_gb"),
-                     "extrapolated_total_s": round(total, 1), "extrapolated_total_min": round(total / 60, 2),
-                     "backends": result.record["backends"]})
-    report("pipeline_gpu" if not args.tiny else "pipeline_tiny",
-           {"benchmark": "pipeline_gpu", "sizes": "tiny" if args.tiny else "real (random weights)",
-            "machine": machine(args.device), "rows": rows}, args.out)
+        row = {"preset": preset, "stages": stages, "export_s": timings.get("export"),
+               "peak_gpu_gb": result.record.get("peak_gpu_memory_gb"),
+               "extrapolated_total_s": round(total, 1), "extrapolated_total_min": round(total / 60, 2),
+               "backends": result.record["backends"], "backend_fallbacks": result.record.get("backend_fallbacks", {}),
+               "mesh_previews_emitted": clock.mesh_previews}
+        target = None if args.tiny else compare_targets(row)  # tiny models: nothing to compare
+        if target is not None:
+            row["target"] = target
+            missed += [f"{preset}: {m}" for m in target["missed"]]
+        rec.data["rows"].append(row)
+        rec.step(preset, {"extrapolated_total_min": row["extrapolated_total_min"], "target": target})  # on disk now
+        print(json.dumps(row), flush=True)
+    if missed:
+        sys.exit(f"pipeline_gpu: missed targets: {'; '.join(missed)} (report: {out})")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,34 @@ def test_guidance_benchmark_measures_every_prior(tmp_path):
     assert rows["dai"]["mrca_layers"] > 0
 
 
-def test_pipeline_benchmark_extrapolates_each_stage(tmp_path):
-    out = _run("pipeline_gpu.py", "--tiny", "--allow-cpu", "--steps", "6", "--warmup", "1", "--presets", "draft",
-               "--out", str(tmp_path / "p.json"), "--models", str(tmp_path / "models"))
-    assert out.returncode == 0, out.stderr[-2000:]
-    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+def test_pipeline_benchmark_writes_each_preset_as_it_ends_and_extrapolates_each_stage(tmp_path):
+    """Two presets; the run is killed as soon as the first one's row is on disk (in the middle
+    of the second): that row survives whole. Every step is reported here (``--progress-hz 0``)
+    so that 6 tiny steps give a rate; a real run keeps the production rate."""
+    out = tmp_path / "p.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen([sys.executable, str(BENCH / "pipeline_gpu.py"), "--device", "cpu", "--tiny", "--allow-cpu",
+                             "--steps", "6", "--warmup", "1", "--progress-hz", "0", "--presets", "draft", "fast",
+                             "--out", str(out), "--models", str(tmp_path / "models")],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "err.txt").open("w"), env=env)
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(out.read_text())["steps_done"]:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    record = json.loads(out.read_text())
+    assert record["steps_done"] == ["draft"] and record["mesh_previews"] == "off" and record["progress_hz"] == 0.0
+    (row,) = record["rows"]
+    assert row["preset"] == "draft" and row["mesh_previews_emitted"] == 0 and "target" not in row
     # stage 1 first runs through its occupancy grid's warm-up (32 steps in draft), timed apart
     for stage, budget, first in (("outline", 200, 32), ("detail", 200, 0), ("inversion", 20, 0)):
         s = row["stages"][stage]
