@@ -7,7 +7,6 @@ its left side is taken from +X (its blue arm), from behind from -Z, of its right
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
@@ -16,11 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mpod123.camera import Cameras, look_at, orbit_position
+from mpod123.camera import orbit_position
 from mpod123.config import pipeline_preset
 from mpod123.imaging.metrics import silhouette_iou
 from mpod123.pipeline.preprocess import preprocess
 from mpod123.stages.base import reference_view_index
+from mpod123.bench.synthetic import render_object
 from mpod123.pipeline.extra_views import (
     MAX_VIEWS,
     ViewSpec,
@@ -30,7 +30,7 @@ from mpod123.pipeline.extra_views import (
     reference_views,
     view_camera,
 )
-from tests.inputs import EYES, camera_at, png_of
+from tests.inputs import E, EYES, camera_at, png_of
 from tests.inputs import view_photo as photo
 
 @pytest.fixture(scope="module")
