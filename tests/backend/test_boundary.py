@@ -485,7 +485,7 @@ def test_a_malformed_key_file_and_sighup_keep_the_last_good_allow_list(tmp_path,
         with Client(endpoint, timeout_s=20, server_key=load_public_key(made["server_public"]),
                     client_keys=load_client_keys(made["client_secret"])) as c:
             assert c.hello()["server"]
-            (keys / "clients" / "broken.key").write_text('metadata\ncurve\n    public-key = "short"\n')
+            (keys / "clients" / "broken.key").write_text('metadata\ncurve\n')  # no public key at all
             os.kill(proc.pid, signal.SIGHUP)
             time.sleep(1.0)
             assert proc.poll() is None, proc.communicate(timeout=10)[0][-2000:]
