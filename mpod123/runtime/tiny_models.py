@@ -68,7 +68,17 @@ def _vae(size: ModelSize):
 
 
 def _save(model, folder: Path, dtype: torch.dtype | None) -> None:
-    (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
+    """Save in the real layout, without transformers' "Writing model shards" bar: a tiny model is written in
+    milliseconds, and the bar would land in the user's terminal (or in front of an error message)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        (model.to(dtype) if dtype is not None else model).save_pretrained(folder)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _save_camera_projection(folder: Path, dim: int, dtype: torch.dtype | None) -> None:
