@@ -134,7 +134,7 @@ def scrub_paths(text: str) -> str:
     return _PATH.sub(lambda m: ".../" + re.split(r"[\\/]", m.group(0))[-1], text)
 
 
-EXIT_STORE_LOCKED = 75
+STORE_LOCKED_STATUS = 75
 """A worker's exit code when the job database stayed locked past its busy timeout: the job is
 re-queued with its attempt given back (a long lock is not the job's failure)."""
 
@@ -172,7 +172,7 @@ def run_job(
             if _locked(exc):
                 print(f"mpod123 worker: the job database stayed locked ({exc}); the job goes back to the queue",
                       file=sys.stderr, flush=True)
-                os._exit(EXIT_STORE_LOCKED)
+                os._exit(STORE_LOCKED_STATUS)
             traceback.print_exc(file=sys.stderr)
             store.append_event(job_id, "log", {"text": public_error(exc)})
             fail_job(store, job_id, type(exc).__name__, str(exc))
@@ -382,7 +382,7 @@ class LocalExecutor:
         return free[0] if free else self.gpus[len(self._running) % len(self.gpus)]
 
     def _worker_died(self, job_id: str, exitcode: int | None, attempts: int) -> None:
-        if exitcode == EXIT_STORE_LOCKED:
+        if exitcode == STORE_LOCKED_STATUS:
             self.store.append_event(job_id, "log", {"text": "the job database stayed locked; re-queued"})
             self.store.requeue(job_id, "the job database stayed locked; re-queued", refund=True)
         elif attempts < self.store.max_attempts:

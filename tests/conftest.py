@@ -18,6 +18,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_runtime_dir(tmp_path_factory):
+    """One runtime folder for the whole run, set before any fixture starts a `serve`: the local keys a
+    server makes there are the ones this run's clients read (a module-scoped server and a test's client
+    must agree), and no test touches the user's real runtime folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MPOD123_RUNTIME_DIR", str(tmp_path_factory.mktemp("runtime") / "rt"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _quiet_fallback_warnings():
     from mpod123.runtime.accelerators import AcceleratorFallbackWarning
