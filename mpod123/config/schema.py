@@ -449,7 +449,8 @@ class PreprocessConfig:
     """auto: the alpha channel if it has one, else the segmentation model when installed, else
     plain-background matting when it is confident, else a refusal. The others force one way."""
     min_confidence: float = 0.5
-    """Plain-background matting below this confidence (0..1) refuses instead of guessing."""
+    """Plain-background or model matting below this confidence (0..1) refuses instead of guessing
+    (text to 3D skips such a candidate)."""
     background_tolerance: float = 0.08
     """Matting: a pixel this far (RGB distance, 0..1) from the border colour is foreground."""
     border_max_spread: float = 0.06

@@ -148,7 +148,8 @@ class TextureRunner(Runner):
             self.record["input"] = {"method": pre.method, "confidence": round(pre.confidence, 3)}
             camera = front_camera(cfg.detail.camera, rgba.shape[1], rgba.shape[0])
             fill = 1.0 - 2.0 * cfg.preprocess.border_ratio
-            norm = fit_to_front(norm, mesh.vertices, camera, fill)
+            norm, camera = fit_to_front(norm, mesh.vertices, camera, fill)
+            self.record["front_camera"] = [round(float(x), 6) for x in camera.position[0]]
         else:
             pixels, _ = read_image(image, cfg.preprocess)
             matte = find_foreground(pixels, cfg.preprocess)

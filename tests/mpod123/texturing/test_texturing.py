@@ -120,12 +120,33 @@ def test_camera_files_that_are_not_json_or_missing_are_refused(tmp_path):
 
 
 def test_front_framing_centres_the_silhouette_at_the_photos_margin():
+    from mpod123.config import CameraConfig
+
     box = box_mesh(centre=(3.0, -1.0, 2.0), half=(0.2, 0.6, 0.3))
-    cam = front_camera(__import__("mpod123.config", fromlist=["CameraConfig"]).CameraConfig(), 128, 128)
-    norm = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
-    centre, half, _ = projected_box(norm.apply(box.vertices.double()), cam)
-    assert centre.abs().max() < 1e-3 and float(half.max()) == pytest.approx(0.6, abs=1e-3)
+    cam = front_camera(CameraConfig(), 128, 128)
+    norm, framed = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
+    centre, half, _ = projected_box(norm.apply(box.vertices.double()), framed)
+    assert centre.abs().max() < 1e-6 and float(half.max()) == pytest.approx(0.6, abs=1e-6)
     assert float(norm.apply(box.vertices.double()).norm(dim=-1).max()) < 1.0  # still inside the field's cube
+    assert float(framed.position[0].norm()) == pytest.approx(2.5, abs=1e-3), "the camera stays on its orbit"
+    assert torch.allclose(framed.c2w[0, :3, :3], cam.c2w[0, :3, :3]), "and keeps its orientation"
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.2, 0.15, 0.1])
+def test_front_framing_of_a_mesh_long_along_the_view_axis_converges_inside_the_field(ratio):
+    """Issue 29, bug 2: a box ``ratio`` as wide as it is deep (seen end on) reaches the photo's framing and
+    stays inside the field's [-1, 1]^3 (the old framing oscillated: 0.51 with a coordinate at 1.07 for 0.25,
+    0.22 for 0.2, 'behind the camera' for 0.15)."""
+    from mpod123.config import CameraConfig
+
+    box = box_mesh(half=(ratio, ratio, 1.0))
+    cam = front_camera(CameraConfig(), 128, 128)
+    norm, framed = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
+    placed = norm.apply(box.vertices.double())
+    centre, half, _ = projected_box(placed, framed)
+    assert centre.abs().max() < 1e-6 and float(half.max()) == pytest.approx(0.6, abs=1e-6), "the target framing"
+    assert float(placed.abs().max()) <= 1.0 + 1e-9, "inside the texture field's cube"
+    assert torch.allclose(framed.c2w[0, :3, :3], cam.c2w[0, :3, :3]), "the photo's view direction is kept"
 
 
 # ----------------------------------------------------------------------------- usable UVs
