@@ -49,7 +49,7 @@ def _cmd_bench_texture(args: argparse.Namespace) -> int:
     report = bench_texture(args.dataset_dir, args.holdout, steps=args.steps, resolution=args.res,
                            texture_size=args.texture_size, eval_resolution=args.eval_res, device=_device(args.device),
                            seed=args.seed, callback=ProgressPrinter(),
-                           field_cfg=bench_field_config(args.levels, args.log2_table))
+                           field_cfg=bench_field_config(args.levels, args.log2_table), lr=args.lr)
     path = write_bench_report(report, args.out) if args.out else None
     m = report.metrics
     print(f"texture: held-out masked PSNR {m['masked_psnr']:.2f} dB (baked GLB, {m['uv_backend']} UVs, "
@@ -93,6 +93,8 @@ def register_bench(bench) -> None:
     b.add_argument("--texture-size", type=int, default=1024, help="baked texture side (default 1024)")
     b.add_argument("--levels", type=int, default=16, help="hash-grid levels of the texture field (default 16)")
     b.add_argument("--log2-table", type=int, default=17, help="log2 of the hash table size (default 17)")
+    b.add_argument("--lr", type=float, help="the texture field's learning rate (default: texture's, "
+                   "detail.fresh_texture_lr)")
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="folder for metrics.json and contact_sheet.png")

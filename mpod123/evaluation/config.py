@@ -6,13 +6,29 @@ transformers are imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 """ViT-L/14, the backbone Magic123's and Make-it-3D's CLIP scores use (papers differ; it is always reported)."""
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 """The file name of torchvision's ImageNet VGG19 weights, looked for in torch's hub checkpoint folder."""
+
+
+@dataclass
+class AlignConfig:
+    """How ``mpod123 eval`` aligns a mesh to the reference (:mod:`mpod123.evaluation.alignment`)."""
+
+    enabled: bool = True
+    """Align before scoring. Off scores the mesh in the frame it comes in (``--no-align``)."""
+    resolution: int = 192
+    """Side of the silhouettes the IoU search compares: enough for IoU to the third decimal on the
+    paper's objects, cheap enough for a 100k-face mesh on the CPU."""
+    poor_iou: float = 0.85
+    """Below this reference-view IoU after alignment, the report says the alignment is poor (the
+    shapes differ, or the tool's front is not its +Z)."""
+    max_evaluations: int = 120
+    """Silhouette renders the IoU search may spend."""
 
 
 @dataclass
@@ -48,6 +64,9 @@ class EvalConfig:
     """auto (CUDA when torch sees it), cpu or cuda[:N]."""
     save_views: bool = True
     """Also write each turntable view as a PNG under ``views/``."""
+    align: AlignConfig = field(default_factory=AlignConfig)
+    """Scale and translate the mesh onto the reference's silhouette before scoring (another tool's
+    mesh comes in its own frame; see :mod:`mpod123.evaluation.alignment`)."""
 
 
 class WeightsUnavailable(RuntimeError):

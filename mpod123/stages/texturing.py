@@ -10,7 +10,8 @@ benchmark), the same lighting of prior-scored views. What changes:
 * the "stage-1 masks" that feed MRCA (and L_nvm) are the mesh's own
   silhouettes at each camera, rendered once per fixed view and cached;
 * the texture field is a fresh :class:`~mpod123.fields.NeRFField` (only its
-  colour is read), since there is no stage-1 field to carry over.
+  colour is read), since there is no stage-1 field to carry over, trained at
+  ``fresh_texture_lr`` rather than the fine-tuning ``lr``.
 
 The given mesh is welded by position first (:meth:`~mpod123.geometry.Mesh.welded`):
 a glTF splits its vertices at UV seams, and the copies of one position must
@@ -103,7 +104,7 @@ class TexturingStage(DetailStage):
         self.nvm_cache: dict[tuple, Tensor] = {}
         self._camera_pool: Cameras | None = None
         self.init_threshold = None
-        groups = [{"params": list(self.texture.parameters()), "lr": cfg.lr}]
+        groups = [{"params": list(self.texture.parameters()), "lr": cfg.fresh_texture_lr}]  # a fresh field
         if refine_geometry:
             groups.append({"params": list(self.offsets.parameters()), "lr": cfg.deform_lr})
         self.optimizer = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=cfg.adam_eps)
