@@ -82,12 +82,13 @@ def align_to_reference(vertices: Tensor, faces: Tensor, mask: Tensor, camera: Ca
     cfg = cfg or AlignConfig()
     if not bool(mask.any()):
         raise ValueError("the reference mask is empty: nothing to align the mesh to")
-    v = vertices.detach().double().cpu()
+    v = vertices.detach().double().cpu()  # the transform is solved in float64, silhouettes are drawn in float32
     faces = faces.cpu()
     cam = camera.resized(cfg.resolution, cfg.resolution)
+    cam32 = Cameras(cam.c2w.float().cpu(), cam.fov_y.float().cpu(), cam.width, cam.height)
     cam = Cameras(cam.c2w.double().cpu(), cam.fov_y.double().cpu(), cam.width, cam.height)
     target = _resize_mask(mask.cpu(), cfg.resolution)
-    iou_before = _iou(silhouette(v, faces, cam), target)
+    iou_before = _iou(silhouette(v.float(), faces, cam32), target)
     c2w = cam.c2w[0]
     right, up, back = c2w[:3, 0], c2w[:3, 1], c2w[:3, 2]
     centre_at = c2w[:3, 3] - (c2w[:3, 3] @ back) * back  # the point of the camera's axis nearest the origin
@@ -113,7 +114,7 @@ def align_to_reference(vertices: Tensor, faces: Tensor, mask: Tensor, camera: Ca
     def score(params: tuple[float, float, float]) -> float:
         s = min(scale * math.exp(params[0]), limit / radius)
         placed = s * (v - box_centre) + shift + params[1] * right + params[2] * up
-        return _iou(silhouette(placed, faces, cam), target)
+        return _iou(silhouette(placed.float(), faces, cam32), target)
 
     pixel = distance / f  # world size of one pixel at the object's depth
     params, best = [0.0, 0.0, 0.0], score((0.0, 0.0, 0.0))
