@@ -16,7 +16,9 @@ No other keys are allowed (a misspelt key is an error, not a silent default).
 The photo is used at its own framing with this camera (no re-centring). With
 ``front`` (the default) the photo is framed like ``generate``'s input and seen
 from the pipeline's reference camera (on +Z, looking at the origin); the mesh
-is then placed so that its front silhouette is centred and framed the same way.
+is then scaled so that its front silhouette is framed the same way, and the
+camera slides sideways to centre it (or, for a mesh seen end on, comes closer
+along its axis, so the mesh never leaves the field's cube): :func:`fit_to_front`.
 """
 
 from __future__ import annotations
