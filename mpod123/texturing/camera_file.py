@@ -265,7 +265,7 @@ def fit_to_front(norm: Normalisation, vertices: Tensor, camera: Cameras, fill: f
         closest = scale * front + near
         if long_side(scale, closest) < fill:
             raise CameraFileError("the mesh cannot fill the photo's frame from the front: give a camera file")
-        distance = solve(lambda d: long_side(scale, d), closest, orbit, rising=False)
+        distance = solve(lambda d: long_side(scale, d), closest, max(orbit, 2.0 * closest), rising=False)
     long_side(scale, distance)  # leaves ``lateral`` centred for this scale and distance
     moved = c2w.clone()
     moved[:3, 3] = lateral[0] * right + lateral[1] * up + distance * back
