@@ -45,11 +45,14 @@ class TextureBenchReport:
     """Held-out ground truth (top), the texture field (middle), the baked GLB (bottom), on white."""
 
 
-def bench_config(steps: int, resolution: int, seed: int = 0) -> DetailStageConfig:
+def bench_config(steps: int, resolution: int, seed: int = 0, lr: float | None = None) -> DetailStageConfig:
     """The texturing stage's settings for the benchmark: every step a multi-view step (no reference
-    schedule is needed with all views known), lr 1e-2 as the draft stage-2 budget uses."""
-    cfg = DetailStageConfig(steps=steps, resolution=resolution, lr=1e-2, reference_view_prob=0.0, preview_every=0,
+    schedule is needed with all views known); the texture field's lr is ``mpod123 texture``'s own
+    (``fresh_texture_lr``) unless ``lr`` is given."""
+    cfg = DetailStageConfig(steps=steps, resolution=resolution, reference_view_prob=0.0, preview_every=0,
                             checkpoint_every=0, seed=seed, nvm_mask_resolution=resolution)
+    if lr is not None:
+        cfg.fresh_texture_lr = lr
     return cfg
 
 
@@ -75,6 +78,7 @@ def bench_texture(
     callback: ProgressCallback | None = None,
     out_glb: str | Path | None = None,
     field_cfg: NeRFFieldConfig | None = None,
+    lr: float | None = None,
 ) -> TextureBenchReport:
     from ..evaluation.textured_mesh import load_mesh_file, render_textured
     from .reconstruct import _HeldOut
@@ -89,7 +93,7 @@ def bench_texture(
     resolution = resolution or train.cameras.height
     guidance = MultiViewSupervision(train.images, cams)
     reference = ReferenceView(train.images[0], cams[0])
-    cfg = bench_config(steps, resolution, seed)
+    cfg = bench_config(steps, resolution, seed, lr)
     mesh = Mesh(norm.apply(true_mesh.vertices.double()).float(), true_mesh.faces)
     stage = TexturingStage(cfg, reference, guidance, mesh, field_cfg or bench_field_config(), device=device,
                            callback=callback)

@@ -98,7 +98,7 @@ def cmd_bench_texture(args: argparse.Namespace) -> int:
     report = bench_texture(args.dataset_dir, args.holdout, steps=args.steps, resolution=args.res,
                            texture_size=args.texture_size, eval_resolution=args.eval_res, device=device(args.device),
                            seed=args.seed, callback=ProgressPrinter(),
-                           field_cfg=bench_field_config(args.levels, args.log2_table))
+                           field_cfg=bench_field_config(args.levels, args.log2_table), lr=args.lr)
     path = write_bench_report(report, args.out) if args.out else None
     m = report.metrics
     print(f"texture: held-out masked PSNR {m['masked_psnr']:.2f} dB (baked GLB, {m['uv_backend']} UVs, "
@@ -160,4 +160,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--device", default="auto")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="folder for metrics.json and contact_sheet.png")
+    b.add_argument("--lr", type=float, help="the texture field's learning rate (default: texture's, "
+                   "detail.fresh_texture_lr)")
     b.set_defaults(func=cmd_bench_texture)

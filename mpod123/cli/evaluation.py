@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..evaluation.config import DEFAULT_CLIP, EvalConfig
+from ..evaluation.config import DEFAULT_CLIP, AlignConfig, EvalConfig
 from .common import EXIT_FAILURE, EXIT_OK
 
 
@@ -31,13 +31,16 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
                    help="use the reference as it is (already a render from the reference camera) instead of framing "
                         "it as the pipeline does")
     p.add_argument("--no-view-pngs", action="store_true", help="skip writing each view as views/view_NNN.png")
+    p.add_argument("--no-align", action="store_true",
+                   help="score the mesh in the frame it comes in (default: scale and translate it onto the reference's "
+                        "silhouette first, as another tool's mesh needs; the transform is in metrics.json)")
 
 
 def _config(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         views=args.views, resolution=args.res, polar_deg=args.polar, radius=args.radius, fov_deg=args.fov,
         frame_reference=not args.no_frame, clip_model=args.clip, vgg_weights=args.vgg, device=args.device,
-        save_views=not args.no_view_pngs,
+        save_views=not args.no_view_pngs, align=AlignConfig(enabled=not args.no_align),
     )
 
 
@@ -50,6 +53,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for metric, reason in sorted(report.metrics["unavailable"].items()):
         print(f"mpod123 eval: {metric.upper()} unavailable: {reason}", file=sys.stderr)
     print(summary_line(report))
+    for note in report.metrics["notes"]:
+        if "alignment" in note:
+            print(f"mpod123 eval: {note}", file=sys.stderr)
     print(f"{cfg.views} views at {cfg.resolution}px, CLIP {cfg.clip_model}; wrote {metrics_path} and {sheet_path}")
     return EXIT_OK
 

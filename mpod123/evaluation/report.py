@@ -21,7 +21,8 @@ from ..imaging.images import grid_image, png_bytes
 from ..imaging.metrics import mask_from_alpha, psnr, silhouette_iou, ssim
 from ..runtime.devices import resolve_device
 from .config import EvalConfig, EvalInputError, WeightsUnavailable
-from .turntable import Turntable, render_turntable
+from .alignment import align_to_reference
+from .turntable import Turntable, render_turntable, turntable_cameras
 
 METRIC_KEYS = ("cx", "clip", "mvc", "psnr", "ssim", "iou")
 """The columns of the paper's table and the reference-view proxies, in report order."""
@@ -147,6 +148,9 @@ def evaluate(
     t0 = time.perf_counter()
     mesh = load_glb(result)
     ref_rgba = load_reference(reference, cfg)
+    t_align = time.perf_counter()
+    alignment, align_notes = _align(mesh, ref_rgba, cfg)
+    timings["align_s"] = time.perf_counter() - t_align
     turntable = render_turntable(mesh, cfg, device)
     timings["render_s"] = time.perf_counter() - t0
     models = models if models is not None else load_models(cfg, device)
@@ -155,7 +159,7 @@ def evaluate(
     view0 = turntable.reference_view
     values: dict[str, float | None] = {k: None for k in METRIC_KEYS}
     per_view: dict[str, list] = {}
-    notes: list[str] = []
+    notes: list[str] = list(align_notes)
     t1 = time.perf_counter()
     p = psnr(view0, ref)
     values["psnr"] = _clean(p)
@@ -195,6 +199,7 @@ def evaluate(
         "novel_views": cfg.views - 1,
         "azimuth_deg": turntable.azimuth_deg,
         "textured": turntable.textured,
+        "alignment": alignment,
         "backbones": {"clip": models.clip_name, "vgg": models.vgg_name, "cx_bandwidth": cfg.cx_bandwidth},
         "unavailable": dict(models.unavailable),
         "per_view": per_view,
@@ -205,6 +210,25 @@ def evaluate(
         "seconds": timings,
     }
     return EvalReport(metrics, turntable, ref_rgba)
+
+
+def _align(mesh, ref_rgba: np.ndarray, cfg: EvalConfig) -> tuple[dict, list[str]]:
+    """Scale and translate ``mesh`` (in place) onto the reference's silhouette; the record and notes."""
+    if not cfg.align.enabled:
+        return {"applied": False}, []
+    mask = torch.from_numpy(ref_rgba[..., 3] >= 0.5)
+    if not bool(mask.any()):
+        return {"applied": False}, ["not aligned: the reference's mask is empty"]
+    found = align_to_reference(mesh.vertices, mesh.faces, mask, turntable_cameras(cfg)[0], cfg.align)
+    mesh.vertices = found.apply(mesh.vertices.double()).to(mesh.vertices.dtype)
+    record = {"applied": True, **found.to_dict(), "resolution": cfg.align.resolution,
+              "poor": found.iou_after < cfg.align.poor_iou}
+    notes = []
+    if record["poor"]:
+        notes.append(f"the alignment is poor: reference-view silhouette IoU {found.iou_after:.3f} after aligning "
+                     f"(below {cfg.align.poor_iou}); the shape differs from the input's, or the mesh's front is "
+                     "not its +Z (the scores compare mismatched views)")
+    return record, notes
 
 
 def _thumb(image: np.ndarray, side: int) -> np.ndarray:

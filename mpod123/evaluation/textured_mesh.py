@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..camera import Cameras
+from ..geometry import Mesh
 from ..rendering.rasterizer import (
     antialias,
     barycentrics,
@@ -163,6 +164,7 @@ class TexturedRender:
 def render_textured(mesh: TexturedMesh, cameras: Cameras, background: float = 1.0) -> TexturedRender:
     """Render ``mesh`` with its texture (white without one) from each camera, one view at a time."""
     rgbs, opacities, covers = [], [], []
+    _, position = Mesh(mesh.vertices, mesh.faces).welded()  # UV seams split vertices: not silhouettes
     for i in range(len(cameras)):
         cam = cameras[i]
         h, w = cam.height, cam.width
@@ -176,7 +178,7 @@ def render_textured(mesh: TexturedMesh, cameras: Cameras, background: float = 1.
         image[:, 3] = 0.0
         image[pix, :3] = colors.clamp(0, 1)
         image[pix, 3] = 1.0
-        both = antialias(image.view(1, h, w, 4), rast, screen, mesh.faces, mesh.vertices.shape[0])[0]
+        both = antialias(image.view(1, h, w, 4), rast, screen, mesh.faces, mesh.vertices.shape[0], position)[0]
         rgbs.append(both[..., :3].clamp(0, 1))
         opacities.append(both[..., 3].clamp(0, 1))
         covers.append(rast.tri_id[0] >= 0)

@@ -85,6 +85,27 @@ class Mesh:
         area = welded.face_normals(normalize=False).norm(dim=-1)
         return Mesh(welded.vertices, welded.faces[area > 1e-12])
 
+    def welded(self) -> tuple[Mesh, Tensor]:
+        """The mesh with one vertex per distinct position, and for each vertex its welded index (V,).
+
+        glTF (and any UV-mapped mesh) splits a vertex wherever its UVs jump (a seam): the
+        copies share a position, not an index, so the surface looks torn to anything that
+        follows indices (per-vertex offsets, edge adjacency). Exact positions are compared;
+        the welded vertices keep the order of first occurrence (a mesh with no copies comes
+        back unchanged) and every face is kept, so ``welded.vertices[index]`` splits it again."""
+        v = self.vertices.detach()
+        if v.shape[0] == 0:
+            return self, torch.zeros(0, dtype=torch.long, device=v.device)
+        _, inverse = torch.unique(v, dim=0, return_inverse=True)
+        n = int(inverse.max()) + 1
+        first = torch.full((n,), v.shape[0], dtype=torch.long, device=v.device)
+        first = first.scatter_reduce(0, inverse, torch.arange(v.shape[0], device=v.device), reduce="amin")
+        order = torch.argsort(first)  # unique ids in order of first occurrence
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n, device=v.device)
+        index = rank[inverse]
+        return Mesh(self.vertices[first[order]], index[self.faces]), index
+
     def surface_area(self) -> Tensor:
         return 0.5 * self.face_normals(normalize=False).norm(dim=-1).sum()
 

@@ -226,7 +226,8 @@ def save_views(folder: Path, views: list[tuple[ViewSpec, Preprocessed, Reference
 @torch.no_grad()
 def encode_view_pool(ti: Any, images: list[Tensor], chunk: int = 8) -> Tensor:
     """Textual inversion's augmentation pool over every view: ``cfg.augmentations`` split evenly
-    (at least one each), each view augmented as the single-photo pool is, encoded once."""
+    (at least one each), each view augmented as the single-photo pool is, encoded once by the same VAE
+    (``ti.encoding_vae()``: a float32 copy when fp16 models' VAE config sets ``force_upcast``)."""
     from ..guidance import resize_rgba
     from ..guidance.textual_inversion import augment
 
@@ -242,10 +243,10 @@ def encode_view_pool(ti: Any, images: list[Tensor], chunk: int = 8) -> Tensor:
             ref = resize_rgba(ref[None], size, size)[0]
         views.append(augment(ref, count, size, gen))
     stack = torch.cat(views)
-    vae = models.vae
+    vae, dtype = ti.encoding_vae()  # the single-photo pool's VAE: float32 under the config's force_upcast
     out = []
     for start in range(0, len(stack), chunk):
-        x = stack[start : start + chunk].permute(0, 3, 1, 2).to(models.device, models.dtype)
+        x = stack[start : start + chunk].permute(0, 3, 1, 2).to(models.device, dtype)
         out.append(vae.encode(x * 2.0 - 1.0).latent_dist.mode() * vae.config.scaling_factor)
     ti.latent_pool = torch.cat(out).float()
     return ti.latent_pool

@@ -9,7 +9,9 @@ Steps, each with an error that says what to supply instead:
    integer box reduction) before the final resample.
 2. **Foreground** (``PreprocessConfig.matting``). The alpha channel when there
    is a meaningful one; else a segmentation model (``rembg``) when it is
-   installed; else, for product photos on a plain background, matting by
+   installed, whose matte gets a confidence of its own (cropped, several
+   pieces, holes, unclear edge: :mod:`.matting`) and is refused below
+   ``min_confidence`` too; else, for product photos on a plain background, matting by
    background estimation from the image border (the largest connected object
    is kept), which measures its own confidence (how plain the border is,
    whether the object touches it, how compact and clear-cut the foreground is)
@@ -37,6 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..config import PreprocessConfig
 from ..imaging.images import to_uint8
 from ..runtime.errors import Mpod123Error
+from .matting import REASONS, connected_components, fill_small_holes, largest_component, model_matte_confidence
 
 
 class InputImageError(Mpod123Error, ValueError):
@@ -162,64 +165,6 @@ def _border(rgb: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate(
         [rgb[:width].reshape(-1, 3), rgb[-width:].reshape(-1, 3), rgb[:, :width].reshape(-1, 3), rgb[:, -width:].reshape(-1, 3)]
     )
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected labels (0 = background, 1..n) of a boolean image, by two-pass union-find."""
-    h, w = mask.shape
-    labels = np.zeros((h, w), dtype=np.int64)
-    parent = [0]
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    # run-length pass per row: each horizontal run gets a label, merged with the runs above it
-    prev_runs: list[tuple[int, int, int]] = []
-    for y in range(h):
-        row = mask[y]
-        padded = np.concatenate([[False], row, [False]])
-        edges = np.flatnonzero(padded[1:] != padded[:-1])
-        runs = []
-        for start, end in zip(edges[::2], edges[1::2]):
-            label = len(parent)
-            parent.append(label)
-            for ps, pe, pl in prev_runs:
-                if ps < end and start < pe:  # overlapping columns: 4-connected
-                    a, b = find(label), find(pl)
-                    if a != b:
-                        parent[max(a, b)] = min(a, b)
-            runs.append((start, end, label))
-            labels[y, start:end] = label
-        prev_runs = runs
-    roots = np.array([find(i) for i in range(len(parent))], dtype=np.int64)
-    unique, compact = np.unique(roots, return_inverse=True)
-    compact = compact.astype(np.int64)  # roots[0] == 0 stays 0
-    return compact[labels], len(unique) - 1
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = connected_components(mask)
-    if n == 0:
-        return mask
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    counts[0] = 0
-    return labels == int(np.argmax(counts))
-
-
-def fill_small_holes(mask: np.ndarray, max_fraction: float = 0.001) -> np.ndarray:
-    """Fill background islands not touching the border and smaller than ``max_fraction`` of the image."""
-    labels, n = connected_components(~mask)
-    if n == 0:
-        return mask
-    counts = np.bincount(labels.ravel(), minlength=n + 1)
-    touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    small = counts <= max_fraction * mask.size
-    small[touching] = False
-    small[0] = False
-    return mask | small[labels]
 
 
 def plain_background_alpha(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray | None:
@@ -358,8 +303,8 @@ def find_foreground(image: np.ndarray, cfg: PreprocessConfig) -> Matte:
     if mode in ("auto", "model"):
         alpha = _rembg_alpha(small)
         if alpha is not None:
-            decided = float(((alpha < 0.1) | (alpha > 0.9)).mean())
-            return Matte(_upsample_alpha(alpha, rgb.shape[:2]), "rembg", decided, {"decided_fraction": decided})
+            matte = model_matte(alpha, cfg, refuse=mode == "auto")
+            return Matte(_upsample_alpha(alpha, rgb.shape[:2]), matte.method, matte.confidence, matte.details)
         if mode == "model":
             raise InputImageError(
                 "--matting model needs the background remover: pip install rembg (or 'mpod123[matting]')"
@@ -371,19 +316,25 @@ def find_foreground(image: np.ndarray, cfg: PreprocessConfig) -> Matte:
         )
     alpha, confidence, details = found
     if mode == "auto" and confidence < cfg.min_confidence:
-        weakest = min((k for k in details if k.startswith("score_")), key=details.get)[6:]
-        why = {
-            "border": "the border is not a uniform colour",
-            "contact": "the object touches the image border",
-            "fill": "the object fills most of the image",
-            "compact": "the foreground is in many pieces",
-            "clear": "the cut between object and background is unclear",
-        }[weakest]
-        raise InputImageError(
-            f"plain-background matting is not confident here ({confidence:.2f} < {cfg.min_confidence}: {why}); "
-            + FIX_IT + ". To use it anyway, force it (--matting plain) and check matte.png"
-        )
+        _refuse("plain-background", confidence, details, cfg, "plain")
     return Matte(_upsample_alpha(alpha, rgb.shape[:2]), "plain-background", confidence, details)
+
+
+def _refuse(method: str, confidence: float, details: dict, cfg: PreprocessConfig, force: str) -> None:
+    weakest = min((k for k in details if k.startswith("score_")), key=details.get)[6:]
+    raise InputImageError(
+        f"{method} matting is not confident here ({confidence:.2f} < {cfg.min_confidence}: {REASONS[weakest]}); "
+        + FIX_IT + f". To use it anyway, force it (--matting {force}) and check matte.png"
+    )
+
+
+def model_matte(alpha: np.ndarray, cfg: PreprocessConfig, refuse: bool = False) -> Matte:
+    """A segmentation model's matte (H, W) with its confidence (:func:`.matting.model_matte_confidence`);
+    with ``refuse``, below ``cfg.min_confidence`` it is refused as a plain-background matte is."""
+    confidence, details = model_matte_confidence(alpha, cfg)
+    if refuse and confidence < cfg.min_confidence:
+        _refuse("model", confidence, details, cfg, "model")
+    return Matte(alpha, "rembg", confidence, details)
 
 
 def foreground(image: np.ndarray, cfg: PreprocessConfig) -> tuple[np.ndarray, str]:
@@ -447,6 +398,7 @@ __all__ = [
     "find_foreground",
     "foreground",
     "matting_confidence",
+    "model_matte",
     "plain_background_alpha",
     "plain_background_matte",
     "preprocess",

@@ -159,13 +159,18 @@ def interpolate(attr: Tensor, faces: Tensor, rast: Rasterized, bi: Tensor, pix: 
     return (bary[..., None] * values).sum(dim=1)
 
 
-def silhouette_edges(faces: Tensor, screen: Tensor, n_vertices: int) -> tuple[Tensor, Tensor]:
+def silhouette_edges(faces: Tensor, screen: Tensor, n_vertices: int,
+                     vertex_key: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per view, whether each face's edge opposite vertex k is a silhouette (B, F, 3), plus edge ids (F, 3).
 
     An edge is a silhouette when it has one face, or its two faces face opposite
-    ways in that view (their screen-space areas differ in sign).
+    ways in that view (their screen-space areas differ in sign). Edges are told
+    apart by their vertices' ``vertex_key`` (V,) when given: a mesh split at UV
+    seams passes each vertex's position index (:meth:`Mesh.welded`), so a seam is
+    the interior edge it is and not a boundary.
     """
-    e = torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], dim=1)  # opposite vertex k
+    keyed = faces if vertex_key is None else vertex_key[faces]
+    e = torch.stack([keyed[:, [1, 2]], keyed[:, [2, 0]], keyed[:, [0, 1]]], dim=1)  # opposite vertex k
     key = e.min(-1).values * n_vertices + e.max(-1).values
     _, edge_id = torch.unique(key.reshape(-1), return_inverse=True)
     edge_id = edge_id.reshape(-1, 3)
@@ -182,10 +187,12 @@ def silhouette_edges(faces: Tensor, screen: Tensor, n_vertices: int) -> tuple[Te
     return sil_edge[:, edge_id], edge_id
 
 
-def antialias(color: Tensor, rast: Rasterized, screen: Tensor, faces: Tensor, n_vertices: int) -> Tensor:
-    """Blend colours (B, H, W, C) across silhouette edges; differentiable in ``screen`` (B, V, 2)."""
+def antialias(color: Tensor, rast: Rasterized, screen: Tensor, faces: Tensor, n_vertices: int,
+              vertex_key: Tensor | None = None) -> Tensor:
+    """Blend colours (B, H, W, C) across silhouette edges; differentiable in ``screen`` (B, V, 2).
+    ``vertex_key``: see :func:`silhouette_edges` (for meshes split at UV seams)."""
     b_views, h, w, c = color.shape
-    sil, _ = silhouette_edges(faces, screen, n_vertices)
+    sil, _ = silhouette_edges(faces, screen, n_vertices, vertex_key)
     out = color
     for dim in (2, 1):  # horizontal neighbours, then vertical ones
         if (w if dim == 2 else h) < 2:

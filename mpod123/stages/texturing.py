@@ -10,9 +10,16 @@ benchmark), the same lighting of prior-scored views. What changes:
 * the "stage-1 masks" that feed MRCA (and L_nvm) are the mesh's own
   silhouettes at each camera, rendered once per fixed view and cached;
 * the texture field is a fresh :class:`~mpod123.fields.NeRFField` (only its
-  colour is read), since there is no stage-1 field to carry over.
+  colour is read), since there is no stage-1 field to carry over, trained at
+  ``fresh_texture_lr`` rather than the fine-tuning ``lr``.
 
-With ``refine_geometry`` a per-vertex offset (bounded by ``tanh`` to
+The given mesh is welded by position first (:meth:`~mpod123.geometry.Mesh.welded`):
+a glTF splits its vertices at UV seams, and the copies of one position must
+move as one and must not look like a boundary (a silhouette edge) to the
+antialiasing. The stage renders and regularises the welded surface;
+:meth:`TexturingStage.split_vertices` splits it again, for the export only.
+
+With ``refine_geometry`` a per-position offset (bounded by ``tanh`` to
 ``deform_scale`` times the mesh's radius) is learned as well, with the detail
 stage's normal-consistency and Laplacian terms and L_nvm against the input
 mesh's own silhouettes, so the shape can only move a little. Without it those
@@ -80,7 +87,9 @@ class TexturingStage(DetailStage):
             cfg = dataclasses.replace(cfg, nvm_weight=0.0, normal_consistency_weight=0.0, laplacian_weight=0.0)
         self.cfg = cfg
         self.guidance = guidance
-        self.input_mesh = Mesh(mesh.vertices.detach().float().to(self.device), mesh.faces.to(self.device))
+        split = Mesh(mesh.vertices.detach().float().to(self.device), mesh.faces.to(self.device))
+        self.input_mesh, self.position_index = split.welded()
+        """The surface as one vertex per position, and each given vertex's index into it."""
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.fixed_renderer = FixedMeshRenderer(self.input_mesh) if self.renderer.backend == "torch" else None
         """With the geometry fixed, each camera's rasterisation is made once (the torch path's main cost)."""
@@ -95,7 +104,7 @@ class TexturingStage(DetailStage):
         self.nvm_cache: dict[tuple, Tensor] = {}
         self._camera_pool: Cameras | None = None
         self.init_threshold = None
-        groups = [{"params": list(self.texture.parameters()), "lr": cfg.lr}]
+        groups = [{"params": list(self.texture.parameters()), "lr": cfg.fresh_texture_lr}]  # a fresh field
         if refine_geometry:
             groups.append({"params": list(self.offsets.parameters()), "lr": cfg.deform_lr})
         self.optimizer = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=cfg.adam_eps)
@@ -115,6 +124,11 @@ class TexturingStage(DetailStage):
         if not self.refine_geometry:
             return self.input_mesh
         return Mesh(self.input_mesh.vertices + self.offsets(), self.input_mesh.faces)
+
+    def split_vertices(self) -> Tensor:
+        """The current surface's positions for each vertex of the mesh as given (V_given, 3): copies of
+        one position stay identical."""
+        return self.mesh().vertices[self.position_index]
 
     def modules(self) -> dict[str, nn.Module]:
         return {"texture": self.texture, "offsets": self.offsets}

@@ -16,7 +16,9 @@ No other keys are allowed (a misspelt key is an error, not a silent default).
 The photo is used at its own framing with this camera (no re-centring). With
 ``front`` (the default) the photo is framed like ``generate``'s input and seen
 from the pipeline's reference camera (on +Z, looking at the origin); the mesh
-is then placed so that its front silhouette is centred and framed the same way.
+is then scaled so that its front silhouette is framed the same way, and the
+camera slides sideways to centre it (or, for a mesh seen end on, comes closer
+along its axis, so the mesh never leaves the field's cube): :func:`fit_to_front`.
 """
 
 from __future__ import annotations
@@ -154,21 +156,123 @@ def projected_box(vertices: Tensor, camera: Cameras) -> tuple[Tensor, Tensor, Te
     return (lo + hi) / 2, (hi - lo) / 2, depth.mean()
 
 
-def fit_to_front(norm: Normalisation, vertices: Tensor, camera: Cameras, fill: float, iterations: int = 6) -> Normalisation:
-    """Refine ``norm`` so the mesh's silhouette from ``camera`` is centred with its long side at ``fill``
-    of the frame: the framing ``generate``'s preprocessing gives the photo (its margin)."""
+def _outline(u: Tensor, v: Tensor, directions: int = 16) -> Tensor:
+    """A mask of the points (u, v) that can bound a projection: those not strictly inside the polygon
+    of the extreme points in ``directions`` directions. A perspective coordinate is a linear-fractional
+    function of the point, so its extremes over a set lie on the set's convex hull; points inside that
+    polygon never are, and dropping them keeps the framing exact and fast on big meshes."""
     import torch
+    angle = torch.arange(directions, dtype=u.dtype) * (2 * math.pi / directions)
+    extreme = torch.argmax(angle.cos()[:, None] * u + angle.sin()[:, None] * v, dim=1)
+    corners = torch.unique_consecutive(extreme)
+    if corners.numel() > 1 and corners[0] == corners[-1]:
+        corners = corners[:-1]
+    if corners.numel() < 3:
+        return torch.ones_like(u, dtype=torch.bool)
+    pu, pv = u[corners], v[corners]
+    eu, ev = pu.roll(-1) - pu, pv.roll(-1) - pv  # counter-clockwise edges
+    keep = torch.zeros_like(u, dtype=torch.bool)
+    for i in range(corners.numel()):
+        keep |= eu[i] * (v - pv[i]) - ev[i] * (u - pu[i]) <= 1e-12
+    return keep
+
+
+def _centred_half(along: Tensor, depth: Tensor, k: float, shift: float) -> tuple[float, float]:
+    """Centre one image axis: the camera's lateral ``shift`` that puts the NDC extent of points
+    at ``along`` (their coordinate on that axis) and ``depth`` symmetric about 0, and the half extent
+    there. NDC is ``k * (along - shift) / depth``: each point's is a falling line in the shift, so the
+    centre falls monotonically; safeguarded Newton (bisection on a bracket) finds its zero."""
+    import torch
+    lo, hi = float(along.min()), float(along.max())  # centre >= 0 at shift=lo, <= 0 at shift=hi
+    slope = k / depth
+    half = 0.0
+    for _ in range(100):
+        ndc = slope * (along - shift)
+        i_max, i_min = int(torch.argmax(ndc)), int(torch.argmin(ndc))
+        top, bottom = float(ndc[i_max]), float(ndc[i_min])
+        centre, half = (top + bottom) / 2, (top - bottom) / 2
+        if abs(centre) <= 1e-12 * max(half, 1e-12):
+            break
+        if centre > 0:
+            lo = shift
+        else:
+            hi = shift
+        step = shift + centre / (float(slope[i_max] + slope[i_min]) / 2)
+        shift = step if lo < step < hi else (lo + hi) / 2
+        if hi - lo <= 1e-15 * max(1.0, abs(hi)):
+            break
+    return shift, half
+
+
+def fit_to_front(norm: Normalisation, vertices: Tensor, camera: Cameras, fill: float,
+                 near: float = 0.05) -> tuple[Normalisation, Cameras]:
+    """Place the mesh and the front camera so the mesh's silhouette is centred with its long side at
+    ``fill`` of the frame (the framing ``generate``'s preprocessing gives the photo, its margin).
+
+    Returns the refined normalisation and the camera to use. The mesh stays centred in the field
+    (its box centre at the origin) and only its scale changes; the camera keeps its orientation and
+    moves sideways to centre the silhouette. Two regimes, each a one-dimensional monotone solve
+    (bisection, so it converges; the old fixed-point loop oscillated for meshes long along the view
+    axis):
+
+    * the camera at its orbit radius and the mesh scaled until its silhouette spans ``fill``;
+    * when that would take the mesh out of the field's [-1, 1]^3 (a mesh seen end on, whose near
+      end comes close to the camera), the largest scale that stays inside, and the camera moved
+      along its axis towards the mesh until the silhouette spans ``fill``.
+
+    ``near``: the closest a vertex may come to the camera's plane."""
+    import torch
+
+    from ..camera import Cameras
+    points = norm.apply(vertices.detach().double())
+    centre = (points.amin(0) + points.amax(0)) / 2
+    norm = norm.then(1.0, -centre)
+    points = points - centre
     c2w = camera.c2w[0].double()
-    right, up = c2w[:3, 0], c2w[:3, 1]
+    right, up, back = c2w[:3, 0], c2w[:3, 1], c2w[:3, 2]
+    a, b, c = points @ right, points @ up, points @ back
+    front = float(c.max())
+    x_keep, y_keep = _outline(a, c), _outline(b, c)
+    ax, cx_, by, cy_ = a[x_keep], c[x_keep], b[y_keep], c[y_keep]
     f = 1.0 / math.tan(float(camera.fov_y[0]) / 2)
     aspect = camera.width / camera.height
-    for _ in range(iterations):
-        centre, half, depth = projected_box(norm.apply(vertices.double()), camera)
-        long_side = float(torch.maximum(half[0] * aspect, half[1])) / max(aspect, 1.0)
-        scale = fill / max(long_side, 1e-9)
-        shift = -(centre[0] * aspect * right + centre[1] * up) * depth / f
-        norm = norm.then(1.0, shift).then(scale, (0.0, 0.0, 0.0))
-    return norm
+    lateral = [float(c2w[:3, 3] @ right), float(c2w[:3, 3] @ up)]
+    orbit = float(c2w[:3, 3] @ back)
+    if orbit <= near:
+        raise CameraFileError("the front camera sits inside the field: set a camera radius above 1")
+
+    def long_side(scale: float, distance: float) -> float:
+        lateral[0], hx = _centred_half(scale * ax, distance - scale * cx_, f / aspect, lateral[0])
+        lateral[1], hy = _centred_half(scale * by, distance - scale * cy_, f, lateral[1])
+        return max(hx * aspect, hy) / max(aspect, 1.0)
+
+    def solve(fn, lo: float, hi: float, rising: bool) -> float:
+        for _ in range(200):  # bisection: fn is monotone in its argument
+            mid = (lo + hi) / 2
+            if (fn(mid) < fill) == rising:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo <= 1e-13 * hi:
+                break
+        return (lo + hi) / 2
+
+    inside = 1.0 / float(points.abs().max())  # the largest scale that keeps the mesh in [-1, 1]^3
+    limit = inside if front <= 0 else min(inside, (orbit - near) / front)
+    if long_side(limit, orbit) >= fill:  # reachable from the orbit: scale the mesh
+        scale = solve(lambda s: long_side(s, orbit), 0.0, limit, rising=True)
+        distance = orbit
+    else:  # seen end on: the largest scale inside the field, and the camera comes closer
+        scale = inside
+        closest = scale * front + near
+        if long_side(scale, closest) < fill:
+            raise CameraFileError("the mesh cannot fill the photo's frame from the front: give a camera file")
+        distance = solve(lambda d: long_side(scale, d), closest, max(orbit, 2.0 * closest), rising=False)
+    long_side(scale, distance)  # leaves ``lateral`` centred for this scale and distance
+    moved = c2w.clone()
+    moved[:3, 3] = lateral[0] * right + lateral[1] * up + distance * back
+    return norm.then(scale, (0.0, 0.0, 0.0)), Cameras(moved[None].to(camera.c2w.dtype), camera.fov_y.clone(),
+                                                       camera.width, camera.height)
 
 
 __all__ = ["CameraFileError", "CameraSpec", "fit_to_front", "front_camera", "look_at_with_up", "parse_camera",

@@ -73,8 +73,7 @@ def read_input_mesh(source: str | Path | bytes) -> MeshInput:
 
 def welded_index(vertices: torch.Tensor) -> torch.Tensor:
     """For each vertex, the index of its position among the unique positions (glTF splits vertices at UV seams)."""
-    _, inverse = torch.unique(vertices.detach().cpu(), dim=0, return_inverse=True)
-    return inverse.to(vertices.device)
+    return Mesh(vertices, torch.zeros(0, 3, dtype=torch.long)).welded()[1]
 
 
 def bake_into_own_uvs(vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, color_fn, out_glb: Path,
@@ -149,7 +148,8 @@ class TextureRunner(Runner):
             self.record["input"] = {"method": pre.method, "confidence": round(pre.confidence, 3)}
             camera = front_camera(cfg.detail.camera, rgba.shape[1], rgba.shape[0])
             fill = 1.0 - 2.0 * cfg.preprocess.border_ratio
-            norm = fit_to_front(norm, mesh.vertices, camera, fill)
+            norm, camera = fit_to_front(norm, mesh.vertices, camera, fill)
+            self.record["front_camera"] = [round(float(x), 6) for x in camera.position[0]]
         else:
             pixels, _ = read_image(image, cfg.preprocess)
             matte = find_foreground(pixels, cfg.preprocess)
@@ -209,7 +209,7 @@ def textured_export(stage, mesh: MeshInput, norm: Normalisation, uv_report: UVRe
     from ..export import export_mesh
 
     field = stage.texture.eval()
-    geometry = stage.mesh().vertices.detach().cpu()  # normalised (moved a little with --refine-geometry)
+    geometry = stage.split_vertices().detach().cpu()  # normalised (moved a little with --refine-geometry), per vertex as read
     restore = norm.restore
     if uv_report.usable:
         with torch.no_grad():

@@ -222,3 +222,52 @@ def test_matting_can_be_forced_and_the_refusal_says_how(tmp_path):
         find_foreground(photo, PreprocessConfig())
     forced = find_foreground(photo, PreprocessConfig(matting="plain"))
     assert forced.method == "plain-background" and forced.confidence < 0.5
+
+
+# --------------------------------------------------------------- model mattes (issue 29, bug 3)
+def _scene(kind: str, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(photo on white, the exact matte a segmentation model would return) for one scene: a clean object,
+    a cropped one (running off the right edge), two separate objects, an object with a big hole."""
+    y, x = (np.mgrid[0:size, 0:size] + 0.5) / size
+    disk = lambda cx, cy, r: (x - cx) ** 2 + (y - cy) ** 2 < r**2  # noqa: E731
+    shape = {
+        "clean": disk(0.5, 0.5, 0.3),
+        "cropped": disk(0.85, 0.5, 0.3),
+        "two objects": disk(0.28, 0.5, 0.18) | disk(0.72, 0.5, 0.18),
+        "holed": disk(0.5, 0.5, 0.32) & ~disk(0.5, 0.5, 0.2),
+    }[kind]
+    photo = np.ones((size, size, 3), np.float32)
+    photo[shape] = (0.8, 0.3, 0.1)
+    return photo, shape.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["clean", "cropped", "two objects", "holed"])
+def test_a_model_matte_is_judged_like_the_plain_background_one(kind):
+    """The model matte's confidence sees cropping, several objects and holes: a cropped object and a
+    two-object image are refused as the plain-background matte refuses them (the old 'decided fraction'
+    gave them 1.0)."""
+    from mpod123.pipeline.preprocess import model_matte, plain_background_matte
+
+    cfg = PreprocessConfig()
+    photo, alpha = _scene(kind)
+    matte = model_matte(alpha, cfg)
+    assert matte.method == "rembg" and matte.alpha is alpha
+    plain = plain_background_matte(photo, cfg)
+    plain_confidence = 0.0 if plain is None else plain[1]  # None: refused outright (the border is not plain)
+    usable = matte.confidence >= cfg.min_confidence
+    assert usable == (kind in ("clean",)), (kind, matte.confidence, matte.details)
+    if kind in ("clean", "cropped", "two objects"):
+        assert usable == (plain_confidence >= cfg.min_confidence), "the same verdict as the plain-background matte"
+    if kind == "holed":
+        assert matte.details["score_holes"] < cfg.min_confidence
+    weakest = {"cropped": "contact", "two objects": "compact", "holed": "holes"}.get(kind)
+    if weakest:
+        assert matte.details[f"score_{weakest}"] == min(v for k, v in matte.details.items() if k.startswith("score_"))
+        with pytest.raises(InputImageError, match="not confident"):
+            model_matte(alpha, cfg, refuse=True)
+    # a soft (antialiased) edge is still one clean cut: the clean disk blurred by one pixel
+    if kind == "clean":
+        soft = alpha.copy()
+        soft[1:-1, 1:-1] = (alpha[:-2, 1:-1] + alpha[2:, 1:-1] + alpha[1:-1, :-2] + alpha[1:-1, 2:] + alpha[1:-1, 1:-1]) / 5
+        assert model_matte(soft, cfg).confidence >= cfg.min_confidence
+        assert model_matte(np.clip(alpha * 0.5 + 0.25, 0, 1), cfg).confidence < cfg.min_confidence, "a vague matte"

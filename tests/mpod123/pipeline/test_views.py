@@ -251,6 +251,38 @@ def test_textual_inversion_pool_holds_every_view(tmp_path, photos):
     assert ti.latent_pool is pool, "train() uses the pool of every view"
 
 
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_the_view_pool_is_encoded_by_the_float32_vae_when_its_config_sets_force_upcast(tmp_path, force_upcast):
+    """fp16 models: every view of the pool goes through the same VAE as the single-photo pool (issue 29, bug 4)."""
+    from mpod123.config import TextualInversionConfig
+    from mpod123.guidance.stable_diffusion import load_stable_diffusion
+    from mpod123.guidance.textual_inversion import TextualInversion
+    from mpod123.runtime.tiny_models import ensure_tiny_models
+    from mpod123.pipeline.extra_views import encode_view_pool
+
+    made = ensure_tiny_models(tmp_path / "tiny")
+    models = load_stable_diffusion(str(made["sd"]), "cpu", "float16")
+    models.vae.register_to_config(force_upcast=force_upcast)
+    g = torch.Generator().manual_seed(0)
+    front, back = torch.rand(48, 48, 4, generator=g), torch.rand(48, 48, 4, generator=g)
+    ti = TextualInversion(TextualInversionConfig(steps=1, batch_size=1, augmentations=4), models)
+    seen = []
+    hook = models.vae.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    single = ti.encode_pool(front).clone()
+    tol = 1e-6 if force_upcast else 1e-3  # fp16 CPU convolutions are not bit-reproducible call to call
+    assert torch.allclose(encode_view_pool(ti, [front]), single, atol=tol), "one view: the single-photo pool"
+    hook.remove()
+    vae, dtype = ti.encoding_vae()
+    vae.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    encode_view_pool(ti, [front, back])
+    if force_upcast:
+        assert dtype == torch.float32 and vae is not models.vae
+        assert seen[-1] == torch.float32 and torch.float16 not in seen, "no view is encoded by the fp16 VAE"
+    else:
+        assert dtype == torch.float16 and set(seen) == {torch.float16}
+
+
 # ------------------------------------------------------------------ end to end
 def test_generate_with_two_extra_views_end_to_end(tiny_models_home, photos, tmp_path):
     from mpod123.cli.main import main

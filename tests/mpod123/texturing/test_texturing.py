@@ -120,12 +120,33 @@ def test_camera_files_that_are_not_json_or_missing_are_refused(tmp_path):
 
 
 def test_front_framing_centres_the_silhouette_at_the_photos_margin():
+    from mpod123.config import CameraConfig
+
     box = box_mesh(centre=(3.0, -1.0, 2.0), half=(0.2, 0.6, 0.3))
-    cam = front_camera(__import__("mpod123.config", fromlist=["CameraConfig"]).CameraConfig(), 128, 128)
-    norm = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
-    centre, half, _ = projected_box(norm.apply(box.vertices.double()), cam)
-    assert centre.abs().max() < 1e-3 and float(half.max()) == pytest.approx(0.6, abs=1e-3)
+    cam = front_camera(CameraConfig(), 128, 128)
+    norm, framed = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
+    centre, half, _ = projected_box(norm.apply(box.vertices.double()), framed)
+    assert centre.abs().max() < 1e-6 and float(half.max()) == pytest.approx(0.6, abs=1e-6)
     assert float(norm.apply(box.vertices.double()).norm(dim=-1).max()) < 1.0  # still inside the field's cube
+    assert float(framed.position[0].norm()) == pytest.approx(2.5, abs=1e-3), "the camera stays on its orbit"
+    assert torch.allclose(framed.c2w[0, :3, :3], cam.c2w[0, :3, :3]), "and keeps its orientation"
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.2, 0.15, 0.1])
+def test_front_framing_of_a_mesh_long_along_the_view_axis_converges_inside_the_field(ratio):
+    """Issue 29, bug 2: a box ``ratio`` as wide as it is deep (seen end on) reaches the photo's framing and
+    stays inside the field's [-1, 1]^3 (the old framing oscillated: 0.51 with a coordinate at 1.07 for 0.25,
+    0.22 for 0.2, 'behind the camera' for 0.15)."""
+    from mpod123.config import CameraConfig
+
+    box = box_mesh(half=(ratio, ratio, 1.0))
+    cam = front_camera(CameraConfig(), 128, 128)
+    norm, framed = fit_to_front(Normalisation.into_unit_sphere(box.vertices), box.vertices, cam, 0.6)
+    placed = norm.apply(box.vertices.double())
+    centre, half, _ = projected_box(placed, framed)
+    assert centre.abs().max() < 1e-6 and float(half.max()) == pytest.approx(0.6, abs=1e-6), "the target framing"
+    assert float(placed.abs().max()) <= 1.0 + 1e-9, "inside the texture field's cube"
+    assert torch.allclose(framed.c2w[0, :3, :3], cam.c2w[0, :3, :3]), "the photo's view direction is kept"
 
 
 # ----------------------------------------------------------------------------- usable UVs
@@ -280,7 +301,7 @@ def test_the_geometry_stays_fixed_unless_refine_geometry_and_then_moves_only_a_l
         for _ in range(3):
             losses = stage.train_step()
         assert not torch.allclose(stage.texture.color(mesh.vertices[:50]), colour_before), "the texture learns"
-        moved = (stage.mesh().vertices - mesh.vertices).abs().max()
+        moved = (stage.split_vertices() - mesh.vertices).abs().max()
         if refine:
             assert 0 < moved <= stage.offsets.scale + 1e-6 and "laplacian" in losses
         else:
@@ -301,3 +322,86 @@ def test_texture_refuses_bad_inputs_with_exit_2_and_writes_nothing(tmp_path, cap
     camera.write_text(json.dumps({"position": [0, 0, 3], "look_at": [0, 0, 3], "fov_y_deg": 40}))
     assert main(["texture", str(not_a_mesh), str(photo), "-o", str(out), "--camera", str(camera), *base]) == 2
     assert "same point" in capsys.readouterr().err and not out.exists()
+
+
+# ----------------------------------------------------------------------------- refining a mesh with UV seams
+def exported_sphere(tmp_path: Path):
+    """A sphere written by the project's own export (every UV island split off): the mesh as ``texture`` reads it."""
+    from mpod123.config import ExportConfig
+    from mpod123.export import export_mesh
+    from mpod123.geometry import marching_tets_reference, tet_grid
+    from mpod123.texturing.texturer import read_input_mesh
+
+    g = tet_grid(8)
+    sphere = marching_tets_reference(g.vertices, g.vertices.norm(dim=-1) - 0.6, g.tets)
+    export_mesh(sphere, lambda p: torch.sigmoid(p * 3.0), tmp_path / "ball.glb",
+                ExportConfig(texture_size=128, uv_backend="torch", obj=False))
+    return read_input_mesh(tmp_path / "ball.glb")
+
+
+def rim_distance(mesh: Mesh, edge_vertices: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """For edges (E, 2) of a sphere centred at the origin, how far (radians) each midpoint's normal is from
+    perpendicular to the view: 0 on the true silhouette (the rim seen from ``eye``)."""
+    mid = mesh.vertices[edge_vertices].mean(1)
+    n = torch.nn.functional.normalize(mid, dim=-1)
+    view = torch.nn.functional.normalize(eye - mid, dim=-1)
+    return (torch.pi / 2 - torch.arccos((n * view).sum(-1).clamp(-1, 1))).abs()
+
+
+def test_refine_geometry_keeps_copies_of_one_position_together_and_seams_are_not_silhouettes(tmp_path):
+    """Issue 29, bug 1: offsets per position (welded), split again only for the export; the seam edges of a
+    split mesh are not silhouette edges for the antialiasing."""
+    from mpod123.config import DetailStageConfig, ExportConfig
+    from mpod123.guidance import MultiViewSupervision
+    from mpod123.rendering.rasterizer import project, silhouette_edges
+    from mpod123.stages import ReferenceView
+    from mpod123.stages.texturing import TexturingStage
+    from mpod123.bench.synthetic import render_object
+    from mpod123.bench.texture import bench_field_config
+    from mpod123.texturing.texturer import read_input_mesh, textured_export, welded_index
+    from mpod123.texturing.uv_usability import check_uvs
+
+    read = exported_sphere(tmp_path)
+    positions = welded_index(read.vertices)
+    n_positions = int(positions.max()) + 1
+    assert read.vertices.shape[0] > n_positions, "the exported sphere is split at its UV seams"
+    norm = Normalisation.into_unit_sphere(read.vertices)
+    mesh = Mesh(norm.apply(read.vertices.double()).float(), read.faces)
+    cams = orbit_cameras([80.0, 100.0, 90.0], [0.0, 120.0, 240.0], 2.5, 40.0, 24, 24)
+    images = render_object(cams)
+    cfg = DetailStageConfig(steps=30, resolution=24, nvm_mask_resolution=24, lr=1e-2, deform_lr=1e-2,
+                            reference_view_prob=0.25, preview_every=0, checkpoint_every=0)
+    stage = TexturingStage(cfg, ReferenceView(images[0], cams[0]), MultiViewSupervision(images, cams), mesh,
+                           bench_field_config(4, 12), refine_geometry=True)
+    for _ in range(30):
+        stage.train_step()
+    # the rendered (and regularised) surface has no seams: the sphere is closed
+    assert stage.mesh().is_closed(), "the stage's surface is welded by position"
+    # the surface moved, and every copy of one position moved the same way
+    report = check_uvs(read.vertices, read.faces, read.uvs, __import__("mpod123.texturing.uv_usability",
+                                                                          fromlist=["UVCheckConfig"]).UVCheckConfig())
+    info = textured_export(stage, read, norm, report, tmp_path / "out.glb", ExportConfig(texture_size=64, obj=False))
+    out = read_input_mesh(tmp_path / "out.glb")
+    moved = (norm.apply(out.vertices.double()) - norm.apply(read.vertices.double())).abs().max() if info["uv_backend"] == "kept" else None
+    if moved is not None:
+        assert moved > 1e-4, "the refinement moved the vertices"
+        groups = welded_index(read.vertices)
+        spread = torch.zeros(n_positions, 3, dtype=torch.float64)
+        first = torch.zeros(n_positions, 3, dtype=torch.float64)
+        first[groups] = out.vertices.double()
+        spread = (out.vertices.double() - first[groups]).abs().max()
+        assert spread == 0, f"copies of one position are {float(spread):.4f} apart: the mesh tore at a seam"
+    assert int(welded_index(out.vertices).max()) + 1 == n_positions, "as many distinct positions as went in"
+    # the antialiasing's silhouette edges are on the rim only, not at UV seams: in the stage's render, and
+    # for a split mesh whose vertices are keyed by position (how the evaluation renders a glTF)
+    cam = orbit_cameras(90.0, 0.0, 2.5, 40.0, 48, 48)
+    e_of = lambda faces: torch.stack([faces[:, [1, 2]], faces[:, [2, 0]], faces[:, [0, 1]]], dim=1)  # noqa: E731
+    surface = stage.input_mesh
+    sil, _ = silhouette_edges(surface.faces, project(surface.vertices, cam)[0], surface.n_vertices)
+    flagged = e_of(surface.faces)[sil[0]]
+    far = rim_distance(surface, flagged, cam.position[0]) > 0.6  # faces span up to ~0.5 rad at this grid
+    assert flagged.shape[0] > 0 and not bool(far.any()), f"{int(far.sum())} seam edges taken for silhouette edges"
+    sil, _ = silhouette_edges(mesh.faces, project(mesh.vertices, cam)[0], mesh.n_vertices, positions)
+    flagged = e_of(mesh.faces)[sil[0]]
+    far = rim_distance(mesh, flagged, cam.position[0]) > 0.6
+    assert flagged.shape[0] > 0 and not bool(far.any()), f"{int(far.sum())} seam edges taken for silhouette edges"
