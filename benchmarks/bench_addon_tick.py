@@ -42,8 +42,8 @@ def main() -> None:
     try:
         bpy.ops.wm.read_factory_settings(use_empty=True)
         addon_utils.enable("blender_addon", default_set=True)
-        from blender_addon import bridge
-        from blender_addon.preferences import prefs
+        from blender_addon.session import bridge
+        from blender_addon.blender.preferences import prefs
 
         p = prefs(bpy.context)
         p.address, p.use_local_backend = server.endpoint, False

@@ -8,20 +8,21 @@ owner identity, cache limits), ``bridge`` (applies the network thread's
 results to Blender from a timer) and ``importer`` (GLB in).
 
 The Blender modules are imported inside ``register`` so that
-``import blender_addon.client`` works in plain Python (no bpy needed).
+``import blender_addon.core.client`` works in plain Python (no bpy needed).
 """
 
 from __future__ import annotations
 
 
 def _modules():
-    from . import extra_views, operators, operators_backend, panels, preferences, properties, text_input, texture_mesh
+    from .blender import extra_views, preferences, properties, text_input, texture_mesh
+    from .ui import operators, operators_backend, panels
 
     return (preferences, properties, text_input, operators, operators_backend, texture_mesh, panels, extra_views)
 
 
 def register() -> None:
-    from . import bridge
+    from .session import bridge
 
     for module in _modules():
         module.register()
@@ -29,7 +30,7 @@ def register() -> None:
 
 
 def unregister() -> None:
-    from . import bridge
+    from .session import bridge
 
     bridge.shutdown()
     for module in reversed(_modules()):

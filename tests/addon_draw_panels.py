@@ -59,8 +59,10 @@ def main() -> None:
     import addon_utils  # importable only once bpy is imported
 
     addon_utils.enable("blender_addon", default_set=True, handle_error=lambda exc: (_ for _ in ()).throw(exc))
-    from blender_addon import bridge, panels, preferences
-    from blender_addon.client import Message
+    from blender_addon.session import bridge
+    from blender_addon.ui import panels
+    from blender_addon.blender import preferences
+    from blender_addon.core.client import Message
 
     st = bpy.context.window_manager.mpod123
     st.connection, st.server_name, st.server_version, st.server_gpu = "connected", "mpod123-backend", "1.0", "none"
@@ -79,7 +81,7 @@ def main() -> None:
             bridge.apply_event(bpy.context, msg)
     st.jobs[1].state = "failed"
     if "--text" in sys.argv:  # a candidates job whose first candidate arrived, with its verdict
-        from blender_addon import text_input
+        from blender_addon.blender import text_input
 
         job = st.jobs.add()
         job.job_id, job.name, job.state, job.kind, job.prompt = "c" * 32, "kettle", "done", "candidates", "a kettle"
@@ -111,7 +113,7 @@ def main() -> None:
             preferences.draw_preferences(menu.layout.column(), prefs)
             results["drawn"].append("preferences")
             if "--text" in sys.argv:  # the Text input mode, with a candidate in its pick list
-                from blender_addon import text_input
+                from blender_addon.blender import text_input
 
                 ts = text_input.text_state(context)
                 ts.mode, ts.prompt = "TEXT", "a red vintage kettle"
@@ -140,7 +142,7 @@ def main() -> None:
         results["registered"] = {cls.bl_idname: hasattr(bpy.types, cls.bl_idname) for cls in panels.CLASSES}
         results["category"] = sorted({cls.bl_category for cls in panels.PANELS})
         results["previews"] = [st.jobs[0].preview_outline, st.jobs[0].preview_detail]
-        from blender_addon import operators
+        from blender_addon.ui import operators
 
         results["polls"] = {}
         for op in operators.CLASSES:

@@ -16,14 +16,14 @@ from tests.addon_backend import enabled_addon  # noqa: E402
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")):
-        from blender_addon import operators_backend
+        from blender_addon.ui import operators_backend
 
         yield operators_backend
 
 
 @pytest.fixture
 def prefs(addon):
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)
     saved = (p.local_command, p.use_local_backend, p.address, p.serve_args)
@@ -45,7 +45,7 @@ def test_with_online_access_off_install_says_what_to_click_and_creates_nothing(a
 
 
 def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
-    from blender_addon import bridge
+    from blender_addon.session import bridge
     from tests.addon_backend import free_port
 
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
@@ -62,7 +62,7 @@ def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
 
 def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, tmp_path):
     """A usable environment (its marker and interpreter): the command is its Python, arguments intact."""
-    from blender_addon import bridge
+    from blender_addon.session import bridge
 
     env = addon.managed_env()
     try:

@@ -28,7 +28,7 @@ from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, _raise
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
-        from blender_addon import bridge
+        from blender_addon.session import bridge
 
         yield bridge
     assert not hasattr(bpy.types.WindowManager, "mpod123")
@@ -44,7 +44,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def prefs(addon, server):
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)
     p.address = server.endpoint
@@ -66,7 +66,7 @@ def _state():
 
 
 def _bridge():
-    return sys.modules["blender_addon.bridge"]
+    return sys.modules["blender_addon.session.bridge"]
 
 
 def _settle(done, timeout_s: float = JOB_TIMEOUT_S, what: str = "") -> None:
@@ -115,7 +115,7 @@ def _png_pixels(data: bytes) -> list[tuple[int, int, int]]:
 
 def _events_from_server(endpoint: str, session: str, job_id: str) -> list:
     """Every event of a job, straight from the backend (an independent client resuming from seq 0)."""
-    from blender_addon.client import AddonClient
+    from blender_addon.core.client import AddonClient
 
     c = AddonClient(endpoint, session=session, timeout_s=10)
     try:
@@ -133,7 +133,7 @@ def _events_from_server(endpoint: str, session: str, job_id: str) -> list:
 
 def _backend_status(endpoint: str, job_id: str) -> dict:
     """The backend's own view of a job, asked by an independent client under the add-on's owner identity."""
-    from blender_addon.client import AddonClient
+    from blender_addon.core.client import AddonClient
 
     c = AddonClient(endpoint, session=_bridge().owner_id(), timeout_s=10)
     try:
@@ -240,7 +240,7 @@ def test_imported_front_faces_blender_minus_y(addon, tmp_path):
     """The backend's front (+Z in glTF) lands on Blender's -Y: the Front view shows it."""
     import numpy as np
 
-    from blender_addon.importer import import_glb
+    from blender_addon.blender.importer import import_glb
     from mpod123.export.gltf import encode_glb
 
     # a square base at z=0 with a "nose" vertex pointing to +Z (the front) and one to +Y (up), in glTF coordinates
@@ -263,7 +263,7 @@ def test_imported_front_faces_blender_minus_y(addon, tmp_path):
 
 
 def test_importer_removes_the_empty_parents_and_keeps_world_transforms(addon, tmp_path):
-    from blender_addon.importer import import_glb
+    from blender_addon.blender.importer import import_glb
 
     scene = bpy.data.scenes.new("export-src")
     mesh = bpy.data.meshes.new("m")
@@ -415,7 +415,7 @@ def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server
 CLIENT_SCRIPT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from blender_addon.client import AddonClient
+from blender_addon.core.client import AddonClient
 endpoint, session, image, dest = sys.argv[2:6]
 c = AddonClient(endpoint, session=session, timeout_s=10)
 info = c.hello()
@@ -444,7 +444,7 @@ def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, ser
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"bpy-free client: a 1-step tiny job took {res['job_s']:.1f} s")
-    assert res["bad"] == [], "blender_addon.client loads no bpy, torch, mpod123 or backend"
+    assert res["bad"] == [], "blender_addon.core.client loads no bpy, torch, mpod123 or backend"
     assert res["server"] == "mpod123-backend"
     assert res["kinds"][-1] == "done" and "progress" in res["kinds"] and "preview" in res["kinds"]
     assert res["size"] > 0 and (tmp_path / "lamp.glb").read_bytes()[:4] == b"glTF"
@@ -534,13 +534,13 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     assert job.name == "owl" and tuple(job.location) == (0.0, 0.0, 1.5) and job.preset == "draft"
 
     def ours(handlers):
-        return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.bridge"]
+        return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.session.bridge"]
 
     addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
     assert ours(bpy.app.handlers.load_post) == [] and ours(bpy.app.handlers.load_pre) == []
     addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
     assert len(ours(bpy.app.handlers.load_post)) == 1 and len(ours(bpy.app.handlers.load_pre)) == 1
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)  # a disabled add-on loses its preferences: as a fresh install would have them
     p.address, p.use_local_backend = server.endpoint, False
@@ -725,7 +725,7 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
 def test_import_in_edit_mode_keeps_edit_mode_and_the_unsaved_edit(addon, tmp_path):
     import bmesh
 
-    from blender_addon.importer import ImportOptions, import_glb
+    from blender_addon.blender.importer import ImportOptions, import_glb
 
     bpy.ops.mesh.primitive_cube_add(location=(0, 0, 0))
     cube = bpy.context.object

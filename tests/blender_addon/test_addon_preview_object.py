@@ -24,8 +24,8 @@ from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon, free
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None
-        from blender_addon import bridge
-        from blender_addon.preferences import prefs
+        from blender_addon.session import bridge
+        from blender_addon.blender.preferences import prefs
 
         p = prefs(bpy.context)
         p.address, p.use_local_backend = f"tcp://127.0.0.1:{free_port()}", False  # nothing listens there
@@ -33,7 +33,7 @@ def addon(tmp_path_factory):
 
 
 def _po():
-    return sys.modules["blender_addon.preview_object"]
+    return sys.modules["blender_addon.blender.preview_object"]
 
 
 def _state():
@@ -60,13 +60,13 @@ def _job(name: str, state: str = "running", location=(1.0, 2.0, 3.0)):
 
 
 def _event(job, kind: str, buffers=(), seq: int = 1, **content):
-    from blender_addon.client import Message
+    from blender_addon.core.client import Message
 
     return Message("event", {"kind": kind, **content}, list(buffers), job_id=job.job_id, seq=seq)
 
 
 def _tick(*messages) -> None:
-    bridge = sys.modules["blender_addon.bridge"]
+    bridge = sys.modules["blender_addon.session.bridge"]
     bridge._pending.extend(messages)
     bridge.step(bpy.context, budget_s=None)
 
@@ -156,7 +156,7 @@ def test_cancel_failure_removal_and_the_toggle_remove_previews(addon):
     bridge = addon
     _reset(bridge)
     po = _po()
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
     glb = sphere_glb(0.4)[0]
     jobs = [_job(n) for n in ("cancelme", "failme", "removeme", "toggleme")]
@@ -237,7 +237,7 @@ def test_an_undo_never_brings_back_a_finished_jobs_preview(addon):
 
 @pytest.mark.slow
 def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_import(addon, tmp_path):
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
     bridge = addon
     _reset(bridge)

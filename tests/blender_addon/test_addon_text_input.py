@@ -24,7 +24,7 @@ from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon  # no
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123_text")
-        from blender_addon import bridge
+        from blender_addon.session import bridge
 
         yield bridge
     assert not hasattr(bpy.types.WindowManager, "mpod123_text")
@@ -40,7 +40,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def connected(addon, server):
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
     p = prefs(bpy.context)
     p.address, p.use_local_backend, p.timeout_s, p.auto_import = server.endpoint, False, 10.0, True
@@ -76,7 +76,7 @@ def test_polls_say_why_text_mode_cannot_send(addon):
         assert not bpy.ops.mpod123.make_candidates.poll(), bad
     ts.candidates.clear()
     assert not bpy.ops.mpod123.generate_from_candidate.poll()
-    from blender_addon.text_input import name_for, prompt_problem
+    from blender_addon.blender.text_input import name_for, prompt_problem
 
     assert prompt_problem("") and "over 500" in prompt_problem("k" * 501) and prompt_problem("a red kettle") == ""
     assert name_for("a red vintage kettle, shiny!") == "a_red_vintage_kettle"
@@ -129,7 +129,7 @@ def test_make_candidates_then_generate_from_the_picked_one(connected, server):
 
 
 def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
-    from blender_addon.client import Message
+    from blender_addon.core.client import Message
     from PIL import Image
 
     st, ts = _state(), _text()
@@ -152,7 +152,7 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
         {"index": 0, "usable": True}, {"index": "1", "usable": True}, "junk", {"index": 40, "usable": True}]},
         job_id=job.job_id, seq=2))
     assert [(r.index, r.usable) for r in ts.candidates] == [(0, True)] and ts.candidates[0].verdict == "one clean object"
-    assert sys.modules["blender_addon.bridge"]._job_options(other) == {"preset": "", "seed": 0}
+    assert sys.modules["blender_addon.session.bridge"]._job_options(other) == {"preset": "", "seed": 0}
 
 
 def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():

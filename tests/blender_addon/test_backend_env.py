@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_addon import backend_env as be
+from blender_addon.core import backend_env as be
 
 ECHO = "import json, sys; print(json.dumps(sys.argv[1:]))"
 

@@ -123,7 +123,7 @@ def export_object_glb(context, obj) -> bytes:
 
 
 def side_files(job_id: str) -> tuple[Path, Path]:
-    from . import bridge
+    from ..session import bridge
 
     folder = bridge.user_dir("inputs")
     return folder / f"{job_id}{SUFFIX_MESH}", folder / f"{job_id}{SUFFIX_CAMERA}"
@@ -131,7 +131,7 @@ def side_files(job_id: str) -> tuple[Path, Path]:
 
 def submit(context, obj, image: bytes, name: str, options: dict, label: str) -> str:
     """Queue a texture job for ``obj`` (returns at once; the upload runs on the network thread)."""
-    from . import bridge
+    from ..session import bridge
 
     mesh = export_object_glb(context, obj)
     camera = camera_relative(context.scene, obj, context.scene.camera)
@@ -171,7 +171,7 @@ def _uv_set(mesh, digits: int = 4) -> set:
 
 def apply_result(context, job, glb_path: Path):
     """Put the result's texture on the job's object as a new material (one undo step); returns the object."""
-    from .bridge import BridgeError, _window_override
+    from ..session.bridge import BridgeError, _window_override
 
     obj = bpy.data.objects.get(job.texture_target)
     if obj is None or obj.type != "MESH":
@@ -224,13 +224,13 @@ class MPOD123_OT_texture_selected(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        from .operators import _address_problem, _poll, input_problem
+        from ..ui.operators import _address_problem, _poll, input_problem
 
         return _poll(cls, target_problem(context) or input_problem(context) or _address_problem(context))
 
     def execute(self, context):
-        from . import bridge
-        from .operators import input_image
+        from ..session import bridge
+        from ..ui.operators import input_image
 
         st = state(context)
         obj = context.active_object

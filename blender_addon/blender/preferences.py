@@ -24,7 +24,7 @@ def _mesh_previews_toggled(self, context) -> None:
 
 
 class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
-    bl_idname = __package__
+    bl_idname = __package__.rpartition(".")[0]  # the add-on package, one level up
 
     address: StringProperty(
         name="Server Address", default=DEFAULT_ADDRESS,
@@ -136,7 +136,7 @@ def draw_preferences(layout, p) -> None:
     sub.prop(p, "local_command")
     sub.prop(p, "local_data")
     sub.prop(p, "start_timeout_s")
-    from . import operators_backend
+    from ..ui import operators_backend
 
     operators_backend.draw_managed_backend(layout, p)
     box = layout.box()
@@ -187,7 +187,7 @@ def prefs(context=None):
     """The add-on's preferences (or the defaults when it is imported without being enabled)."""
     global _FALLBACK
     addons = (context or bpy.context).preferences.addons
-    entry = addons.get(__package__)
+    entry = addons.get(__package__.rpartition(".")[0])
     if entry is not None and entry.preferences is not None:
         return entry.preferences
     if _FALLBACK is None:

@@ -125,7 +125,7 @@ def _row(ts, index: int) -> MPOD123_Candidate:
 
 def on_preview(context, job, stage: str, png: bytes, apply: bool) -> bool:
     """A candidate image of the listed candidates job: into a Blender image and the pick list."""
-    from . import bridge
+    from ..session import bridge
 
     match = _CANDIDATE_STAGE.fullmatch(stage)
     if not apply or match is None or not is_candidates(job) or int(match.group(1)) >= MAX_CANDIDATES:
@@ -165,7 +165,7 @@ def _picked(context) -> MPOD123_Candidate | None:
 
 
 def _candidate_path(context, row) -> str:
-    from . import bridge
+    from ..session import bridge
 
     return bridge._preview_path(text_state(context).job_id, f"candidate_{row.index}")
 
@@ -178,15 +178,15 @@ class MPOD123_OT_make_candidates(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        from .operators import _address_problem, _poll
+        from ..ui.operators import _address_problem, _poll
 
         ts = text_state(context)
         return _poll(cls, ("switch the input to Text" if ts.mode != "TEXT" else "") or prompt_problem(ts.prompt)
                      or _address_problem(context))
 
     def execute(self, context):
-        from . import bridge
-        from .operators import _job_import_options
+        from ..session import bridge
+        from ..ui.operators import _job_import_options
         from .properties import state
 
         ts, st = text_state(context), state(context)
@@ -216,7 +216,7 @@ class MPOD123_OT_generate_from_candidate(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        from .operators import _address_problem, _poll
+        from ..ui.operators import _address_problem, _poll
 
         row = _picked(context)
         if row is None:
@@ -226,8 +226,8 @@ class MPOD123_OT_generate_from_candidate(bpy.types.Operator):
         return _poll(cls, _address_problem(context))
 
     def execute(self, context):
-        from . import bridge
-        from .operators import _job_import_options
+        from ..session import bridge
+        from ..ui.operators import _job_import_options
         from .properties import state
 
         ts, st = text_state(context), state(context)

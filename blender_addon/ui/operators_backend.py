@@ -22,8 +22,8 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty
 
-from . import backend_env as be
-from .preferences import prefs
+from ..core import backend_env as be
+from ..blender.preferences import prefs
 
 POLL_INTERVAL_S = 0.5
 CHECK_TIMEOUT_S = 300.0
@@ -37,11 +37,11 @@ _build: be.TorchBuild | None = None
 
 # ------------------------------------------------------------------ where things are
 def _package() -> str:
-    return __package__ or "mpod123"
+    return __package__.rpartition(".")[0] or "mpod123"
 
 
 def addon_dir() -> Path:
-    return Path(__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]
 
 
 def backend_root(create: bool = False) -> Path:
@@ -307,7 +307,7 @@ class MPOD123_OT_remove_backend(bpy.types.Operator):
         if installing():
             self.report({"ERROR"}, "an install is running: cancel it first")
             return {"CANCELLED"}
-        from . import bridge
+        from ..session import bridge
 
         bridge.stop_local()  # a backend running from the environment would hold its files
         env = managed_env()

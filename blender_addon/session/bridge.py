@@ -36,10 +36,11 @@ from urllib.parse import urlparse
 
 import bpy
 
-from . import importer, jobfile, preview_object, text_input
-from .client import FINAL_KINDS, Message, NetworkThread, Outcome, is_loopback, parse_key
-from .preferences import prefs
-from .properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, find_job, state
+from ..blender import importer, preview_object, text_input
+from ..core import jobfile
+from ..core.client import FINAL_KINDS, Message, NetworkThread, Outcome, is_loopback, parse_key
+from ..blender.preferences import prefs
+from ..blender.properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, find_job, state
 
 PREVIEW_STAGES = {"matte": "preview_matte", "outline": "preview_outline", "detail": "preview_detail"}
 """Preview stages in events -> the job field holding the Blender image's name. The matte comes first."""
@@ -73,7 +74,7 @@ last_step: dict = {}
 
 # ------------------------------------------------------------------ folders
 def _package() -> str:
-    return __package__ or "mpod123"
+    return __package__.rpartition(".")[0] or "mpod123"
 
 
 def user_dir(sub: str = "") -> Path:
@@ -253,7 +254,7 @@ def local_running() -> bool:
 
 def local_command(context=None) -> list[str]:
     """The argument list (never a shell string) that starts the local backend; see operators_backend."""
-    from . import operators_backend
+    from ..ui import operators_backend
 
     p = prefs(context)
     data = p.local_data or str(user_dir("backend"))
@@ -268,7 +269,7 @@ def start_local(context=None) -> int:
         raise BridgeError(f"a local backend only listens on this computer; {p.address} is not a loopback address")
     if local_running():
         return _local.pid
-    from .backend_env import EnvError, backend_environment, child_popen_options
+    from ..core.backend_env import EnvError, backend_environment, child_popen_options
 
     try:
         cmd = local_command(context)
@@ -496,11 +497,11 @@ def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 
         setattr(job, k, v)
     job.input_path = _store_input(job_id, image)
     if views and views[0]:  # (frames, angles): kept beside the input copy, sent again the same way
-        from . import extra_views
+        from ..blender import extra_views
 
         extra_views.store(user_dir("inputs"), job_id, *views)
     if texture is not None:  # Texture Selected Mesh: (object name, its GLB, camera or None); texture_mesh.py
-        from . import texture_mesh
+        from ..blender import texture_mesh
 
         job.texture_target = texture[0]
         texture_mesh.save_inputs(job_id, texture[1], texture[2])
@@ -532,7 +533,7 @@ def _send(context, job, image: bytes | None = None) -> None:
             return
     job.state, job.activity = "sending", f"uploading {len(image) / 1e6:.1f} MB…"
     if job.texture_target:  # the photo, then the mesh (texture_mesh.py)
-        from . import texture_mesh
+        from ..blender import texture_mesh
 
         if not texture_mesh.send(network(context), job, image, _job_options(job)):
             job.state = "failed"
@@ -540,7 +541,7 @@ def _send(context, job, image: bytes | None = None) -> None:
             _mark(now=True)
             return
     else:
-        from . import extra_views
+        from ..blender import extra_views
 
         frames, angles = extra_views.load(user_dir("inputs"), job.job_id)
         options = {**_job_options(job), **({"views": angles} if angles else {})}
@@ -718,7 +719,7 @@ def import_now(context, job) -> bpy.types.Object:
     """Import a downloaded result (main thread) as one undo step; raises BridgeError with the reason."""
     dest = _result_path(job)
     if job.texture_target:  # a texture job's result goes onto its object (texture_mesh.py)
-        from . import texture_mesh
+        from ..blender import texture_mesh
 
         obj = texture_mesh.apply_result(bpy.context, job, dest)
         job.result_path = str(dest)

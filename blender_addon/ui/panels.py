@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bpy
 
-from . import bridge, operators_backend, text_input
-from .preferences import prefs
-from .properties import ACTIVE_STATES, active_job, state
+from ..session import bridge
+from . import operators_backend
+from ..blender import text_input
+from ..blender.preferences import prefs
+from ..blender.properties import ACTIVE_STATES, active_job, state
 
 PREVIEW_SCALE = 10.0
 

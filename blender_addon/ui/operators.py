@@ -9,11 +9,11 @@ import tempfile
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import bridge
-from .client import is_loopback, read_key_file
-from .importer import object_name_for
-from .preferences import prefs
-from .properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, PRESETS, active_job, find_job, state
+from ..session import bridge
+from ..core.client import is_loopback, read_key_file
+from ..blender.importer import object_name_for
+from ..blender.preferences import prefs
+from ..blender.properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, PRESETS, active_job, find_job, state
 
 GUIDE_URL = ""
 """Where the add-on guide (docs/blender.md) is published; the Help button opens it. Empty until the project has a
@@ -195,12 +195,12 @@ class MPOD123_OT_generate(_BridgeOperator):
 
     @classmethod
     def poll(cls, context):
-        from . import extra_views
+        from ..blender import extra_views
 
         return _poll(cls, input_problem(context) or extra_views.problem(context) or _address_problem(context))
 
     def run(self, context):
-        from . import extra_views
+        from ..blender import extra_views
 
         st = state(context)
         data, name, label = input_image(context)
@@ -407,7 +407,7 @@ def guide_url() -> str:
     """GUIDE_URL, or the guide of the checkout the add-on runs from."""
     if GUIDE_URL:
         return GUIDE_URL
-    local = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "blender.md")
+    local = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "blender.md")
     return "file://" + local.replace(os.sep, "/") if os.path.isfile(local) else ""
 
 

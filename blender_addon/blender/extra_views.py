@@ -54,7 +54,7 @@ def problem(context) -> str:
 
 def collect(context) -> tuple[list[bytes], list[dict]]:
     """(image file bytes, angles) of every slot, in order, for the job."""
-    from .operators import image_bytes
+    from ..ui.operators import image_bytes
 
     frames, angles = [], []
     for view in slots(context):
