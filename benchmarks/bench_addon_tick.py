@@ -1,7 +1,7 @@
 """Main-thread time per tick of the Blender add-on while a job streams previews and imports its result.
 
 Runs in the real ``bpy`` module against a real ``mpod123 serve --tiny`` on loopback, calling the add-on's
-timer callback (``bridge.tick``) as Blender would (timers never fire in background mode), and times each
+timer callback (``session.tick``) as Blender would (timers never fire in background mode), and times each
 call. The goal: no tick over 20 ms except the one that imports the result.
 
     python benchmarks/bench_addon_tick.py [--steps 12] [--jobs 1] [--out results.json]
@@ -42,7 +42,7 @@ def main() -> None:
     try:
         bpy.ops.wm.read_factory_settings(use_empty=True)
         addon_utils.enable("blender_addon", default_set=True)
-        from blender_addon.session import bridge
+        from blender_addon import session
         from blender_addon.blender.preferences import prefs
 
         p = prefs(bpy.context)
@@ -59,8 +59,8 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"jobs not done: {[j.state for j in st.jobs]} {st.last_error}")
             t0, c0 = time.perf_counter(), time.thread_time()
-            interval = bridge.tick()
-            ticks.append((time.perf_counter() - t0, dict(bridge.last_step), time.thread_time() - c0))
+            interval = session.tick()
+            ticks.append((time.perf_counter() - t0, dict(session.current().last_step), time.thread_time() - c0))
             time.sleep(min(interval or 0.05, 0.05))
     finally:
         server.stop()

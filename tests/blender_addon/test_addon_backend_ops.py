@@ -45,7 +45,7 @@ def test_with_online_access_off_install_says_what_to_click_and_creates_nothing(a
 
 
 def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
-    from blender_addon.session import bridge
+    from blender_addon import session
     from tests.addon_backend import free_port
 
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
@@ -55,14 +55,14 @@ def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
         with pytest.raises(RuntimeError, match=r"cannot start the local backend: the backend is not installed: "
                                                r"Edit > Preferences > Add-ons > MPOD123 > Install Backend"):
             bpy.ops.mpod123.connect()
-        assert not bridge.local_running()
+        assert not session.local_running()
     finally:
-        bridge.disconnect()
+        session.disconnect()
 
 
 def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, tmp_path):
     """A usable environment (its marker and interpreter): the command is its Python, arguments intact."""
-    from blender_addon.session import bridge
+    from blender_addon import session
 
     env = addon.managed_env()
     try:
@@ -74,16 +74,16 @@ def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, t
         prefs.serve_args = '--tiny --sd "/models/my sd"'
         data = tmp_path / "data with spaces" / "it's"
         prefs.local_data = str(data)
-        cmd = bridge.local_command()
+        cmd = session.local_command()
         assert cmd == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999", "--data", str(data),
                        "--tiny", "--sd", "/models/my sd"]
         assert addon.status_line() == "Backend ready: torch 2.13.0+cpu (cpu), mpod123 0.1.0"
         # an older default command from saved preferences means the managed backend too
         prefs.local_command = "mpod123 serve --bind {address} --data {data}"
-        assert bridge.local_command()[0] == str(env.python)
+        assert session.local_command()[0] == str(env.python)
         # an expert's command, with the managed Python as {python}
         prefs.local_command = "{python} -m mpod123 serve --bind {address} --data {data} --workers 2"
-        assert bridge.local_command() == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999",
+        assert session.local_command() == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999",
                                           "--data", str(data), "--workers", "2"]
         assert bpy.ops.mpod123.remove_backend() == {"FINISHED"}
         assert not env.dir.exists() and addon.status_line().startswith("Backend not installed")

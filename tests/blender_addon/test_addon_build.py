@@ -97,7 +97,7 @@ def test_the_zip_holds_the_addon_the_vendored_modules_and_only_linux_wheels(linu
         names = set(z.namelist())
         assert z.read("core/vendor/protocol.py") == (ROOT / "backend" / "protocol.py").read_bytes()
         manifest = z.read("blender_manifest.toml").decode()
-    for module in ("__init__.py", "core/client.py", "session/bridge.py", "blender/importer.py", "ui/operators.py", "ui/panels.py",
+    for module in ("__init__.py", "core/client.py", "session/loop.py", "blender/importer.py", "ui/operators.py", "ui/panels.py",
                    "blender/preferences.py", "blender/properties.py", "core/vendor/client.py", "blender_manifest.toml"):
         assert module in names
     wheels = sorted(n for n in names if n.startswith("wheels/") and n.endswith(".whl"))
@@ -141,8 +141,8 @@ out = {
     "ops": [hasattr(bpy.ops.mpod123, n) for n in ("generate", "cancel", "connect", "import_result")],
     "panel": hasattr(bpy.types, "MPOD123_PT_main"),
 }
-import bl_ext.user_default.mpod123.session.bridge as bridge
-out["results_dir"] = str(bridge.results_dir())
+import bl_ext.user_default.mpod123.session as session
+out["results_dir"] = str(session.results_dir())
 print("RESULT " + json.dumps(out))
 """
 

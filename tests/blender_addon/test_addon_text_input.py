@@ -24,9 +24,9 @@ from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon  # no
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123_text")
-        from blender_addon.session import bridge
+        from blender_addon import session
 
-        yield bridge
+        yield session
     assert not hasattr(bpy.types.WindowManager, "mpod123_text")
 
 
@@ -83,7 +83,7 @@ def test_polls_say_why_text_mode_cannot_send(addon):
 
 
 def test_make_candidates_then_generate_from_the_picked_one(connected, server):
-    bridge = connected
+    session = connected
     st, ts = _state(), _text()
     st.jobs.clear()
     objects_before = set(bpy.data.objects)
@@ -97,22 +97,22 @@ def test_make_candidates_then_generate_from_the_picked_one(connected, server):
     assert job.state == "sending" and job.kind == "candidates" and job.prompt == "a red vintage kettle"
     assert ts.job_id == job.job_id and len(ts.candidates) == 0
 
-    assert bridge.wait(bpy.context, job.job_id, until=("done", "failed", "cancelled"), timeout_s=JOB_TIMEOUT_S) == "done", \
+    assert session.wait(bpy.context, job.job_id, until=("done", "failed", "cancelled"), timeout_s=JOB_TIMEOUT_S) == "done", \
         (job.message, server.log()[-2000:])
-    bridge.drain(bpy.context)
+    session.drain(bpy.context)
     assert sorted(r.index for r in ts.candidates) == [0, 1]
     from PIL import Image
 
     for row in ts.candidates:
         image = bpy.data.images[row.image_name]
-        path = bridge._preview_path(job.job_id, f"candidate_{row.index}")
+        path = session.preview_path(job.job_id, f"candidate_{row.index}")
         sent = Image.open(path).convert("RGB")
         assert tuple(image.size) == sent.size == (16, 16)
         assert _pixels(image) == list(sent.tobytes()), "the Blender image holds the backend's candidate"
         assert not row.usable and row.verdict and row.verdict != "drawn", "the matting's verdict on noise"
     assert set(bpy.data.objects) == objects_before, "a candidates job imports nothing"
     assert job.state == "done" and "pick one" in job.message
-    record = bridge.job_file().load()[job.job_id]
+    record = session.job_file().load()[job.job_id]
     assert record["kind"] == "candidates" and record["prompt"] == "a red vintage kettle" and record["candidates"] == 2
 
     ts.picked = 1
@@ -121,9 +121,9 @@ def test_make_candidates_then_generate_from_the_picked_one(connected, server):
     gen = st.jobs[-1]
     assert gen.job_id != job.job_id and gen.kind == "" and gen.prompt == "a red vintage kettle"
     with open(gen.input_path, "rb") as f:
-        assert f.read() == open(bridge._preview_path(job.job_id, "candidate_1"), "rb").read()
-    assert bridge._job_options(gen)["prompt_for_inversion"] == "a red vintage kettle"
-    final = bridge.wait(bpy.context, gen.job_id, until=("done", "failed", "cancelled", "imported"), timeout_s=JOB_TIMEOUT_S)
+        assert f.read() == open(session.preview_path(job.job_id, "candidate_1"), "rb").read()
+    assert session.job_options(gen)["prompt_for_inversion"] == "a red vintage kettle"
+    final = session.wait(bpy.context, gen.job_id, until=("done", "failed", "cancelled", "imported"), timeout_s=JOB_TIMEOUT_S)
     # noise is not one object on a plain background: the backend's matting refuses it and says why
     assert final == "failed" and "InputImageError" in gen.message and "background" in gen.message, gen.message
 
@@ -152,7 +152,7 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
         {"index": 0, "usable": True}, {"index": "1", "usable": True}, "junk", {"index": 40, "usable": True}]},
         job_id=job.job_id, seq=2))
     assert [(r.index, r.usable) for r in ts.candidates] == [(0, True)] and ts.candidates[0].verdict == "one clean object"
-    assert sys.modules["blender_addon.session.bridge"]._job_options(other) == {"preset": "", "seed": 0}
+    assert sys.modules["blender_addon.session"]._job_options(other) == {"preset": "", "seed": 0}
 
 
 def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
