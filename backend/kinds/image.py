@@ -49,7 +49,7 @@ MAX_TARGET_FACES = 10_000_000
 
 
 def parse_target_faces(options: dict[str, Any]) -> int | None:
-    """``target_faces``: simplify the exported mesh to at most this many faces (None: keep every face)."""
+    """``target_faces``: simplify the exported mesh to at most this many faces (None: the preset's own budget)."""
     value = options.get("target_faces")
     if value is None:
         return None
@@ -94,7 +94,8 @@ def _run(ctx: JobContext, tiny: bool) -> str:
         steps = TINY_DEFAULT_STEPS
     target_faces = parse_target_faces(ctx.options)
     cfg = pipeline_preset(preset)
-    cfg.export.target_faces = target_faces
+    if target_faces is not None:  # none asked for: the preset's budget (draft 5,000, fast 20,000) stays
+        cfg.export.target_faces = target_faces
     if steps is not None:
         cfg.outline.steps = min(cfg.outline.steps, steps)
         cfg.detail.steps = min(cfg.detail.steps, steps)

@@ -168,7 +168,7 @@ def apply_result(context, job, glb_path: Path):
     active = view_layer.objects.active
     before = set(bpy.data.objects)
     with bpy.context.temp_override(**window_override()):
-        mode = obj.mode if active is obj else "OBJECT"
+        mode = active.mode if active is not None else "OBJECT"  # the artist's mode, whichever object is active
         if bpy.context.mode != "OBJECT":
             bpy.ops.object.mode_set(mode="OBJECT")
         bpy.ops.import_scene.gltf(filepath=str(glb_path))
@@ -192,7 +192,7 @@ def apply_result(context, job, glb_path: Path):
             for o in view_layer.objects:
                 o.select_set(o in selected)
             view_layer.objects.active = active
-            if mode != "OBJECT":
+            if mode != "OBJECT" and active is not None:
                 bpy.ops.object.mode_set(mode=mode)
         try:
             bpy.ops.ed.undo_push(message=f"Texture {obj.name} (MPOD123)")

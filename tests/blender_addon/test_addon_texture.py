@@ -31,7 +31,7 @@ def _uvs(mesh) -> list[tuple[float, float]]:
 
 
 def test_camera_pose_is_taken_relative_to_the_object_in_gltf_axes(addon):
-    from blender_addon.blender.texture_mesh import camera_relative, target_problem
+    from blender_addon.blender.texture_target import camera_relative, target_problem
 
     _clear_scene()
     bpy.ops.mesh.primitive_cube_add(location=(5.0, 0.0, 0.0))
@@ -100,7 +100,7 @@ def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(pr
 
 
 def test_texture_selected_mesh_says_why_it_cannot_run(addon):
-    from blender_addon.blender.texture_mesh import MPOD123_OT_texture_selected
+    from blender_addon.ui.texture_ops import MPOD123_OT_texture_selected
 
     _clear_scene()
     assert not MPOD123_OT_texture_selected.poll(bpy.context)
