@@ -155,9 +155,12 @@ def state(context=None) -> MPOD123_State:
 
 
 def find_job(context, job_id: str) -> MPOD123_Job | None:
-    for job in state(context).jobs:
-        if job.job_id == job_id:
-            return job
+    """The row of a job; searched from the newest, where the running jobs are (a list of 500 finished
+    jobs costs a running job's events almost nothing)."""
+    jobs = state(context).jobs
+    for i in range(len(jobs) - 1, -1, -1):
+        if jobs[i].job_id == job_id:
+            return jobs[i]
     return None
 
 

@@ -56,23 +56,23 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         job.last_seq = max(job.last_seq, msg.seq)
     if kind in ("progress", "preview", "preview_mesh", "stage_done") and job.state in ("queued", "sending"):
         job.state = "running"
-        mark(now=True)
+        mark(job, now=True)
     if kind == "progress":
         s = stage_row(job, str(c.get("stage", "?")))
         s.step, s.total = int(c.get("step", 0)), int(c.get("total", 0))
         eta = c.get("eta_s")
         s.eta_s = float(eta) if isinstance(eta, (int, float)) else -1.0
-        mark()
+        mark(job)
     elif kind == "preview" and msg.buffers:
         stage = str(c.get("stage", ""))
         field = PREVIEW_STAGES.get(stage)
         if candidates.on_preview(context, job, stage, msg.buffers[0], preview):  # a candidate image (Text mode)
-            mark()
+            mark(job)
         if field and preview:
             written = c.get("preview_path") == preview_path(job.job_id, stage)
             image = preview_image(job.job_id, stage, None if written else msg.buffers[0])
             setattr(job, field, image.name)
-            mark()
+            mark(job)
     elif kind == "preview_mesh" and msg.buffers:
         if preview and job.state in ACTIVE_STATES and prefs(context).show_mesh_previews:
             preview_object.show(context, job, msg.buffers[0])
@@ -81,7 +81,7 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         s.done = True
         s.step = s.total = max(s.total, int(c.get("steps", s.total) or 0))
         s.eta_s = 0.0
-        mark()
+        mark(job)
     elif kind == "log":
         job.message = str(c.get("text", "")).strip().splitlines()[-1][:500] if c.get("text") else job.message
         candidates.on_log(context, job, c)
@@ -89,19 +89,19 @@ def apply_event(context, msg: Message, preview: bool = True) -> None:
         job.state = "failed"
         preview_object.remove(job.job_id)
         fail(context, f"MPOD123 job for {job.name} failed: {c.get('ename', 'Error')}: {c.get('evalue', '')}", job)
-        mark(now=True)
+        mark(job, now=True)
     elif kind == "cancelled":
         job.state, job.message, job.activity = "cancelled", str(c.get("reason", "cancelled")), ""
         preview_object.remove(job.job_id)
         report("INFO", f"MPOD123 job for {job.name} was cancelled")
-        mark(now=True)
+        mark(job, now=True)
     elif kind == "done":
         job.result_size = int(c.get("size", 0) or 0)
         job.message = f"result ready ({job.result_size // 1024} KiB)"
         job.state = "done"
         if prefs(context).auto_import:
             download(context, job)
-        mark(now=True)
+        mark(job, now=True)
 
 
 def on_submit(context, job, out: Outcome) -> None:
@@ -120,7 +120,7 @@ def on_submit(context, job, out: Outcome) -> None:
         except OSError:
             pass
         fail(context, f"the backend refused {job.name}: {out.error}", job)
-    mark(now=True)
+    mark(job, now=True)
 
 
 def on_outcome(context, out: Outcome) -> None:
@@ -164,14 +164,14 @@ def on_outcome(context, out: Outcome) -> None:
             job.state, job.message = "cancelled", "cancelled before it started"
         elif out.value == "running":
             job.state, job.message = "cancelling", "stopping after the current step"
-        mark(now=True)
+        mark(job, now=True)
     elif out.op == "resume" and out.kind == "error":
         if out.timeout:
             job.message = f"waiting for the backend: {out.error}"
         else:
             job.state = "failed"
             fail(context, f"cannot continue {job.name}: {out.error}", job)
-            mark(now=True)
+            mark(job, now=True)
     elif out.op == "fetch":
         if out.kind == "reply":
             job.result_path = str(out.value)
@@ -179,7 +179,7 @@ def on_outcome(context, out: Outcome) -> None:
         else:
             job.state = "done"
             fail(context, f"downloading the result of {job.name} failed: {out.error}", job)
-            mark(now=True)
+            mark(job, now=True)
 
 
 def apply_pending(context, budget_s: float | None, max_events: int | None) -> int:
@@ -216,6 +216,6 @@ def import_one(context) -> bool:
         except AddonError as exc:
             job.state = "done"
             fail(context, str(exc), job)
-            mark(now=True)
+            mark(job, now=True)
         return True
     return False

@@ -62,7 +62,7 @@ def submit(context, image: bytes, name: str, options: dict, location=(0.0, 0.0, 
         job.texture_target = texture[0]
         texture_target.save_inputs(job_id, texture[1], texture[2])
     st.active_job = len(st.jobs) - 1
-    job_file().update(job_id, endpoint=net.endpoint, **record(job))
+    job_file().merge_soon({job_id: {"endpoint": net.endpoint, **record(job)}})
     send(context, job, image)
     return job_id
 
@@ -84,14 +84,14 @@ def send(context, job, image: bytes | None = None) -> None:
         except OSError:
             job.state = "failed"
             fail(context, f"{job.name}: its input copy {job.input_path} is gone; generate it again", job)
-            mark(now=True)
+            mark(job, now=True)
             return
     job.state, job.activity = "sending", f"uploading {len(image) / 1e6:.1f} MB…"
     if job.texture_target:  # the photo, then the mesh
         if not texture_target.send(network(context), job, image, job_options(job)):
             job.state = "failed"
             fail(context, f"{job.name}: its mesh copy is gone; texture it again", job)
-            mark(now=True)
+            mark(job, now=True)
             return
     else:
         frames, angles = extra_views.load(user_dir("inputs"), job.job_id)
@@ -107,7 +107,7 @@ def cancel(context, job_id: str) -> None:
         raise AddonError(f"no job {job_id} in the list")
     if job.state in ("unsent",):
         job.state, job.message = "cancelled", "cancelled before it was sent"
-        mark(now=True)
+        mark(job, now=True)
         return
     network(context).call("cancel", job_id, tag=job_id)
     job.activity = "cancelling…"
@@ -160,7 +160,7 @@ def import_now(context, job) -> bpy.types.Object:
     if job.texture_target:  # a texture job's result goes onto its object
         obj = texture_target.apply_result(bpy.context, job, dest)
         job.result_path = str(dest)
-        mark(now=True)
+        mark(job, now=True)
         report("INFO", f"MPOD123: {job.message}")
         return obj
     with bpy.context.temp_override(**window_override()):
@@ -176,7 +176,7 @@ def import_now(context, job) -> bpy.types.Object:
             pass  # no undo stack (background scripts)
     job.result_path, job.object_name, job.state, job.activity = str(dest), obj.name, "imported", ""
     job.message = f"imported as {obj.name}"
-    mark(now=True)
+    mark(job, now=True)
     report("INFO", f"MPOD123: imported {obj.name}")
     return obj
 
@@ -192,7 +192,7 @@ def import_finished(context, location=(0.0, 0.0, 0.0)) -> None:
 
 def on_job_list(context, jobs: list[dict], location) -> None:
     st = state(context)
-    records = job_file().load_cached()
+    records = job_file().peek()
     for info in jobs:
         job_id = info["job_id"]
         if info.get("state") != "done":

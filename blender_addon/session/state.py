@@ -45,6 +45,10 @@ class Session:
     restore_pending: bool = True
     """The job list must be rebuilt from the job file (after enable, a file load)."""
     dirty: bool = False
+    dirty_all: bool = False
+    """A change that named no job: the next save writes every row."""
+    dirty_jobs: set[str] = field(default_factory=set)
+    """Rows changed since the last save (only these are written)."""
     last_save: float = 0.0
     max_image_bytes: int | None = None
     """The connected backend's limit for one image (its hello reply); None before a hello."""

@@ -93,6 +93,7 @@ def test_a_submit_the_backend_refuses_fails_once_and_is_not_sent_again(prefs, se
     """A job the backend's front door refuses (here: a prompt over its 500 characters, sent by a script that
     skipped the panel's check) ends as failed, its input copy deleted; the next Connect does not send it again."""
     _reset_jobs()
+    prefs.timeout_s = 120.0  # a refusal, not a timeout, even on a loaded machine
     _connect()
     session = _session()
     job_id = session.submit(bpy.context, b"", "refused", {"prompt": "a kettle " * 70, "candidates": 2,

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from blender_addon.core.client import NetworkThread, upload_timeout
+from blender_addon.core.network import NetworkThread, upload_timeout
 from blender_addon.core.jobfile import CacheLimits, JobFile, owner_id, prune_cache
 from tests.addon_backend import free_port
 
