@@ -10,6 +10,7 @@ from bpy.props import EnumProperty, StringProperty
 
 from .. import session
 from ..blender import extra_views
+from ..blender.candidates import is_candidates
 from ..blender.inputs import input_image, input_problem
 from ..blender.preferences import prefs
 from ..blender.properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, PRESETS, active_job, find_job, state
@@ -175,6 +176,11 @@ class MPOD123_OT_remove_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def finished(job) -> bool:
+    """Nothing more will happen to it: imported, failed, cancelled, or a candidates job whose images are here."""
+    return job.state in ("imported", "failed", "cancelled") or (job.state == "done" and is_candidates(job))
+
+
 class MPOD123_OT_clear_finished(bpy.types.Operator):
     """Remove every finished, failed and cancelled job from the list"""
 
@@ -183,11 +189,11 @@ class MPOD123_OT_clear_finished(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        done = any(j.state in ("imported", "failed", "cancelled") for j in state(context).jobs)
+        done = any(finished(j) for j in state(context).jobs)
         return poll_reason(cls, "" if done else "no finished jobs in the list")
 
     def execute(self, context):
-        ids = [j.job_id for j in state(context).jobs if j.state in ("imported", "failed", "cancelled")]
+        ids = [j.job_id for j in state(context).jobs if finished(j)]
         session.forget_jobs(context, ids)
         self.report({"INFO"}, f"removed {len(ids)} job(s) from the list")
         return {"FINISHED"}

@@ -59,6 +59,8 @@ class MPOD123_OT_generate_from_candidate(bpy.types.Operator):
             return poll_reason(cls, "make candidates first, then pick one")
         if not os.path.isfile(candidate_path(context, row)):
             return poll_reason(cls, f"candidate {row.index} has not arrived yet")
+        if not row.usable and row.verdict not in ("", "drawn"):  # the backend's matting rejected it
+            return poll_reason(cls, f"candidate {row.index} was rejected ({row.verdict}): pick a clean one")
         return poll_reason(cls, address_problem(context))
 
     def execute(self, context):

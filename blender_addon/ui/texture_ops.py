@@ -11,12 +11,21 @@ from ..blender.inputs import input_image, input_problem
 from ..blender.properties import state
 from ..blender.texture_target import camera_relative, export_object_glb, target_problem
 from ..core.errors import AddonError
+from ..core.image_check import DEFAULT_MAX_IMAGE_BYTES
 from .common import address_problem, max_image_bytes, poll_reason
 
 
 def submit(context, obj, image: bytes, name: str, options: dict, label: str) -> str:
-    """Queue a texture job for ``obj`` (returns at once; the upload runs on the network thread)."""
+    """Queue a texture job for ``obj`` (returns at once; the upload runs on the network thread).
+
+    The mesh and the photo travel in one message, which the backend drops when it is over its limit (the
+    hello reply's ``max_image_bytes``): such a mesh is refused here, with what to do, and never sent."""
     mesh = export_object_glb(context, obj)
+    limit = max_image_bytes() or DEFAULT_MAX_IMAGE_BYTES
+    if len(mesh) + len(image) > limit:
+        raise AddonError(f"{obj.name} is {len(mesh) / 1e6:.1f} MB as GLB ({len(obj.data.polygons):,} faces), with the "
+                         f"photo over the backend's limit of {limit / 1e6:.1f} MB: decimate it (a Decimate modifier, "
+                         "applied) or texture a lighter copy")
     camera = camera_relative(context.scene, obj, context.scene.camera)
     return session.submit(context, image, name, options, tuple(obj.location), input_label=label,
                           texture=(obj.name, mesh, camera))

@@ -318,3 +318,30 @@ def test_a_texture_result_landing_on_another_object_keeps_the_artist_in_sculpt_m
     assert [m.name for m in crate.data.materials] == ["MPOD123 Crate"]
     assert bpy.context.view_layer.objects.active == clay and clay.mode == "SCULPT" and bpy.context.mode == "SCULPT"
     bpy.ops.object.mode_set(mode="OBJECT")
+
+
+# ------------------------------------------------------------------ also: a mesh over the backend's limit
+def test_texture_selected_mesh_refuses_a_mesh_over_the_backends_limit_before_uploading(prefs, server, tmp_path):
+    """The backend drops a message over its limit (the client then only sees a timeout): a mesh that would
+    not fit is refused at the click, with what to do. The limit here is the one a small backend's hello
+    reply gives (the real one, 50 MB, needs a mesh of half a million faces)."""
+    _reset_jobs()
+    _connect()
+    session = _session()
+    for o in list(bpy.data.objects):
+        bpy.data.objects.remove(o)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(object_png(64))
+    st = _state()
+    st.source, st.filepath = "FILE", str(photo)
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=128, ring_count=64)
+    sphere = bpy.context.object
+    before = set(os.listdir(_inputs_dir()))
+    session.current().max_image_bytes = 200_000  # as a backend with max_image_bytes = 200 kB says in its hello
+    try:
+        with pytest.raises(RuntimeError, match=r"over the backend's limit of 0\.2 MB: decimate it"):
+            bpy.ops.mpod123.texture_selected()
+    finally:
+        session.current().max_image_bytes = 50 << 20
+    _no_trace_of_a_job(before)
+    assert bpy.context.view_layer.objects.active == sphere and sphere.select_get(), "the selection is given back"

@@ -76,7 +76,7 @@ def test_polls_say_why_text_mode_cannot_send(addon):
         assert not bpy.ops.mpod123.make_candidates.poll(), bad
     ts.candidates.clear()
     assert not bpy.ops.mpod123.generate_from_candidate.poll()
-    from blender_addon.blender.text_input import name_for, prompt_problem
+    from blender_addon.core.prompt import name_for, prompt_problem
 
     assert prompt_problem("") and "over 500" in prompt_problem("k" * 501) and prompt_problem("a red kettle") == ""
     assert name_for("a red vintage kettle, shiny!") == "a_red_vintage_kettle"
@@ -152,7 +152,7 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
         {"index": 0, "usable": True}, {"index": "1", "usable": True}, "junk", {"index": 40, "usable": True}]},
         job_id=job.job_id, seq=2))
     assert [(r.index, r.usable) for r in ts.candidates] == [(0, True)] and ts.candidates[0].verdict == "one clean object"
-    assert sys.modules["blender_addon.session"]._job_options(other) == {"preset": "", "seed": 0}
+    assert sys.modules["blender_addon.session"].job_options(other) == {"preset": "", "seed": 0}
 
 
 def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
@@ -162,5 +162,6 @@ def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
     assert "text_input" in res["drawn"] and "MPOD123_UL_candidates" in res["lists"]
     assert res["text"]["candidates"] == [[0, "MPOD123 candidate_0 cccccccc", False, "no object found"]]
-    # a prompt but no connection address problem: Make Candidates may run; the pick has arrived, so may Generate
-    assert res["text"]["polls"] == {"mpod123.make_candidates": True, "mpod123.generate_from_candidate": True}
+    # a prompt and no address problem: Make Candidates may run; the pick arrived but the matting rejected it,
+    # so Generate from Candidate is greyed (it would fail in the backend)
+    assert res["text"]["polls"] == {"mpod123.make_candidates": True, "mpod123.generate_from_candidate": False}
