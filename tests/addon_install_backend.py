@@ -45,14 +45,14 @@ try:
     res = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
     pkg = "bl_ext.user_default.mpod123"
     out["installed"] = sorted(res)
-    ob = sys.modules[pkg + ".operators_backend"]
-    be = sys.modules[pkg + ".backend_env"]
+    ob = sys.modules[pkg + ".session.backend"]
+    be = sys.modules[pkg + ".core.backend_env"]
     session = sys.modules[pkg + ".session"]
     p = bpy.context.preferences.addons[pkg].preferences
     p.torch_requirement = torch_requirement
-    root = Path(bpy.utils.extension_path_user(pkg, path="backend", create=False))
+    root = ob.backend_root(create=False)
     out["root"] = str(root)
-    out["wheel"] = str(be.bundled_wheel(ob.addon_dir()))
+    out["wheel"] = str(be.bundled_wheel(ob.ADDON_DIR))
     out["build"] = ob.torch_build().describe()
 
     # 1. Allow Online Access is off (the default in background mode): refused, nothing created
@@ -77,7 +77,7 @@ try:
         if st.finished or (st.step.startswith("torch:") and st.fraction > 0.06):
             break
         time.sleep(0.1)
-    pgid = ob._installer.proc.pid
+    pgid = ob.current().installer.proc.pid
     out["before_cancel"] = seen[-1]
     out["status_line_while_installing"] = ob.status_line()
     assert bpy.ops.mpod123.cancel_backend_install() == {"FINISHED"}

@@ -1,11 +1,16 @@
-"""Where the add-on keeps its files: the extension's user folder (a temp folder when run from a checkout).
+"""Where the add-on keeps its files: its data folder (a temp folder when run from a checkout).
 
-The user folder holds ``jobs.json`` (the job file), ``owner`` (this installation's identity), ``results/``,
-``previews/``, ``inputs/`` and ``backend/`` (the managed environment and the local backend's data).
+The data folder holds ``jobs.json`` (the job file), ``owner`` (this installation's identity), ``results/``,
+``previews/``, ``inputs/``, ``preferences.json`` and ``backend/`` (the managed environment and the local
+backend's data). It is Blender's user ``datafiles/mpod123`` folder, not the extension's own user folder:
+Blender deletes that one when the extension is uninstalled (and freezes while it deletes the environment's
+thousands of files), and an artist who reinstalls or upgrades the add-on keeps the job list, the results and
+the environment. An older version's extension user folder is moved here once.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,15 +24,40 @@ ADDON_DIR = Path(__file__).resolve().parents[1]
 """The add-on's own folder (its ``backend_wheel/`` and ``core/`` live there)."""
 
 
-def user_dir(sub: str = "", create: bool = True) -> Path:
-    """A folder of the extension's user data, or of the temp folder when not installed as an extension."""
+DATA_NAME = "mpod123"
+"""The data folder's name in Blender's user ``datafiles``."""
+
+
+def data_root() -> Path:
+    """The add-on's data folder: ``datafiles/mpod123`` when installed as an extension, else the temp folder."""
+    if not ADDON_PACKAGE.startswith("bl_ext."):
+        return Path(tempfile.gettempdir()) / "mpod123-blender"
+    root = Path(bpy.utils.user_resource("DATAFILES", path=DATA_NAME))
+    if not root.exists():
+        adopt_legacy(root)
+    return root
+
+
+def adopt_legacy(root: Path) -> None:
+    """Move an older version's data from the extension's user folder (same disk: a rename) into ``root``."""
     try:
-        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, path=sub, create=create))
+        legacy = Path(bpy.utils.extension_path_user(ADDON_PACKAGE, create=False))
     except (ValueError, RuntimeError, TypeError):
-        path = Path(tempfile.gettempdir()) / "mpod123-blender" / sub
-        if create:
-            path.mkdir(parents=True, exist_ok=True)
-        return path
+        return
+    if legacy.is_dir() and any(legacy.iterdir()):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.move(str(legacy), str(root))
+        except OSError as exc:
+            print(f"MPOD123 warning: could not move {legacy} to {root}: {exc}")
+
+
+def user_dir(sub: str = "", create: bool = True) -> Path:
+    """A folder of the add-on's data (see :func:`data_root`)."""
+    path = data_root() / sub
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def results_dir() -> Path:

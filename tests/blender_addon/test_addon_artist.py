@@ -345,3 +345,62 @@ def test_texture_selected_mesh_refuses_a_mesh_over_the_backends_limit_before_upl
         session.current().max_image_bytes = 50 << 20
     _no_trace_of_a_job(before)
     assert bpy.context.view_layer.objects.active == sphere and sphere.select_get(), "the selection is given back"
+
+
+# ------------------------------------------------------------------ 8: uninstall keeps the job list and results
+UNINSTALL_SCRIPT = r"""
+import json, os, sys
+import bpy
+out = {"install": sorted(bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
+                                                                   enable_on_install=True))}
+pkg = "bl_ext.user_default.mpod123"
+session = sys.modules[pkg + ".session"]
+session.job_file().save({"a" * 32: {"name": "kept", "state": "imported"}})
+(session.results_dir() / ("a" * 32 + ".glb")).write_bytes(b"glb")
+out["data"] = str(session.user_dir())
+blenders = bpy.utils.extension_path_user(pkg, create=True)  # the folder Blender deletes on uninstall
+open(os.path.join(blenders, "probe"), "w").close()
+index = [r.module for r in bpy.context.preferences.extensions.repos].index("user_default")
+out["uninstall"] = sorted(bpy.ops.extensions.package_uninstall(repo_index=index, pkg_id="mpod123"))
+out["blenders_folder_left"] = os.path.exists(blenders)
+out["jobs"] = json.load(open(os.path.join(out["data"], "jobs.json")))
+out["result_left"] = os.path.exists(os.path.join(out["data"], "results", "a" * 32 + ".glb"))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _zip_without_wheels(tmp: Path) -> Path:
+    """The add-on as an extension zip, minus the pyzmq wheels (the test's Python has pyzmq already)."""
+    import re
+    import shutil
+    import zipfile
+
+    from tests.addon_backend import ROOT
+
+    src = tmp / "pkg"
+    shutil.copytree(ROOT / "blender_addon", src, ignore=shutil.ignore_patterns("__pycache__", "wheels", "backend_wheel"))
+    manifest = src / "blender_manifest.toml"
+    manifest.write_text(re.sub(r"(?ms)^wheels = \[.*?\]\n", "", manifest.read_text()))
+    zpath = tmp / "mpod123.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(src).as_posix())
+    return zpath
+
+
+def test_uninstalling_the_extension_keeps_the_job_list_and_the_results(tmp_path):
+    import subprocess
+
+    user = tmp_path / "user"
+    env = {**os.environ, "BLENDER_USER_CONFIG": str(user / "config"), "BLENDER_USER_SCRIPTS": str(user / "scripts"),
+           "BLENDER_USER_EXTENSIONS": str(user / "extensions"), "BLENDER_USER_DATAFILES": str(user / "datafiles")}
+    proc = subprocess.run([sys.executable, "-c", UNINSTALL_SCRIPT, str(_zip_without_wheels(tmp_path))],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(lines[-1][7:])
+    assert res["install"] == ["FINISHED"] and res["uninstall"] == ["FINISHED"], res
+    assert not res["blenders_folder_left"], "Blender deleted the extension's own user folder"
+    assert res["data"] == str(user / "datafiles" / "mpod123"), "the add-on's data lives outside it"
+    assert res["jobs"] == {"a" * 32: {"name": "kept", "state": "imported"}} and res["result_left"]

@@ -161,7 +161,8 @@ def test_the_built_zip_installs_and_enables_in_blender(linux_zip, tmp_path):
     res = json.loads(lines[-1][7:])
     assert res["result"] == ["FINISHED"] and res["enabled"] and res["panel"] and all(res["ops"]), res
     assert res["file"].startswith(str(user / "extensions" / "user_default" / "mpod123"))
-    assert res["results_dir"].startswith(str(user / "extensions")) and res["results_dir"].endswith("results")
+    assert res["results_dir"] == str(user / "datafiles" / "mpod123" / "results"), \
+        "the data folder is outside the extension's user folder, which Blender deletes on uninstall"
     site = user / "extensions" / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     assert (site / "zmq" / "__init__.py").is_file(), "Blender installed the bundled pyzmq wheel"
 
