@@ -404,3 +404,17 @@ def test_uninstalling_the_extension_keeps_the_job_list_and_the_results(tmp_path)
     assert not res["blenders_folder_left"], "Blender deleted the extension's own user folder"
     assert res["data"] == str(user / "datafiles" / "mpod123"), "the add-on's data lives outside it"
     assert res["jobs"] == {"a" * 32: {"name": "kept", "state": "imported"}} and res["result_left"]
+
+
+# ------------------------------------------------------------------ also: the Server box after an address change
+def test_the_server_box_stops_saying_connected_when_the_address_changes(prefs, server):
+    _reset_jobs()
+    _connect()
+    session = _session()
+    assert not session.config_changed(bpy.context)
+    prefs.address = f"tcp://127.0.0.1:{free_port()}"
+    try:
+        assert session.config_changed(bpy.context), "the panel shows 'not connected (the address or keys changed…)'"
+    finally:
+        prefs.address = server.endpoint
+    assert not session.config_changed(bpy.context)
