@@ -155,13 +155,17 @@ def state(context=None) -> MPOD123_State:
 
 
 def find_job(context, job_id: str) -> MPOD123_Job | None:
-    """The row of a job; searched from the newest, where the running jobs are (a list of 500 finished
-    jobs costs a running job's events almost nothing)."""
-    jobs = state(context).jobs
-    for i in range(len(jobs) - 1, -1, -1):
-        if jobs[i].job_id == job_id:
-            return jobs[i]
+    """The row of a job (a scan: indexing a collection by number is itself a scan, so never loop over
+    indices). To look up many, build :func:`rows` once."""
+    for job in state(context).jobs:
+        if job.job_id == job_id:
+            return job
     return None
+
+
+def rows(context) -> dict[str, MPOD123_Job]:
+    """Every row by job id, in one scan; valid until a row is added or removed."""
+    return {job.job_id: job for job in state(context).jobs}
 
 
 def active_job(context) -> MPOD123_Job | None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
 from .vendor import protocol

@@ -11,12 +11,12 @@ from ..blender.context import report
 from ..blender.paths import preview_path
 from ..blender.preferences import prefs
 from ..blender.previews import PREVIEW_STAGES, later_previews, preview_image
-from ..blender.properties import ACTIVE_STATES, find_job, state
+from ..blender.properties import ACTIVE_STATES, find_job, rows, state
 from ..core.client import Message
 from ..core.errors import AddonError
 from ..core.network import Outcome
 from .connection import local_log_tail
-from .jobs import continue_jobs, download, fail, import_now, on_job_list
+from .jobs import continue_jobs, download, fail, import_now, on_job_list, send_unsent
 from .records import mark, restore_jobs
 from .state import current
 
@@ -45,9 +45,10 @@ def stage_row(job, name: str):
     return s
 
 
-def apply_event(context, msg: Message, preview: bool = True) -> None:
-    """Apply one job event to the panel state (and to Blender images); ``preview=False`` skips its image."""
-    job = find_job(context, msg.job_id or "")
+def apply_event(context, msg: Message, preview: bool = True, by_id: dict | None = None) -> None:
+    """Apply one job event to the panel state (and to Blender images); ``preview=False`` skips its image.
+    ``by_id``: the rows by job id (:func:`rows`), when many events are applied at once."""
+    job = by_id.get(msg.job_id or "") if by_id is not None else find_job(context, msg.job_id or "")
     c = msg.content
     kind = c.get("kind")
     if job is None:
@@ -131,6 +132,8 @@ def on_outcome(context, out: Outcome) -> None:
         return
     if out.kind == "notice":
         report("WARNING" if "lost" in out.value or "refused" in out.value else "INFO", f"MPOD123: {out.value}")
+        if out.value.startswith("reconnected"):  # an upload that got no answer goes again (idempotent by its id)
+            send_unsent(context)
         return
     if out.op in ("hello", "hello_until") and out.tag == "connect":
         s.connecting = False
@@ -187,13 +190,14 @@ def apply_pending(context, budget_s: float | None, max_events: int | None) -> in
     t0 = time.perf_counter()
     batch = list(s.pending)
     skip = later_previews(batch) | preview_object.superseded(batch)
+    by_id = rows(context) if batch else {}  # one scan of the list per tick, not one per event
     applied = 0
     for i, msg in enumerate(batch):
         s.pending.popleft()
         if msg.content.get("kind") == "preview" and i not in skip:
             s.last_step["previews"] = s.last_step.get("previews", 0) + 1
         try:
-            apply_event(context, msg, preview=i not in skip)
+            apply_event(context, msg, preview=i not in skip, by_id=by_id)
         except Exception as exc:  # noqa: BLE001  one bad event must not stop the stream
             report("ERROR", f"MPOD123: could not apply a {msg.content.get('kind')} event: {exc}")
         applied += 1

@@ -127,6 +127,15 @@ def continue_jobs(context) -> None:
             download(context, job)
 
 
+def send_unsent(context) -> int:
+    """Send again the jobs whose upload got no answer (the connection came back); returns how many."""
+    s = current()
+    unsent = [job for job in state(context).jobs if job.state == "unsent" and job.job_id not in s.sending]
+    for job in unsent:
+        send(context, job)
+    return len(unsent)
+
+
 def download(context, job) -> None:
     """Fetch the result on the network thread (if not here yet), then import it in a tick of its own."""
     if candidates.is_candidates(job):  # its candidates arrived as images; there is no mesh to import

@@ -52,16 +52,21 @@ def start_up() -> None:
 
 
 def show_network_state(context) -> None:
-    """The connection's state and each job's network activity, from the network thread."""
+    """The connection's state, and the network activity of the jobs the thread works for (only those rows
+    are touched, so a long job list costs nothing here)."""
     s = current()
     st = state(context)
     if not s.connecting and st.connection != s.net.state and s.net.state in ("connected", "lost", "refused"):
         st.connection, st.server_message = s.net.state, s.net.message
-    for job in st.jobs:
-        busy = s.net.busy.get(job.job_id, "")
-        if not busy:
-            if job.activity and job.state not in ACTIVE_STATES:
-                job.activity = ""
+    busy_now = dict(s.net.busy)
+    for job_id in s.activity_shown - busy_now.keys():  # the thread is done with it: its words go
+        job = find_job(context, job_id)
+        if job is not None and job.state not in ACTIVE_STATES:
+            job.activity = ""
+    s.activity_shown = set(busy_now)
+    for job_id, busy in busy_now.items():
+        job = find_job(context, job_id)
+        if job is None:
             continue
         if busy == "downloading" and job.result_size:
             part = result_path(job).with_name(f"{job.job_id}.glb.part")
@@ -123,9 +128,9 @@ def drain(context=None, max_events: int | None = None) -> int:
 
 def busy(context=None) -> bool:
     s = current()
-    st = state(context)
-    return bool(s.pending or s.imports or s.connecting) or (s.net is not None and s.net.has_outcomes()) \
-        or any(j.state in ACTIVE_STATES for j in st.jobs)
+    if s.pending or s.imports or s.connecting or (s.net is not None and s.net.has_outcomes()):
+        return True
+    return any(j.state in ACTIVE_STATES for j in state(context).jobs)
 
 
 def wait(context, job_id: str, until=FINAL_KINDS + ("imported",), timeout_s: float = 120.0) -> str:

@@ -52,6 +52,8 @@ class Session:
     last_save: float = 0.0
     max_image_bytes: int | None = None
     """The connected backend's limit for one image (its hello reply); None before a hello."""
+    activity_shown: set[str] = field(default_factory=set)
+    """Jobs whose row shows what the network thread does for them (cleared when it is done)."""
     local: LocalBackend = field(default_factory=LocalBackend)
     last_step: dict = field(default_factory=dict)
     """What the last step did (outcomes by call, events applied, an import, a save), for benchmarks."""
