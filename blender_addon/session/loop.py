@@ -38,9 +38,11 @@ def start_up() -> None:
     """At start-up and after a file load: rebuild the list and continue unfinished jobs (no click needed)."""
     context = bpy.context
     s = current()
-    if not s.prefs_restored:
+    if not s.prefs_restored:  # once, after an enable: the file is used up
         s.prefs_restored = True
-        preferences.restore(prefs(context), user_dir() / PREFERENCES_FILE)
+        kept = user_dir() / PREFERENCES_FILE
+        preferences.restore(prefs(context), kept)
+        kept.unlink(missing_ok=True)
     restore_jobs(context)
     prune_cache(context)
     if any(j.state in ACTIVE_STATES or j.state == "unsent" for j in state(context).jobs):
@@ -211,8 +213,9 @@ HANDLERS = ((bpy.app.handlers.load_pre, on_load_pre), (bpy.app.handlers.load_pos
 
 
 def register() -> None:
-    """At enable (and Blender start): a fresh session, handlers, and a first tick that rebuilds the job list."""
-    fresh()
+    """At enable (and Blender start): a fresh session, handlers, and a first tick that rebuilds the job list
+    and gives back the preferences kept at the last disable."""
+    fresh().prefs_restored = False
     for handlers, fn in HANDLERS:
         for h in [h for h in handlers if same_function(h, fn)]:
             handlers.remove(h)

@@ -63,8 +63,8 @@ class Session:
     check: dict | None = None
     check_thread: threading.Thread | None = None
     torch_build: TorchBuild | None = None
-    prefs_restored: bool = False
-    """The preferences kept at the last disable were given back (once per session)."""
+    prefs_restored: bool = True
+    """False from an enable until the first update gives back the preferences kept at the last disable."""
 
     def end(self) -> None:
         """Stop the network thread and the local backend this session started."""

@@ -411,10 +411,10 @@ def test_the_server_box_stops_saying_connected_when_the_address_changes(prefs, s
     _reset_jobs()
     _connect()
     session = _session()
-    assert not session.config_changed(bpy.context)
+    assert not session.config_changed(bpy.context), (session.current().net_config, prefs.address)
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     try:
         assert session.config_changed(bpy.context), "the panel shows 'not connected (the address or keys changed…)'"
     finally:
         prefs.address = server.endpoint
-    assert not session.config_changed(bpy.context)
+    assert not session.config_changed(bpy.context), (session.current().net_config, prefs.address)
