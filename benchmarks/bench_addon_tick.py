@@ -115,6 +115,10 @@ def main() -> None:
         "max_ms": round(plain[-1] * 1e3, 3),
         "max_cpu_ms": round(cpu[-1] * 1e3, 3),
         "over_20ms": sum(t > 0.020 for t in plain),
+        "over_20ms_cpu": sum(c > 0.020 for c in cpu),
+        "median_cpu_ms": round(statistics.median(cpu) * 1e3, 3),
+        "p99_cpu_ms": round(cpu[int(0.99 * (len(cpu) - 1))] * 1e3, 3),
+        "import_cpu_ms": [round(c * 1e3, 1) for _t, what, c in ticks if what.get("import")],
         "import_ms": [round(t * 1e3, 1) for t in imports],
         "slowest": [(round(t * 1e3, 2), round(c * 1e3, 2), what)
                     for t, what, c in sorted(ticks, key=lambda x: -x[0])[:6]],

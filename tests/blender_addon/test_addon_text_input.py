@@ -116,6 +116,12 @@ def test_make_candidates_then_generate_from_the_picked_one(connected, server):
     assert record["kind"] == "candidates" and record["prompt"] == "a red vintage kettle" and record["candidates"] == 2
 
     ts.picked = 1
+    assert not bpy.ops.mpod123.generate_from_candidate.poll(), "a candidate the matting rejected is not sent"
+    with pytest.raises(RuntimeError, match="poll"):
+        bpy.ops.mpod123.generate_from_candidate()
+    assert st.jobs[-1].job_id == job.job_id, "no job queued"
+    # as if the verdict had been clean: it is sent, and the backend's own check still refuses noise
+    ts.candidates[1].usable, ts.candidates[1].verdict = True, "one clean object"
     assert bpy.ops.mpod123.generate_from_candidate.poll()
     assert bpy.ops.mpod123.generate_from_candidate() == {"FINISHED"}
     gen = st.jobs[-1]
