@@ -36,6 +36,12 @@ def test_vendored_modules_are_identical_to_the_backends(name):
     build_addon.vendor(check_only=True)
 
 
+def test_every_vendored_file_is_checked():
+    """Nothing sits in core/vendor/ that the byte-identity check above does not cover."""
+    present = sorted(p.name for p in (ADDON / "core" / "vendor").glob("*.py") if p.name != "__init__.py")
+    assert present == sorted(build_addon.VENDORED)
+
+
 def test_the_client_imports_without_bpy_or_torch():
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); import blender_addon.core.client as c; "
