@@ -7,7 +7,7 @@
 
 Steps:
 1. Vendor ``backend/protocol.py`` and ``backend/client.py`` into
-   ``blender_addon/vendor/`` (copied byte for byte; the add-on never imports
+   ``blender_addon/core/vendor/`` (copied byte for byte; the add-on never imports
    ``backend``).
 2. Download the pinned pyzmq wheels with ``pip download`` into
    ``blender_addon/wheels/``: cp311 (Blender 4.2-5.0) and cp312-abi3
@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "blender_addon"
 WHEELS = ADDON / "wheels"
-VENDOR = ADDON / "vendor"
+VENDOR = ADDON / "core" / "vendor"
 VENDORED = ("protocol.py", "client.py")
 PYZMQ_VERSION = "27.3.0"
 
@@ -249,7 +249,7 @@ def build(out: Path, platforms: list[str], offline: bool = False, blender_ext: s
     """Everything: vendor, wheels, stage, validate, build. Returns the zips."""
     changed = vendor()
     if changed:
-        print(f"vendored {', '.join(changed)} from backend/ into blender_addon/vendor/")
+        print(f"vendored {', '.join(changed)} from backend/ into blender_addon/core/vendor/")
     vendor(check_only=True)
     wheels = get_wheels(platforms, offline)
     tool = blender_ext_path(blender_ext)

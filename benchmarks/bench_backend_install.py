@@ -4,7 +4,7 @@ usable managed environment.
     python benchmarks/bench_backend_install.py [--platforms linux-x64,...] [--torch torch==2.13.0] [--out FILE]
 
 Builds the zips with build_addon.py (downloading the pyzmq wheels it lacks),
-then runs the add-on's installer (blender_addon.backend_env, the code behind
+then runs the add-on's installer (blender_addon.core.backend_env, the code behind
 Install Backend, without Blender) into a fresh folder with this Python, the
 torch requirement given (default: the one constraints.txt pins) and pip's own
 configuration, and reports the seconds to "usable", the step timeline and the

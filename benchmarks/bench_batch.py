@@ -2,7 +2,7 @@
 
 The input is the procedural test object at about 100k faces (``--grid 160``), exported to a textured GLB
 with ``mpod123.export.export_mesh`` (made once; not timed as overhead). Each repeat then does what the batch
-does per photo with the bpy module, headless: a clean factory scene, ``blender_addon.importer.import_glb``,
+does per photo with the bpy module, headless: a clean factory scene, ``blender_addon.blender.importer.import_glb``,
 the asset mark and metadata, a preview render loaded as the asset preview, ``file.pack_all`` and a
 compressed ``save_as_mainfile``. The first run of each engine is reported apart (cold caches, shader and
 kernel set-up); the rest as medians. Blender's own console output goes to a log file, so the JSON stays clean.

@@ -64,7 +64,7 @@ def time_blender_update(glb: bytes, repeats: int) -> dict | None:
         return None
     from types import SimpleNamespace
 
-    from blender_addon import preview_object
+    from blender_addon.blender import preview_object
 
     job = SimpleNamespace(job_id="bench" * 6, name="bench", location=(0.0, 0.0, 0.0), target_height=0.0,
                           rest_on_ground=False)

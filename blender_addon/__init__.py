@@ -1,36 +1,41 @@
 """MPOD123 for Blender: one image in, a UV-unwrapped textured mesh out, from an MPOD123 backend.
 
-This file only registers. The pieces: ``preferences`` (server, keys, local
-backend, import defaults), ``properties`` (the panel's state and job list on
-the WindowManager), ``operators`` (thin), ``panels`` (draw only), ``client``
-(bpy-free connection and its network thread), ``jobfile`` (bpy-free job file,
-owner identity, cache limits), ``bridge`` (applies the network thread's
-results to Blender from a timer) and ``importer`` (GLB in).
+This file only registers. The add-on is four layers that import only downward:
 
-The Blender modules are imported inside ``register`` so that
-``import blender_addon.client`` works in plain Python (no bpy needed).
+* ``core/``: plain Python, no bpy (the vendored protocol and client, the connection thread, the job file,
+  the managed environment and its installer, the local backend process, the preview GLB reader, prompt
+  rules, input checks, errors);
+* ``blender/``: Blender data only (paths, context helpers, properties and the preferences' fields, inputs,
+  extra views, candidates, previews, the importer, the texture target);
+* ``session/``: the only mutable state, one ``Session`` (connection, jobs, events, the timer tick);
+* ``ui/``: operators, panels and the preferences' drawing, which nothing imports.
+
+The Blender modules are imported inside ``register`` so that ``import blender_addon.core.client`` works in
+plain Python (no bpy needed).
 """
 
 from __future__ import annotations
 
 
 def _modules():
-    from . import extra_views, operators, operators_backend, panels, preferences, properties, text_input, texture_mesh
+    from .blender import candidates, extra_views, properties
+    from .ui import backend_ops, operators, panels, preferences, text_ops, texture_ops, views
 
-    return (preferences, properties, text_input, operators, operators_backend, texture_mesh, panels, extra_views)
+    return (preferences, properties, candidates, extra_views, text_ops, operators, backend_ops, texture_ops, panels,
+            views)
 
 
 def register() -> None:
-    from . import bridge
+    from .session import loop
 
     for module in _modules():
         module.register()
-    bridge.register()  # load handlers, and a first update that rebuilds the job list from the job file
+    loop.register()  # a fresh session, load handlers, and a first update that rebuilds the job list
 
 
 def unregister() -> None:
-    from . import bridge
+    from .session import loop
 
-    bridge.shutdown()
+    loop.shutdown()
     for module in reversed(_modules()):
         module.unregister()

@@ -2,7 +2,7 @@
 
 Each asset starts from an empty factory scene, so nothing leaks from one
 asset into the next. The object comes in through the add-on's importer
-(``blender_addon.importer.import_glb``, the same path as the Generate
+(``blender_addon.blender.importer.import_glb``, the same path as the Generate
 button), is marked as an asset with a catalog, tags, a description and an
 author, gets a rendered preview, has its textures packed and is saved
 compressed. The file is written under a temporary name and renamed, so an
@@ -57,9 +57,9 @@ class AssetSpec:
 
 def _importer():
     try:
-        from blender_addon.importer import import_glb
+        from blender_addon.blender.importer import import_glb
     except ImportError as exc:
-        raise AssetBuildError(f"the add-on's importer (blender_addon.importer) is not available: {exc}") from None
+        raise AssetBuildError(f"the add-on's importer (blender_addon.blender.importer) is not available: {exc}") from None
     return import_glb
 
 

@@ -59,8 +59,11 @@ def main() -> None:
     import addon_utils  # importable only once bpy is imported
 
     addon_utils.enable("blender_addon", default_set=True, handle_error=lambda exc: (_ for _ in ()).throw(exc))
-    from blender_addon import bridge, panels, preferences
-    from blender_addon.client import Message
+    from blender_addon import session
+    from blender_addon.ui import panels
+    from blender_addon.blender.preferences import prefs as prefs_of
+    from blender_addon.ui import preferences
+    from blender_addon.core.client import Message
 
     st = bpy.context.window_manager.mpod123
     st.connection, st.server_name, st.server_version, st.server_gpu = "connected", "mpod123-backend", "1.0", "none"
@@ -76,17 +79,17 @@ def main() -> None:
             Message("event", {"kind": "preview", "stage": "detail", "step": 1, "width": 16, "height": 8}, [_png(16, 8, (40, 80, 200))], job_id=job_id, seq=5),
         ]
         for msg in events:
-            bridge.apply_event(bpy.context, msg)
+            session.apply_event(bpy.context, msg)
     st.jobs[1].state = "failed"
     if "--text" in sys.argv:  # a candidates job whose first candidate arrived, with its verdict
-        from blender_addon import text_input
+        from blender_addon.blender import candidates as text_input
 
         job = st.jobs.add()
         job.job_id, job.name, job.state, job.kind, job.prompt = "c" * 32, "kettle", "done", "candidates", "a kettle"
         text_input.text_state().job_id, text_input.text_state().job_prompt = job.job_id, "a kettle"
-        bridge.apply_event(bpy.context, Message("event", {"kind": "preview", "stage": "candidate_0", "step": 0, "width": 16,
+        session.apply_event(bpy.context, Message("event", {"kind": "preview", "stage": "candidate_0", "step": 0, "width": 16,
                                                           "height": 16}, [_png(16, 16, (250, 250, 250))], job_id=job.job_id, seq=1))
-        bridge.apply_event(bpy.context, Message("event", {"kind": "log", "text": "1 drawn", "verdicts": [
+        session.apply_event(bpy.context, Message("event", {"kind": "log", "text": "1 drawn", "verdicts": [
             {"index": 0, "usable": False, "reason": "no object found"}]}, job_id=job.job_id, seq=2))
     results: dict = {"drawn": [], "errors": []}
 
@@ -107,29 +110,31 @@ def main() -> None:
             results["drawn"].append("MPOD123_UL_jobs")
             st.override_import = True
             panels.MPOD123_PT_import.draw(SimpleNamespace(layout=menu.layout.column()), context)
-            prefs = preferences.prefs(context)
+            prefs = prefs_of(context)
             preferences.draw_preferences(menu.layout.column(), prefs)
             results["drawn"].append("preferences")
             if "--text" in sys.argv:  # the Text input mode, with a candidate in its pick list
-                from blender_addon import text_input
+                from blender_addon.blender import candidates as text_input
+                from blender_addon.ui import text_ops
 
                 ts = text_input.text_state(context)
                 ts.mode, ts.prompt = "TEXT", "a red vintage kettle"
                 panels.MPOD123_PT_input.draw(SimpleNamespace(layout=_NoListLayout(menu.layout.column(), results["lists"])),
                                              context)
-                text_input.MPOD123_UL_candidates.draw_item(None, context, menu.layout.row(), ts, ts.candidates[0], 0, ts,
+                text_ops.MPOD123_UL_candidates.draw_item(None, context, menu.layout.row(), ts, ts.candidates[0], 0, ts,
                                                            "picked", 0)
                 results["text"] = {"candidates": [(r.index, r.image_name, r.usable, r.verdict) for r in ts.candidates],
                                    "polls": {op.bl_idname: bool(getattr(bpy.ops.mpod123, op.bl_idname[8:]).poll())
-                                             for op in text_input.CLASSES if hasattr(op, "bl_idname")
+                                             for op in text_ops.CLASSES if hasattr(op, "bl_idname")
                                              and op.bl_idname.startswith("mpod123.")}}
                 results["drawn"].append("text_input")
-            from blender_addon import extra_views  # the Extra Views sub-panel: a slot with an image, an empty one
+            from blender_addon.blender import extra_views  # the Extra Views sub-panel: a slot with an image, an empty one
+            from blender_addon.ui import views as views_ui
 
             views = context.window_manager.mpod123_views
             views.add().image = bpy.data.images.new("side", 4, 4)
             views.add()
-            extra_views.MPOD123_PT_extra_views.draw(SimpleNamespace(layout=menu.layout.column()), context)
+            views_ui.MPOD123_PT_extra_views.draw(SimpleNamespace(layout=menu.layout.column()), context)
             results["extra_views"] = [extra_views.problem(context), len(views)]
             views.clear()
             if "--canary" in sys.argv:  # proves the test notices a bad property and a bad operator
@@ -140,10 +145,12 @@ def main() -> None:
         results["registered"] = {cls.bl_idname: hasattr(bpy.types, cls.bl_idname) for cls in panels.CLASSES}
         results["category"] = sorted({cls.bl_category for cls in panels.PANELS})
         results["previews"] = [st.jobs[0].preview_outline, st.jobs[0].preview_detail]
-        from blender_addon import operators
+        from blender_addon.ui import backend_ops, operators, text_ops, texture_ops, views
 
         results["polls"] = {}
-        for op in operators.CLASSES:
+        for op in (*operators.CLASSES, *backend_ops.CLASSES, *text_ops.CLASSES, *texture_ops.CLASSES, *views.CLASSES):
+            if not hasattr(op, "bl_idname") or "." not in op.bl_idname or op.bl_idname.startswith("MPOD123_"):
+                continue
             module, name = op.bl_idname.split(".")
             try:
                 getattr(getattr(bpy.ops, module), name).poll()

@@ -45,14 +45,14 @@ try:
     res = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
     pkg = "bl_ext.user_default.mpod123"
     out["installed"] = sorted(res)
-    ob = sys.modules[pkg + ".operators_backend"]
-    be = sys.modules[pkg + ".backend_env"]
-    bridge = sys.modules[pkg + ".bridge"]
+    ob = sys.modules[pkg + ".session.backend"]
+    be = sys.modules[pkg + ".core.backend_env"]
+    session = sys.modules[pkg + ".session"]
     p = bpy.context.preferences.addons[pkg].preferences
     p.torch_requirement = torch_requirement
-    root = Path(bpy.utils.extension_path_user(pkg, path="backend", create=False))
+    root = ob.backend_root(create=False)
     out["root"] = str(root)
-    out["wheel"] = str(be.bundled_wheel(ob.addon_dir()))
+    out["wheel"] = str(be.bundled_wheel(ob.ADDON_DIR))
     out["build"] = ob.torch_build().describe()
 
     # 1. Allow Online Access is off (the default in background mode): refused, nothing created
@@ -77,7 +77,7 @@ try:
         if st.finished or (st.step.startswith("torch:") and st.fraction > 0.06):
             break
         time.sleep(0.1)
-    pgid = ob._installer.proc.pid
+    pgid = ob.current().installer.proc.pid
     out["before_cancel"] = seen[-1]
     out["status_line_while_installing"] = ob.status_line()
     assert bpy.ops.mpod123.cancel_backend_install() == {"FINISHED"}
@@ -110,11 +110,11 @@ try:
     p.serve_args = "--tiny"
     p.start_timeout_s = 120.0
     p.timeout_s = 30.0
-    out["local_command"] = bridge.local_command()
+    out["local_command"] = session.local_command()
     assert bpy.ops.mpod123.connect() == {"FINISHED"}
     st = bpy.context.window_manager.mpod123
     # Connect returns at once; the hello (and the local start) complete through the ticks
-    bridge.settle(bpy.context, lambda: st.connection in ("connected", "lost", "refused"), timeout_s=150)
+    session.settle(bpy.context, lambda: st.connection in ("connected", "lost", "refused"), timeout_s=150)
     out["local_pid"] = st.local_pid
     out["connection"] = st.connection
     out["server_gpu"] = st.server_gpu
@@ -124,7 +124,7 @@ try:
     t_job = time.monotonic()
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     job = st.jobs[-1]
-    out["final"] = bridge.wait(bpy.context, job.job_id, timeout_s=180)
+    out["final"] = session.wait(bpy.context, job.job_id, timeout_s=180)
     out["job_s"] = time.monotonic() - t_job
     out["job_message"] = job.message
     new = [o for o in bpy.data.objects if o.name not in objects_before]
@@ -137,7 +137,7 @@ try:
                 if node.type == "TEX_IMAGE" and node.image is not None:
                     tex = node.image
     out["texture"] = None if tex is None else {"size": list(tex.size), "max": max(tex.pixels[:4000])}
-    out["backend_log_tail"] = bridge.local_log_tail(800)
+    out["backend_log_tail"] = session.local_log_tail(800)
     out["total_s"] = time.monotonic() - t0
 except BaseException as exc:  # noqa: BLE001  the test shows it
     import traceback
@@ -146,7 +146,7 @@ except BaseException as exc:  # noqa: BLE001  the test shows it
     raise
 finally:
     try:
-        bridge.stop_local()
+        session.stop_local()
         out["stopped_pid_gone"] = not group_alive(out.get("local_pid") or 0) if out.get("local_pid") else None
     except Exception as exc:  # noqa: BLE001  reported, the test asserts on it
         out["stop_error"] = repr(exc)

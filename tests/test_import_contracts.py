@@ -45,7 +45,7 @@ def test_the_contracts_name_every_layer_and_rule():
     assert layers.index("rendering") < layers.index("geometry") < layers.index("fields") < layers.index("camera")
     assert set(by_id["mpod123-alone"]["forbidden_modules"]) >= {"zmq", "bpy", "backend", "blender_addon", "blender_batch"}
     assert set(by_id["backend-no-blender"]["forbidden_modules"]) >= {"bpy", "blender_addon"}
-    assert set(by_id["addon-no-method"]["forbidden_modules"]) >= {"torch", "mpod123", "backend"}
+    assert set(by_id["addon-no-torch"]["forbidden_modules"]) >= {"torch", "mpod123", "backend"}
 
 
 def test_the_code_keeps_every_import_contract():

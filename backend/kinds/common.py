@@ -44,7 +44,7 @@ def parse_options(options: dict[str, Any], default_preset: str) -> tuple[str, in
 
 
 def parse_target_faces(options: dict[str, Any]) -> int | None:
-    """``target_faces``: simplify the exported mesh to at most this many faces (None: keep every face)."""
+    """``target_faces``: simplify the exported mesh to at most this many faces (None: the preset's own budget)."""
     value = options.get("target_faces")
     if value is None:
         return None
@@ -105,7 +105,8 @@ def pipeline_config(ctx: JobContext, tiny: bool) -> Any:
         steps = TINY_DEFAULT_STEPS
     target_faces = parse_target_faces(ctx.options)
     cfg = pipeline_preset(preset)
-    cfg.export.target_faces = target_faces
+    if target_faces is not None:  # none asked for: the preset's budget (draft 5,000, fast 20,000) stays
+        cfg.export.target_faces = target_faces
     if steps is not None:
         cfg.outline.steps = min(cfg.outline.steps, steps)
         cfg.detail.steps = min(cfg.detail.steps, steps)

@@ -16,14 +16,18 @@ from tests.addon_backend import enabled_addon  # noqa: E402
 @pytest.fixture(scope="module")
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")):
-        from blender_addon import operators_backend
+        from blender_addon.session import backend
 
-        yield operators_backend
+        yield backend
+
+
+def _ops():
+    return sys.modules["blender_addon.ui.backend_ops"]
 
 
 @pytest.fixture
 def prefs(addon):
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)
     saved = (p.local_command, p.use_local_backend, p.address, p.serve_args)
@@ -45,7 +49,7 @@ def test_with_online_access_off_install_says_what_to_click_and_creates_nothing(a
 
 
 def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
-    from blender_addon import bridge
+    from blender_addon import session
     from tests.addon_backend import free_port
 
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
@@ -55,14 +59,14 @@ def test_generate_without_an_installed_backend_says_to_install_it(addon, prefs):
         with pytest.raises(RuntimeError, match=r"cannot start the local backend: the backend is not installed: "
                                                r"Edit > Preferences > Add-ons > MPOD123 > Install Backend"):
             bpy.ops.mpod123.connect()
-        assert not bridge.local_running()
+        assert not session.local_running()
     finally:
-        bridge.disconnect()
+        session.disconnect()
 
 
 def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, tmp_path):
     """A usable environment (its marker and interpreter): the command is its Python, arguments intact."""
-    from blender_addon import bridge
+    from blender_addon import session
 
     env = addon.managed_env()
     try:
@@ -74,16 +78,16 @@ def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, t
         prefs.serve_args = '--tiny --sd "/models/my sd"'
         data = tmp_path / "data with spaces" / "it's"
         prefs.local_data = str(data)
-        cmd = bridge.local_command()
+        cmd = session.local_command()
         assert cmd == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999", "--data", str(data),
                        "--tiny", "--sd", "/models/my sd"]
         assert addon.status_line() == "Backend ready: torch 2.13.0+cpu (cpu), mpod123 0.1.0"
         # an older default command from saved preferences means the managed backend too
         prefs.local_command = "mpod123 serve --bind {address} --data {data}"
-        assert bridge.local_command()[0] == str(env.python)
+        assert session.local_command()[0] == str(env.python)
         # an expert's command, with the managed Python as {python}
         prefs.local_command = "{python} -m mpod123 serve --bind {address} --data {data} --workers 2"
-        assert bridge.local_command() == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999",
+        assert session.local_command() == [str(env.python), "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:5999",
                                           "--data", str(data), "--workers", "2"]
         assert bpy.ops.mpod123.remove_backend() == {"FINISHED"}
         assert not env.dir.exists() and addon.status_line().startswith("Backend not installed")
@@ -96,12 +100,12 @@ def test_start_local_runs_the_managed_python_as_an_argument_list(addon, prefs, t
 def test_install_returns_at_once_the_timer_follows_it_and_a_failure_is_shown(addon, prefs, tmp_path, monkeypatch):
     """Interactive Blender: the operator starts the child and returns; the timer callback polls it to the end."""
     bpy.context.preferences.system.use_online_access = True
-    monkeypatch.setattr(addon, "addon_dir", lambda: tmp_path / "no-wheel")
+    monkeypatch.setattr(addon, "ADDON_DIR", tmp_path / "no-wheel")
     with pytest.raises(RuntimeError, match="carries no backend wheel"):
         bpy.ops.mpod123.install_backend()
     (tmp_path / "addon" / "backend_wheel").mkdir(parents=True)
     (tmp_path / "addon" / "backend_wheel" / "mpod123-0.1.0-py3-none-any.whl").write_bytes(b"")
-    monkeypatch.setattr(addon, "addon_dir", lambda: tmp_path / "addon")
+    monkeypatch.setattr(addon, "ADDON_DIR", tmp_path / "addon")
     saved = (prefs.torch_requirement, prefs.pip_args)
     prefs.torch_requirement = "mpod123-no-such-package==1.0"  # pip fails fast, after the environment is made
     prefs.pip_args = f"--no-index --find-links {tmp_path}"
@@ -110,13 +114,13 @@ def test_install_returns_at_once_the_timer_follows_it_and_a_failure_is_shown(add
         t0 = time.monotonic()
         assert bpy.ops.mpod123.install_backend() == {"FINISHED"}
         assert time.monotonic() - t0 < 5, "the operator returns while the child works"
-        assert addon.installing() and bpy.app.timers.is_registered(addon._tick)
+        assert addon.installing() and bpy.app.timers.is_registered(_ops().install_tick)
         with pytest.raises(RuntimeError, match="already running"):
             bpy.ops.mpod123.install_backend()
         lines, deadline = [], time.monotonic() + 120
         while time.monotonic() < deadline:  # what Blender's timer does (timers never fire in background mode)
             lines.append(addon.status_line())
-            if addon._tick() is None:
+            if _ops().install_tick() is None:
                 break
             time.sleep(0.2)
         assert any(line.startswith("Installing: ") for line in lines)
@@ -125,10 +129,10 @@ def test_install_returns_at_once_the_timer_follows_it_and_a_failure_is_shown(add
         assert not env.usable() and env.log.is_file()
     finally:
         prefs.torch_requirement, prefs.pip_args = saved
-        if bpy.app.timers.is_registered(addon._tick):
-            bpy.app.timers.unregister(addon._tick)
+        if bpy.app.timers.is_registered(_ops().install_tick):
+            bpy.app.timers.unregister(_ops().install_tick)
         env.remove()
-        addon._last = None
+        addon.current().install_status = None
 
 
 def test_check_backend_returns_at_once_and_the_panel_shows_the_doctor_result(addon, prefs):
@@ -149,11 +153,11 @@ def test_check_backend_returns_at_once_and_the_panel_shows_the_doctor_result(add
         returned_s = time.monotonic() - t0
         assert returned_s < 1.0, f"the operator waited {returned_s:.2f} s for doctor"
         assert addon.checking() and addon.check_lines() == ["Check: running mpod123 doctor in the backend environment..."]
-        assert bpy.app.timers.is_registered(addon._check_tick)
+        assert bpy.app.timers.is_registered(_ops().check_tick)
         assert not bpy.ops.mpod123.check_backend.poll(), "a second check while one runs is refused by poll()"
-        addon._check_thread.join(timeout=240)
+        addon.current().check_thread.join(timeout=240)
         assert not addon.checking()
-        assert addon._check_tick() is None, "the redraw timer stops with the check"
+        assert _ops().check_tick() is None, "the redraw timer stops with the check"
         lines = addon.check_lines()
         assert lines and not any("failed" in line or "error" in line.lower() for line in lines), lines
         assert any("torch" in line.lower() or "cpu" in line.lower() for line in lines), lines
@@ -161,7 +165,7 @@ def test_check_backend_returns_at_once_and_the_panel_shows_the_doctor_result(add
         assert bpy.ops.mpod123.check_backend(wait=True) == {"FINISHED"}
         assert not addon.checking() and addon.check_lines() == lines
     finally:
-        if bpy.app.timers.is_registered(addon._check_tick):
-            bpy.app.timers.unregister(addon._check_tick)
+        if bpy.app.timers.is_registered(_ops().check_tick):
+            bpy.app.timers.unregister(_ops().check_tick)
         env.remove()
-        addon._check = None
+        addon.current().check = None

@@ -30,15 +30,21 @@ def _blender_ext() -> Path:
 
 @pytest.mark.parametrize("name", build_addon.VENDORED)
 def test_vendored_modules_are_identical_to_the_backends(name):
-    assert filecmp.cmp(ROOT / "backend" / name, ADDON / "vendor" / name, shallow=False), (
-        f"blender_addon/vendor/{name} differs from backend/{name}: run python build_addon.py"
+    assert filecmp.cmp(ROOT / "backend" / name, ADDON / "core" / "vendor" / name, shallow=False), (
+        f"blender_addon/core/vendor/{name} differs from backend/{name}: run python build_addon.py"
     )
     build_addon.vendor(check_only=True)
 
 
+def test_every_vendored_file_is_checked():
+    """Nothing sits in core/vendor/ that the byte-identity check above does not cover."""
+    present = sorted(p.name for p in (ADDON / "core" / "vendor").glob("*.py") if p.name != "__init__.py")
+    assert present == sorted(build_addon.VENDORED)
+
+
 def test_the_client_imports_without_bpy_or_torch():
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); import blender_addon.client as c; "
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import blender_addon.core.client as c; "
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'bpy', 'torch', 'diffusers', 'transformers', 'mpod123', 'backend', 'zmq'})))"
     )
@@ -95,10 +101,10 @@ def linux_zip(tmp_path_factory):
 def test_the_zip_holds_the_addon_the_vendored_modules_and_only_linux_wheels(linux_zip):
     with zipfile.ZipFile(linux_zip) as z:
         names = set(z.namelist())
-        assert z.read("vendor/protocol.py") == (ROOT / "backend" / "protocol.py").read_bytes()
+        assert z.read("core/vendor/protocol.py") == (ROOT / "backend" / "protocol.py").read_bytes()
         manifest = z.read("blender_manifest.toml").decode()
-    for module in ("__init__.py", "client.py", "bridge.py", "importer.py", "operators.py", "panels.py",
-                   "preferences.py", "properties.py", "vendor/client.py", "blender_manifest.toml"):
+    for module in ("__init__.py", "core/client.py", "session/loop.py", "blender/importer.py", "ui/operators.py", "ui/panels.py",
+                   "blender/preferences.py", "blender/properties.py", "core/vendor/client.py", "blender_manifest.toml"):
         assert module in names
     wheels = sorted(n for n in names if n.startswith("wheels/") and n.endswith(".whl"))
     assert len(wheels) == 2 and all("x86_64" in w for w in wheels), wheels
@@ -141,8 +147,8 @@ out = {
     "ops": [hasattr(bpy.ops.mpod123, n) for n in ("generate", "cancel", "connect", "import_result")],
     "panel": hasattr(bpy.types, "MPOD123_PT_main"),
 }
-import bl_ext.user_default.mpod123.bridge as bridge
-out["results_dir"] = str(bridge.results_dir())
+import bl_ext.user_default.mpod123.session as session
+out["results_dir"] = str(session.results_dir())
 print("RESULT " + json.dumps(out))
 """
 
@@ -161,7 +167,8 @@ def test_the_built_zip_installs_and_enables_in_blender(linux_zip, tmp_path):
     res = json.loads(lines[-1][7:])
     assert res["result"] == ["FINISHED"] and res["enabled"] and res["panel"] and all(res["ops"]), res
     assert res["file"].startswith(str(user / "extensions" / "user_default" / "mpod123"))
-    assert res["results_dir"].startswith(str(user / "extensions")) and res["results_dir"].endswith("results")
+    assert res["results_dir"] == str(user / "datafiles" / "mpod123" / "results"), \
+        "the data folder is outside the extension's user folder, which Blender deletes on uninstall"
     site = user / "extensions" / ".local" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
     assert (site / "zmq" / "__init__.py").is_file(), "Blender installed the bundled pyzmq wheel"
 

@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from blender_addon.client import NetworkThread, upload_timeout
-from blender_addon.jobfile import CacheLimits, JobFile, owner_id, prune_cache
+from blender_addon.core.network import NetworkThread, upload_timeout
+from blender_addon.core.jobfile import CacheLimits, JobFile, owner_id, prune_cache
 from tests.addon_backend import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_the_owner_identity_is_created_once_and_kept(tmp_path):
     assert len(first) == 32 and first.isalnum()
     assert owner_id(tmp_path) == first
     # a second process (another Blender launch) reads the same identity
-    code = "import sys; sys.path.insert(0, sys.argv[1]); from blender_addon.jobfile import owner_id; print(owner_id(sys.argv[2]))"
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from blender_addon.core.jobfile import owner_id; print(owner_id(sys.argv[2]))"
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == first
     (tmp_path / "owner").write_text("../../etc")  # damaged: replaced by a fresh identity, not used

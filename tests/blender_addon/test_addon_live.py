@@ -1,7 +1,7 @@
 """The add-on in the real bpy module against a real `mpod123 serve --tiny` on loopback.
 
-Timers never fire in background mode, so the tests call the bridge's drain
-(through ``bridge.wait``) where Blender would tick. Jobs run the backend's
+Timers never fire in background mode, so the tests call the session's drain
+(through ``session.wait``) where Blender would tick. Jobs run the backend's
 ``--tiny`` job with very few steps; no test depends on the number of events
 or the mesh size.
 """
@@ -28,9 +28,9 @@ from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, _raise
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
-        from blender_addon import bridge
+        from blender_addon import session
 
-        yield bridge
+        yield session
     assert not hasattr(bpy.types.WindowManager, "mpod123")
 
 
@@ -44,7 +44,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def prefs(addon, server):
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)
     p.address = server.endpoint
@@ -65,24 +65,23 @@ def _state():
     return bpy.context.window_manager.mpod123
 
 
-def _bridge():
-    return sys.modules["blender_addon.bridge"]
+def _session():
+    return sys.modules["blender_addon.session"]
 
 
 def _settle(done, timeout_s: float = JOB_TIMEOUT_S, what: str = "") -> None:
     """Tick (as Blender's timer would) until ``done()``; fails with ``what`` and the panel's error otherwise."""
-    assert _bridge().settle(bpy.context, done, timeout_s), f"{what or 'condition'} not reached: {_state().last_error}"
+    assert _session().settle(bpy.context, done, timeout_s), f"{what or 'condition'} not reached: {_state().last_error}"
 
 
 def _reset_jobs() -> None:
     """An empty job list and job file, nothing in flight."""
-    bridge = _bridge()
+    session = _session()
     st = _state()
     st.jobs.clear()
     st.active_job = 0
-    bridge._pending.clear()
-    bridge._imports.clear()
-    bridge.job_file().save({})
+    session.fresh()
+    session.job_file().save({})
     st.last_error = ""
 
 
@@ -113,11 +112,11 @@ def _png_pixels(data: bytes) -> list[tuple[int, int, int]]:
     return [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
 
 
-def _events_from_server(endpoint: str, session: str, job_id: str) -> list:
+def _events_from_server(endpoint: str, owner: str, job_id: str) -> list:
     """Every event of a job, straight from the backend (an independent client resuming from seq 0)."""
-    from blender_addon.client import AddonClient
+    from blender_addon.core.client import AddonClient
 
-    c = AddonClient(endpoint, session=session, timeout_s=10)
+    c = AddonClient(endpoint, session=owner, timeout_s=10)
     try:
         c.resume(job_id, 0)
         events, deadline = [], time.monotonic() + 30
@@ -133,9 +132,9 @@ def _events_from_server(endpoint: str, session: str, job_id: str) -> list:
 
 def _backend_status(endpoint: str, job_id: str) -> dict:
     """The backend's own view of a job, asked by an independent client under the add-on's owner identity."""
-    from blender_addon.client import AddonClient
+    from blender_addon.core.client import AddonClient
 
-    c = AddonClient(endpoint, session=_bridge().owner_id(), timeout_s=10)
+    c = AddonClient(endpoint, session=_session().owner_id(), timeout_s=10)
     try:
         return c.status(job_id)
     finally:
@@ -151,7 +150,7 @@ def _base_color_image(obj):
 
 
 def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     objects_before = set(bpy.data.objects)
@@ -179,7 +178,7 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
 
     t0 = time.monotonic()
     for job_id in jobs.values():
-        final = bridge.wait(bpy.context, job_id, timeout_s=JOB_TIMEOUT_S)
+        final = session.wait(bpy.context, job_id, timeout_s=JOB_TIMEOUT_S)
         job = next(j for j in st.jobs if j.job_id == job_id)
         assert final == "imported", (final, job.message, server.log()[-2000:])
     elapsed = time.monotonic() - t0
@@ -195,7 +194,7 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
     assert teapot.last_seq > 0 and vase.last_seq > 0
 
     # the matte comes first, before any stage-1 preview; then the previews are Blender images of the PNGs sent
-    events = _events_from_server(server.endpoint, bridge.owner_id(), teapot.job_id)
+    events = _events_from_server(server.endpoint, session.owner_id(), teapot.job_id)
     assert [m.seq for m in events] == list(range(1, len(events) + 1))
     previews = [m.content["stage"] for m in events if m.content["kind"] == "preview"]
     assert previews[0] == "matte" and previews.index("matte") < previews.index("outline")
@@ -231,7 +230,7 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
     assert abs(max(zs) - min(zs) - 2.0) < 1e-4, "the target height"
     assert len(vase_obj.data.polygons) <= 40 < len(bpy.data.objects["teapot"].data.polygons), "the face budget"
     assert not vase_obj.data.has_custom_normals and not any(p.use_smooth for p in vase_obj.data.polygons)
-    assert vase.seed == vase_seed and bridge.job_file().load()[vase.job_id]["seed"] == vase_seed
+    assert vase.seed == vase_seed and session.job_file().load()[vase.job_id]["seed"] == vase_seed
     assert coll.name in bpy.context.scene.collection.children
     print(f"two tiny jobs (2 and 1 steps) generated and imported in {elapsed:.1f} s")
 
@@ -240,7 +239,7 @@ def test_imported_front_faces_blender_minus_y(addon, tmp_path):
     """The backend's front (+Z in glTF) lands on Blender's -Y: the Front view shows it."""
     import numpy as np
 
-    from blender_addon.importer import import_glb
+    from blender_addon.blender.importer import import_glb
     from mpod123.export.gltf import encode_glb
 
     # a square base at z=0 with a "nose" vertex pointing to +Z (the front) and one to +Y (up), in glTF coordinates
@@ -263,7 +262,7 @@ def test_imported_front_faces_blender_minus_y(addon, tmp_path):
 
 
 def test_importer_removes_the_empty_parents_and_keeps_world_transforms(addon, tmp_path):
-    from blender_addon.importer import import_glb
+    from blender_addon.blender.importer import import_glb
 
     scene = bpy.data.scenes.new("export-src")
     mesh = bpy.data.meshes.new("m")
@@ -293,7 +292,7 @@ def test_importer_removes_the_empty_parents_and_keeps_world_transforms(addon, tm
 
 
 def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "long.png")), "draft", 200
@@ -302,23 +301,23 @@ def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
     st.steps = 1
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     queued = st.jobs[1].job_id
-    assert bridge.wait(bpy.context, running, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
+    assert session.wait(bpy.context, running, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
     _settle(lambda: st.jobs[1].state == "queued", 30, "the second job queued")
 
     assert bpy.ops.mpod123.cancel(job_id=queued) == {"FINISHED"}
     _settle(lambda: st.jobs[1].state == "cancelled", 30, "a queued job cancelled at once")
     assert bpy.ops.mpod123.cancel(job_id=running) == {"FINISHED"}
     t0 = time.monotonic()
-    assert bridge.wait(bpy.context, running, timeout_s=60) == "cancelled"
+    assert session.wait(bpy.context, running, timeout_s=60) == "cancelled"
     assert time.monotonic() - t0 < 60
     assert not bpy.data.objects.get("long")
-    assert bridge.job_file().load()[running]["state"] == "cancelled", "the job file follows"
+    assert session.job_file().load()[running]["state"] == "cancelled", "the job file follows"
 
 
 @pytest.mark.slow
 def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_is_kept(prefs, server, tmp_path):
     """Nothing waits on the network on Blender's thread; the error comes through the tick; the job is not lost."""
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
@@ -338,7 +337,7 @@ def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_
     job = st.jobs[0]
     _settle(lambda: job.state == "unsent", 15, "the submit error")
     assert "not running or not reachable" in job.message and "sent again" in job.message
-    assert bridge.job_file().load()[job.job_id]["state"] == "unsent", "the job is kept in the job file"
+    assert session.job_file().load()[job.job_id]["state"] == "unsent", "the job is kept in the job file"
 
     # the backend is there again: Connect sends the kept job (same id, from the add-on's copy of the input)
     prefs.address, prefs.timeout_s = server.endpoint, 10.0
@@ -346,7 +345,7 @@ def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_
     _settle(lambda: job.state in ("queued", "running"), 30, "the kept job sent")
     assert _backend_status(server.endpoint, job.job_id)["state"] in ("queued", "running", "done")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
-    assert bridge.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
+    assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
 
 
 def test_a_remote_address_respects_blender_online_access(prefs):
@@ -356,7 +355,7 @@ def test_a_remote_address_respects_blender_online_access(prefs):
     with pytest.raises(RuntimeError, match="Allow Online Access is off"):
         bpy.ops.mpod123.connect()
     with pytest.raises(RuntimeError, match="Allow Online Access is off"):
-        _bridge().connect(bpy.context)
+        _session().connect(bpy.context)
 
 
 def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
@@ -385,26 +384,26 @@ def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
         assert bpy.ops.mpod123.load_keys() == {"FINISHED"}
         _connect()
     finally:
-        _bridge().disconnect()
+        _session().disconnect()
         curve.stop()
 
 
 def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "phoenix.png")), "draft", 2
     bpy.context.scene.cursor.location = (0.0, 5.0, 0.0)
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     job = st.jobs[0]
-    assert bridge.wait(bpy.context, job.job_id, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
+    assert session.wait(bpy.context, job.job_id, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
     seq_before = job.last_seq
 
     server.kill()
     _settle(lambda: st.connection == "lost", 20, "the connection seen lost")
     assert "lost the connection" in st.server_message
     server.start()
-    assert bridge.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S) == "imported", (job.message, server.log()[-2000:])
+    assert session.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S) == "imported", (job.message, server.log()[-2000:])
     assert st.connection == "connected"
     status = _backend_status(server.endpoint, job.job_id)
     assert status["attempts"] == 2 and status["last_seq"] == job.last_seq > seq_before
@@ -415,7 +414,7 @@ def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server
 CLIENT_SCRIPT = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from blender_addon.client import AddonClient
+from blender_addon.core.client import AddonClient
 endpoint, session, image, dest = sys.argv[2:6]
 c = AddonClient(endpoint, session=session, timeout_s=10)
 info = c.hello()
@@ -437,14 +436,14 @@ def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, ser
     """A job submitted outside Blender (or by an earlier session) is imported later with Import Result."""
     image = _write_png(tmp_path / "lamp.png")
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT), server.endpoint, _bridge().owner_id(), str(image),
+        [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT), server.endpoint, _session().owner_id(), str(image),
          str(tmp_path / "lamp.glb"), str(JOB_TIMEOUT_S)],
         capture_output=True, text=True, check=False, timeout=JOB_TIMEOUT_S + 60,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"bpy-free client: a 1-step tiny job took {res['job_s']:.1f} s")
-    assert res["bad"] == [], "blender_addon.client loads no bpy, torch, mpod123 or backend"
+    assert res["bad"] == [], "blender_addon.core.client loads no bpy, torch, mpod123 or backend"
     assert res["server"] == "mpod123-backend"
     assert res["kinds"][-1] == "done" and "progress" in res["kinds"] and "preview" in res["kinds"]
     assert res["size"] > 0 and (tmp_path / "lamp.glb").read_bytes()[:4] == b"glTF"
@@ -460,12 +459,12 @@ def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, ser
     # a second Import Finished Results finds nothing new
     objects = len(bpy.data.objects)
     assert bpy.ops.mpod123.import_finished() == {"FINISHED"}
-    _settle(lambda: not _bridge().busy(bpy.context), 30, "idle")
+    _settle(lambda: not _session().busy(bpy.context), 30, "idle")
     assert sum(1 for j in st.jobs if j.job_id == res["job_id"]) == 1 and len(bpy.data.objects) == objects
 
 
 def test_connect_starts_the_local_backend_and_stop_ends_it(prefs, tmp_path):
-    bridge = _bridge()
+    session = _session()
     st = _state()
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     prefs.use_local_backend = True
@@ -474,21 +473,21 @@ def test_connect_starts_the_local_backend_and_stop_ends_it(prefs, tmp_path):
     try:
         assert bpy.ops.mpod123.connect() == {"FINISHED"}
         pid = st.local_pid
-        assert pid > 0 and bridge.local_running()
+        assert pid > 0 and session.local_running()
         _settle(lambda: st.connection == "connected", 60, "connected to the local backend")
         assert (tmp_path / "local-data" / "jobs.sqlite").is_file(), "the backend uses the data folder from the preferences"
         assert bpy.ops.mpod123.stop_backend() == {"FINISHED"}
-        assert st.local_pid == 0 and not bridge.local_running()
+        assert st.local_pid == 0 and not session.local_running()
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
         # a command that cannot start gives a clear error
         prefs.local_command = "no-such-mpod123-command serve --bind {address}"
-        bridge.disconnect()
+        session.disconnect()
         with pytest.raises(RuntimeError, match="cannot start the local backend"):
             bpy.ops.mpod123.connect()
     finally:
-        bridge.stop_local()
-        bridge.disconnect()
+        session.stop_local()
+        session.disconnect()
         prefs.use_local_backend = False
         prefs.local_command = "mpod123 serve --bind {address} --data {data}"
 
@@ -497,7 +496,7 @@ def _tick_until(done, timeout_s: float) -> list[tuple[float, bool, float]]:
     """Call the real timer callback as Blender would (after the interval it asks for, capped at 50 ms) until
     ``done()``; returns (main-thread seconds, whether that tick imported a result, main-thread CPU seconds)
     per tick."""
-    bridge = _bridge()
+    session = _session()
     st = _state()
     ticks = []
     deadline = time.monotonic() + timeout_s
@@ -505,7 +504,7 @@ def _tick_until(done, timeout_s: float) -> list[tuple[float, bool, float]]:
         assert time.monotonic() < deadline, f"not done after {timeout_s} s: {[j.state for j in st.jobs]} {st.last_error}"
         imported = sum(j.state == "imported" for j in st.jobs)
         t0, c0 = time.perf_counter(), time.thread_time()
-        interval = bridge.tick()
+        interval = session.tick()
         wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
         ticks.append((wall, sum(j.state == "imported" for j in st.jobs) > imported, cpu))
         time.sleep(min(interval or 0.05, 0.05))
@@ -517,7 +516,7 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     """File > New, then disable/enable the add-on, while a job runs: it comes back by itself and is imported."""
     import addon_utils
 
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "owl.png")), "draft", 4
@@ -528,26 +527,26 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
 
     bpy.ops.wm.read_homefile(use_empty=True)  # File > New: the WindowManager's job list is emptied
     st = _state()
-    bridge.tick()
+    session.tick()
     assert [j.job_id for j in st.jobs] == [job_id], "back in the list after one tick"
     job = st.jobs[0]
     assert job.name == "owl" and tuple(job.location) == (0.0, 0.0, 1.5) and job.preset == "draft"
 
     def ours(handlers):
-        return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.bridge"]
+        return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.session.loop"]
 
     addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
     assert ours(bpy.app.handlers.load_post) == [] and ours(bpy.app.handlers.load_pre) == []
     addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
     assert len(ours(bpy.app.handlers.load_post)) == 1 and len(ours(bpy.app.handlers.load_pre)) == 1
-    from blender_addon.preferences import prefs as get_prefs
+    from blender_addon.blender.preferences import prefs as get_prefs
 
     p = get_prefs(bpy.context)  # a disabled add-on loses its preferences: as a fresh install would have them
     p.address, p.use_local_backend = server.endpoint, False
-    bridge = _bridge()
+    session = _session()
     st = _state()
     st.jobs.clear()  # the WindowManager may keep the rows over a disable/enable; a Blender restart does not
-    assert bridge._net is None, "disabling stopped the network thread"
+    assert session.current().net is None, "disabling stopped the network thread"
     ticks = _tick_until(lambda: len(st.jobs) == 1 and st.jobs[0].state == "imported", JOB_TIMEOUT_S)
     job = st.jobs[0]
     assert job.job_id == job_id and job.stages and job.last_seq > 0, "it streamed again without a click"
@@ -585,7 +584,7 @@ def _arrow_glb(path: Path) -> Path:
 def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be_redone(addon, tmp_path):
     import shutil
 
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     # a finished job whose result is already downloaded
@@ -593,7 +592,7 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
     job.job_id, job.name, job.state = "f" * 32, "arrow", "done"
     job.location, job.collection = (3.0, -1.0, 0.25), "Results"
     job.rest_on_ground, job.target_height, job.shading, job.clear_custom_normals = True, 2.5, "SMOOTH", True
-    shutil.copy(_arrow_glb(tmp_path / "a.glb"), bridge.results_dir() / f"{job.job_id}.glb")
+    shutil.copy(_arrow_glb(tmp_path / "a.glb"), session.results_dir() / f"{job.job_id}.glb")
 
     # the artist sculpts a cube, with a second object selected
     bpy.ops.mesh.primitive_cube_add(location=(0, 0, 0))
@@ -642,7 +641,7 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
 
 @pytest.mark.slow
 def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     st.source, st.filepath = "FILE", ""
@@ -683,13 +682,13 @@ def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, 
     assert im.size == (48, 48) and im.mode == "RGBA" and im.getextrema()[3][1] > 0, "the render's pixels and alpha"
     _settle(lambda: job.state in ("queued", "running"), 30, "accepted by the backend")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
-    assert bridge.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
+    assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
     for o in (cam, ball):
         bpy.data.objects.remove(o)
 
 
 def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     image = _write_png(tmp_path / "kept.png")
@@ -699,7 +698,7 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
         job.preset, job.seed, job.steps, job.collection = "draft", 100 + i, 3, f"Coll{i}"
         job.target_height, job.target_faces, job.shading = 1.5 + i, 1000 * i, "FLAT"
         job.input_path = str(image)
-    bridge.save_jobs(bpy.context, wait=True)
+    session.save_jobs(bpy.context, wait=True)
 
     st.active_job = 3
     st.preset, st.seed, st.steps, st.random_seed, st.override_import = "paper", 0, 0, True, False
@@ -716,8 +715,8 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
     assert [j.name for j in st.jobs] == ["job2"]
     # they stay gone when the list is rebuilt from the job file (File > New, a restart)
     st.jobs.clear()
-    assert bridge.restore_jobs(bpy.context) == 1 and [j.name for j in st.jobs] == ["job2"]
-    records = bridge.job_file().load()
+    assert session.restore_jobs(bpy.context) == 1 and [j.name for j in st.jobs] == ["job2"]
+    records = session.job_file().load()
     assert records["0" * 32]["hidden"] and records["3" * 32]["hidden"] and not records["2" * 32].get("hidden")
     _reset_jobs()
 
@@ -725,7 +724,7 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
 def test_import_in_edit_mode_keeps_edit_mode_and_the_unsaved_edit(addon, tmp_path):
     import bmesh
 
-    from blender_addon.importer import ImportOptions, import_glb
+    from blender_addon.blender.importer import ImportOptions, import_glb
 
     bpy.ops.mesh.primitive_cube_add(location=(0, 0, 0))
     cube = bpy.context.object

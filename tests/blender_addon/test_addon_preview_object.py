@@ -1,6 +1,6 @@
 """Live 3D previews in the real bpy module: one object per job, updated in place, gone when the job ends.
 
-Events go through the bridge's real tick (``bridge.step``) as the network thread would hand them
+Events go through the session's real tick (``session.step``) as the network thread would hand them
 over; the GLBs are the real previews of the extraction (spheres of known radius and colour).
 The last test runs a tiny job against a real `mpod123 serve --tiny`.
 """
@@ -24,16 +24,16 @@ from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon, free
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None
-        from blender_addon import bridge
-        from blender_addon.preferences import prefs
+        from blender_addon import session
+        from blender_addon.blender.preferences import prefs
 
         p = prefs(bpy.context)
         p.address, p.use_local_backend = f"tcp://127.0.0.1:{free_port()}", False  # nothing listens there
-        yield bridge
+        yield session
 
 
 def _po():
-    return sys.modules["blender_addon.preview_object"]
+    return sys.modules["blender_addon.blender.preview_object"]
 
 
 def _state():
@@ -60,29 +60,28 @@ def _job(name: str, state: str = "running", location=(1.0, 2.0, 3.0)):
 
 
 def _event(job, kind: str, buffers=(), seq: int = 1, **content):
-    from blender_addon.client import Message
+    from blender_addon.core.client import Message
 
     return Message("event", {"kind": kind, **content}, list(buffers), job_id=job.job_id, seq=seq)
 
 
 def _tick(*messages) -> None:
-    bridge = sys.modules["blender_addon.bridge"]
-    bridge._pending.extend(messages)
-    bridge.step(bpy.context, budget_s=None)
+    session = sys.modules["blender_addon.session"]
+    session.current().pending.extend(messages)
+    session.step(bpy.context, budget_s=None)
 
 
-def _reset(bridge) -> None:
+def _reset(session) -> None:
     st = _state()
     st.jobs.clear()
-    bridge._pending.clear()
-    bridge._imports.clear()
-    bridge.job_file().save({})
+    session.fresh()
+    session.job_file().save({})
     _po().remove_all()
 
 
 def test_the_preview_object_appears_and_is_updated_in_place_then_goes_with_the_import(addon, tmp_path):
-    bridge = addon
-    _reset(bridge)
+    session = addon
+    _reset(session)
     po = _po()
     other = bpy.data.objects.new("artist's", bpy.data.meshes.new("artist's"))
     bpy.context.scene.collection.objects.link(other)
@@ -139,9 +138,9 @@ def test_the_preview_object_appears_and_is_updated_in_place_then_goes_with_the_i
     positions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
     faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], dtype=np.uint32)
     normals = positions - positions.mean(0)
-    bridge._result_path(job).write_bytes(encode_glb(positions, faces, positions[:, :2], normals, object_png(16)))
+    session.result_path(job).write_bytes(encode_glb(positions, faces, positions[:, :2], normals, object_png(16)))
     job.state = "done"
-    bridge._imports.append(job.job_id)
+    session.current().imports.append(job.job_id)
     _tick()
     assert job.state == "imported", _state().last_error
     assert po.find(job.job_id) is None and "Generating" not in bpy.data.collections
@@ -149,14 +148,14 @@ def test_the_preview_object_appears_and_is_updated_in_place_then_goes_with_the_i
     assert bpy.data.objects.get(job.object_name) is not None
     bpy.data.objects.remove(bpy.data.objects[job.object_name])
     bpy.data.objects.remove(other)
-    _reset(bridge)
+    _reset(session)
 
 
 def test_cancel_failure_removal_and_the_toggle_remove_previews(addon):
-    bridge = addon
-    _reset(bridge)
+    session = addon
+    _reset(session)
     po = _po()
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
     glb = sphere_glb(0.4)[0]
     jobs = [_job(n) for n in ("cancelme", "failme", "removeme", "toggleme")]
@@ -169,7 +168,7 @@ def test_cancel_failure_removal_and_the_toggle_remove_previews(addon):
     assert jobs[0].state == "cancelled" and po.find(ids[0]) is None
     _tick(_event(jobs[1], "failed", seq=2, ename="Boom", evalue="x"))
     assert po.find(ids[1]) is None
-    bridge.forget_jobs(bpy.context, [ids[2]])
+    session.forget_jobs(bpy.context, [ids[2]])
     assert po.find(ids[2]) is None and po.find(ids[3]) is not None
 
     p = prefs(bpy.context)
@@ -181,7 +180,7 @@ def test_cancel_failure_removal_and_the_toggle_remove_previews(addon):
         assert po.previews() == [], "turned off: no preview object"
     finally:
         p.show_mesh_previews = True
-    _reset(bridge)
+    _reset(session)
 
 
 def _edited(glb: bytes, edit) -> bytes:
@@ -200,8 +199,8 @@ def _edited(glb: bytes, edit) -> bytes:
 
 
 def test_a_damaged_preview_is_reported_and_the_stream_goes_on(addon):
-    bridge = addon
-    _reset(bridge)
+    session = addon
+    _reset(session)
     po = _po()
     job = _job("damaged")
     glb = sphere_glb(0.5)[0]
@@ -218,12 +217,12 @@ def test_a_damaged_preview_is_reported_and_the_stream_goes_on(addon):
         assert po.find(job.job_id) is None and len(bpy.data.meshes) == meshes
     _tick(_event(job, "preview_mesh", [glb], seq=2, stage="outline", step=2))
     assert po.find(job.job_id) is not None
-    _reset(bridge)
+    _reset(session)
 
 
 def test_an_undo_never_brings_back_a_finished_jobs_preview(addon):
-    bridge = addon
-    _reset(bridge)
+    session = addon
+    _reset(session)
     po = _po()
     assert po._after_undo in bpy.app.handlers.undo_post and po._after_undo in bpy.app.handlers.redo_post
     running, finished = _job("running"), _job("finished")
@@ -232,15 +231,15 @@ def test_an_undo_never_brings_back_a_finished_jobs_preview(addon):
     finished.state = "imported"  # as if an undo restored the data of before its import
     po._after_undo()
     assert po.find(finished.job_id) is None and po.find(running.job_id) is not None
-    _reset(bridge)
+    _reset(session)
 
 
 @pytest.mark.slow
 def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_import(addon, tmp_path):
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
-    bridge = addon
-    _reset(bridge)
+    session = addon
+    _reset(session)
     po = _po()
     server = ServeProcess(tmp_path / "backend")
     server.start()
@@ -249,7 +248,7 @@ def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_impor
         p.address, p.use_local_backend, p.timeout_s = server.endpoint, False, 10.0
         p.server_public_key = p.client_public_key = p.client_secret_key = ""
         p.rest_on_ground, p.target_height = False, 0.0
-        job_id = bridge.submit(bpy.context, object_png(), "lamp", {"preset": "draft", "steps": 2}, (4.0, 0.0, 0.0))
+        job_id = session.submit(bpy.context, object_png(), "lamp", {"preset": "draft", "steps": 2}, (4.0, 0.0, 0.0))
         seen = set()
 
         def done():
@@ -259,7 +258,7 @@ def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_impor
             job = next(j for j in _state().jobs if j.job_id == job_id)
             return job.state in ("imported", "failed", "cancelled")
 
-        assert bridge.settle(bpy.context, done, JOB_TIMEOUT_S), server.log()[-2000:]
+        assert session.settle(bpy.context, done, JOB_TIMEOUT_S), server.log()[-2000:]
         job = next(j for j in _state().jobs if j.job_id == job_id)
         assert job.state == "imported", (job.message, server.log()[-2000:])
         assert seen == {("lamp (generating)", True, (4.0, 0.0, 0.0), False)}, seen
@@ -267,6 +266,6 @@ def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_impor
         assert [o.name for o in bpy.data.objects if o.get(po.JOB_KEY)] == []
         bpy.data.objects.remove(bpy.data.objects[job.object_name])
     finally:
-        bridge.disconnect()
+        session.disconnect()
         server.stop()
-        _reset(bridge)
+        _reset(session)

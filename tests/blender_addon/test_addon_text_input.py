@@ -24,9 +24,9 @@ from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon  # no
 def addon(tmp_path_factory):
     with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
         assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123_text")
-        from blender_addon import bridge
+        from blender_addon import session
 
-        yield bridge
+        yield session
     assert not hasattr(bpy.types.WindowManager, "mpod123_text")
 
 
@@ -40,7 +40,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def connected(addon, server):
-    from blender_addon.preferences import prefs
+    from blender_addon.blender.preferences import prefs
 
     p = prefs(bpy.context)
     p.address, p.use_local_backend, p.timeout_s, p.auto_import = server.endpoint, False, 10.0, True
@@ -76,14 +76,14 @@ def test_polls_say_why_text_mode_cannot_send(addon):
         assert not bpy.ops.mpod123.make_candidates.poll(), bad
     ts.candidates.clear()
     assert not bpy.ops.mpod123.generate_from_candidate.poll()
-    from blender_addon.text_input import name_for, prompt_problem
+    from blender_addon.core.prompt import name_for, prompt_problem
 
     assert prompt_problem("") and "over 500" in prompt_problem("k" * 501) and prompt_problem("a red kettle") == ""
     assert name_for("a red vintage kettle, shiny!") == "a_red_vintage_kettle"
 
 
 def test_make_candidates_then_generate_from_the_picked_one(connected, server):
-    bridge = connected
+    session = connected
     st, ts = _state(), _text()
     st.jobs.clear()
     objects_before = set(bpy.data.objects)
@@ -97,39 +97,45 @@ def test_make_candidates_then_generate_from_the_picked_one(connected, server):
     assert job.state == "sending" and job.kind == "candidates" and job.prompt == "a red vintage kettle"
     assert ts.job_id == job.job_id and len(ts.candidates) == 0
 
-    assert bridge.wait(bpy.context, job.job_id, until=("done", "failed", "cancelled"), timeout_s=JOB_TIMEOUT_S) == "done", \
+    assert session.wait(bpy.context, job.job_id, until=("done", "failed", "cancelled"), timeout_s=JOB_TIMEOUT_S) == "done", \
         (job.message, server.log()[-2000:])
-    bridge.drain(bpy.context)
+    session.drain(bpy.context)
     assert sorted(r.index for r in ts.candidates) == [0, 1]
     from PIL import Image
 
     for row in ts.candidates:
         image = bpy.data.images[row.image_name]
-        path = bridge._preview_path(job.job_id, f"candidate_{row.index}")
+        path = session.preview_path(job.job_id, f"candidate_{row.index}")
         sent = Image.open(path).convert("RGB")
         assert tuple(image.size) == sent.size == (16, 16)
         assert _pixels(image) == list(sent.tobytes()), "the Blender image holds the backend's candidate"
         assert not row.usable and row.verdict and row.verdict != "drawn", "the matting's verdict on noise"
     assert set(bpy.data.objects) == objects_before, "a candidates job imports nothing"
     assert job.state == "done" and "pick one" in job.message
-    record = bridge.job_file().load()[job.job_id]
+    record = session.job_file().load()[job.job_id]
     assert record["kind"] == "candidates" and record["prompt"] == "a red vintage kettle" and record["candidates"] == 2
 
     ts.picked = 1
+    assert not bpy.ops.mpod123.generate_from_candidate.poll(), "a candidate the matting rejected is not sent"
+    with pytest.raises(RuntimeError, match="poll"):
+        bpy.ops.mpod123.generate_from_candidate()
+    assert st.jobs[-1].job_id == job.job_id, "no job queued"
+    # as if the verdict had been clean: it is sent, and the backend's own check still refuses noise
+    ts.candidates[1].usable, ts.candidates[1].verdict = True, "one clean object"
     assert bpy.ops.mpod123.generate_from_candidate.poll()
     assert bpy.ops.mpod123.generate_from_candidate() == {"FINISHED"}
     gen = st.jobs[-1]
     assert gen.job_id != job.job_id and gen.kind == "" and gen.prompt == "a red vintage kettle"
     with open(gen.input_path, "rb") as f:
-        assert f.read() == open(bridge._preview_path(job.job_id, "candidate_1"), "rb").read()
-    assert bridge._job_options(gen)["prompt_for_inversion"] == "a red vintage kettle"
-    final = bridge.wait(bpy.context, gen.job_id, until=("done", "failed", "cancelled", "imported"), timeout_s=JOB_TIMEOUT_S)
+        assert f.read() == open(session.preview_path(job.job_id, "candidate_1"), "rb").read()
+    assert session.job_options(gen)["prompt_for_inversion"] == "a red vintage kettle"
+    final = session.wait(bpy.context, gen.job_id, until=("done", "failed", "cancelled", "imported"), timeout_s=JOB_TIMEOUT_S)
     # noise is not one object on a plain background: the backend's matting refuses it and says why
     assert final == "failed" and "InputImageError" in gen.message and "background" in gen.message, gen.message
 
 
 def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
-    from blender_addon.client import Message
+    from blender_addon.core.client import Message
     from PIL import Image
 
     st, ts = _state(), _text()
@@ -152,7 +158,7 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
         {"index": 0, "usable": True}, {"index": "1", "usable": True}, "junk", {"index": 40, "usable": True}]},
         job_id=job.job_id, seq=2))
     assert [(r.index, r.usable) for r in ts.candidates] == [(0, True)] and ts.candidates[0].verdict == "one clean object"
-    assert sys.modules["blender_addon.bridge"]._job_options(other) == {"preset": "", "seed": 0}
+    assert sys.modules["blender_addon.session"].job_options(other) == {"preset": "", "seed": 0}
 
 
 def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
@@ -162,5 +168,6 @@ def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
     assert "text_input" in res["drawn"] and "MPOD123_UL_candidates" in res["lists"]
     assert res["text"]["candidates"] == [[0, "MPOD123 candidate_0 cccccccc", False, "no object found"]]
-    # a prompt but no connection address problem: Make Candidates may run; the pick has arrived, so may Generate
-    assert res["text"]["polls"] == {"mpod123.make_candidates": True, "mpod123.generate_from_candidate": True}
+    # a prompt and no address problem: Make Candidates may run; the pick arrived but the matting rejected it,
+    # so Generate from Candidate is greyed (it would fail in the backend)
+    assert res["text"]["polls"] == {"mpod123.make_candidates": True, "mpod123.generate_from_candidate": False}

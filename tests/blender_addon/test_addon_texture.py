@@ -14,8 +14,8 @@ from tests.addon_backend import JOB_TIMEOUT_S, object_png  # noqa: E402
 from tests.blender_addon.test_addon_live import _base_color_image, _connect, _reset_jobs, _state, addon, prefs, server  # noqa: E402,F401
 
 
-def _bridge():
-    return sys.modules["blender_addon.bridge"]
+def _session():
+    return sys.modules["blender_addon.session"]
 
 
 def _clear_scene() -> None:
@@ -31,7 +31,7 @@ def _uvs(mesh) -> list[tuple[float, float]]:
 
 
 def test_camera_pose_is_taken_relative_to_the_object_in_gltf_axes(addon):
-    from blender_addon.texture_mesh import camera_relative, target_problem
+    from blender_addon.blender.texture_target import camera_relative, target_problem
 
     _clear_scene()
     bpy.ops.mesh.primitive_cube_add(location=(5.0, 0.0, 0.0))
@@ -56,7 +56,7 @@ def test_camera_pose_is_taken_relative_to_the_object_in_gltf_axes(addon):
 
 @pytest.mark.slow
 def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     _clear_scene()
     _connect()
@@ -83,7 +83,7 @@ def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(pr
     job = st.jobs[-1]
     assert job.texture_target == "Crate" and job.state == "sending", "the operator returns before the upload"
     assert bpy.context.view_layer.objects.active == cube and cube.select_get(), "the selection is given back"
-    final = bridge.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S)
+    final = session.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S)
     assert final == "imported", (final, job.message, server.log()[-3000:])
 
     assert set(bpy.data.objects) == objects_before, "no object added: the texture went onto the crate"
@@ -100,7 +100,7 @@ def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(pr
 
 
 def test_texture_selected_mesh_says_why_it_cannot_run(addon):
-    from blender_addon.texture_mesh import MPOD123_OT_texture_selected
+    from blender_addon.ui.texture_ops import MPOD123_OT_texture_selected
 
     _clear_scene()
     assert not MPOD123_OT_texture_selected.poll(bpy.context)

@@ -11,7 +11,7 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("diffusers")
 
-from tests.blender_addon.test_addon_live import _bridge, _reset_jobs, _settle, _state, addon, prefs, server  # noqa: E402,F401
+from tests.blender_addon.test_addon_live import _reset_jobs, _session, _settle, _state, addon, prefs, server  # noqa: E402,F401
 from tests.mpod123.pipeline.test_views import photo  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def test_slots_are_added_removed_and_an_empty_one_blocks_generate_with_the_reaso
 
 
 def test_generate_sends_the_slots_as_extra_views(prefs, server, tmp_path):
-    bridge = _bridge()
+    session = _session()
     _reset_jobs()
     st = _state()
     _slots().clear()
@@ -87,5 +87,5 @@ def test_generate_sends_the_slots_as_extra_views(prefs, server, tmp_path):
         (180, 90), (90, 80)]
     _settle(lambda: job.state in ("queued", "running", "done", "imported"), 30, "accepted by the backend")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
-    assert bridge.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
+    assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
     _slots().clear()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from blender_addon import backend_env as be
+from blender_addon.core import backend_env as be
 
 ECHO = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
@@ -90,21 +90,38 @@ def _machine(smi: str | None = None, names: str = "", files: tuple[str, ...] = (
 SMI = "| NVIDIA-SMI 550.54.14   Driver Version: 550.54.14   CUDA Version: 12.4 |"
 
 
+CPU_INDEX = be.PYTORCH_INDEX + "/cpu"
+
+
 @pytest.mark.parametrize("system, smi, files, expected", [
-    ("Linux", SMI, (), ("cuda", "cu124", "")),
-    ("Windows", SMI.replace("12.4", "12.9"), (), ("cuda", "cu129", "PyTorch's wheel index for cu129 (its URL ends in /whl/cu129)")),
-    ("Linux", SMI.replace("12.4", "13.1"), (), ("cuda", "cu130", "")),
-    ("Linux", SMI.replace("12.4", "11.4"), (), ("cpu", "cpu", "")),  # the driver is too old: update it
-    ("Linux", None, ("/dev/kfd", "/opt/rocm"), ("rocm", "rocm", "PyTorch's wheel index for rocm (its URL ends in /whl/rocm)")),
-    ("Linux", None, ("/opt/rocm",), ("cpu", "cpu", "PyTorch's CPU wheel index (its URL ends in /whl/cpu) for a smaller download")),
-    ("Windows", None, ("/dev/kfd", "/opt/rocm"), ("cpu", "cpu", "")),
+    ("Linux", SMI, (), ("cuda", "cu124", be.PYTORCH_INDEX + "/cu124")),
+    ("Windows", SMI.replace("12.4", "12.9"), (), ("cuda", "cu129", be.PYTORCH_INDEX + "/cu129")),
+    ("Linux", SMI.replace("12.4", "13.1"), (), ("cuda", "cu130", be.PYTORCH_INDEX + "/cu130")),
+    ("Linux", SMI.replace("12.4", "11.4"), (), ("cpu", "cpu", CPU_INDEX)),  # the driver is too old: update it
+    ("Linux", None, ("/dev/kfd", "/opt/rocm", "/opt/rocm/.info/version"), ("rocm", "rocm6.2", be.PYTORCH_INDEX + "/rocm6.2")),
+    ("Linux", None, ("/dev/kfd", "/opt/rocm"), ("rocm", "rocm", "")),  # version unknown: no index can be named
+    ("Linux", None, ("/opt/rocm",), ("cpu", "cpu", CPU_INDEX)),  # ROCm installed but no AMD GPU (/dev/kfd)
+    ("Linux", None, (), ("cpu", "cpu", CPU_INDEX)),  # the machine: no GPU must not get the CUDA build
+    ("Windows", None, ("/dev/kfd", "/opt/rocm"), ("cpu", "cpu", CPU_INDEX)),
 ])
-def test_torch_build_detection(system, smi, files, expected):
+def test_torch_build_detection_picks_the_matching_wheel_index(system, smi, files, expected):
     run, exists = _machine(smi, "NVIDIA GeForce RTX 4090, 24564 MiB", files)
-    build = be.detect_torch_build(system, "x86_64", run, exists)
-    assert (build.kind, build.variant, build.index_hint) == expected
+    build = be.detect_torch_build(system, "x86_64", run, exists, read=lambda path: "6.2.4-120\n")
+    assert (build.kind, build.variant, build.index_url) == expected
     if build.kind == "cuda":
         assert "RTX 4090" in build.detail and build.describe().startswith("NVIDIA CUDA (cu")
+
+
+def test_the_chosen_index_reaches_pips_torch_command_and_the_artist_can_override_it(tmp_path):
+    run, exists = _machine(None)
+    build = be.detect_torch_build("Linux", "x86_64", run, exists)
+    for override, index in (("", CPU_INDEX), ("  https://mirror.example/torch  ", "https://mirror.example/torch")):
+        plan = be.InstallPlan(root=str(tmp_path), python=sys.executable, wheel="w.whl",
+                              torch_index_url=be.choose_index(override, build))
+        (step, torch_cmd), (_, backend_cmd) = be.pip_install_commands(plan, tmp_path / "py", tmp_path / "c.txt")[:2]
+        assert step == "torch" and torch_cmd[torch_cmd.index("--index-url") + 1] == index
+        assert "--index-url" not in backend_cmd, "only torch comes from PyTorch's index"
+    assert be.choose_index("", be.detect_torch_build("Darwin", "arm64", run, exists)) == "", "macOS: pip's default"
 
 
 def test_apple_silicon_is_mps_and_an_intel_mac_cpu():
@@ -114,7 +131,7 @@ def test_apple_silicon_is_mps_and_an_intel_mac_cpu():
 
 
 def test_this_machine_is_detected_as_cpu():
-    if be._run_quiet(["nvidia-smi"]) is not None or os.path.exists("/dev/kfd"):
+    if be.run_quiet(["nvidia-smi"]) is not None or os.path.exists("/dev/kfd"):
         pytest.skip("this machine has a GPU")
     build = be.detect_torch_build()
     assert (build.kind, build.variant) == ("cpu", "cpu")

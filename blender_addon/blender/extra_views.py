@@ -10,7 +10,7 @@ Generate sends them with the main image as extra binary frames, their angles in
 the job's options (``views``). They are copied into the add-on's inputs folder
 beside the main image's copy, so a job sent again after a reconnect (idempotent
 by its id, so byte for byte the same) carries the same views. No network here:
-the bridge's network thread sends them.
+the session's network thread sends them; the operators and the panel are ``ui/views.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import json
 from pathlib import Path
 
 import bpy
-from bpy.props import CollectionProperty, FloatProperty, IntProperty, PointerProperty
+from bpy.props import CollectionProperty, FloatProperty, PointerProperty
+
+from .inputs import image_bytes
 
 MAX_VIEWS = 8
 """The backend's limit (backend/view_frames.py)."""
@@ -54,8 +56,6 @@ def problem(context) -> str:
 
 def collect(context) -> tuple[list[bytes], list[dict]]:
     """(image file bytes, angles) of every slot, in order, for the job."""
-    from .operators import image_bytes
-
     frames, angles = [], []
     for view in slots(context):
         frames.append(image_bytes(view.image))
@@ -81,79 +81,7 @@ def load(inputs: Path, job_id: str) -> tuple[list[bytes], list[dict]]:
     return [(inputs / f"{job_id}.view{i}.img").read_bytes() for i in range(len(angles))], angles
 
 
-class MPOD123_OT_add_view(bpy.types.Operator):
-    """Add a slot for another photo of the object, taken from another side"""
-
-    bl_idname = "mpod123.add_view"
-    bl_label = "Add Extra View"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    @classmethod
-    def poll(cls, context):
-        if len(slots(context)) >= MAX_VIEWS:
-            cls.poll_message_set(f"at most {MAX_VIEWS} extra views")
-            return False
-        return True
-
-    def execute(self, context):
-        views = slots(context)
-        used = {round(v.azimuth) % 360 for v in views}
-        view = views.add()
-        view.azimuth = next((a for a in SUGGESTED_AZIMUTHS if round(a) % 360 not in used), 180.0)
-        return {"FINISHED"}
-
-
-class MPOD123_OT_remove_view(bpy.types.Operator):
-    """Remove this extra view"""
-
-    bl_idname = "mpod123.remove_view"
-    bl_label = "Remove Extra View"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    index: IntProperty(name="Index", min=0)
-
-    @classmethod
-    def poll(cls, context):
-        if not slots(context):
-            cls.poll_message_set("no extra views")
-            return False
-        return True
-
-    def execute(self, context):
-        views = slots(context)
-        if self.index >= len(views):
-            self.report({"ERROR"}, f"no extra view {self.index + 1}")
-            return {"CANCELLED"}
-        views.remove(self.index)
-        return {"FINISHED"}
-
-
-class MPOD123_PT_extra_views(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "MPOD123"
-    bl_idname = "MPOD123_PT_extra_views"
-    bl_label = "Extra Views"
-    bl_parent_id = "MPOD123_PT_input"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context):
-        layout = self.layout
-        for i, view in enumerate(slots(context)):
-            box = layout.box()
-            row = box.row(align=True)
-            row.template_ID(view, "image", open="image.open")
-            row.operator("mpod123.remove_view", text="", icon="X").index = i
-            row = box.row(align=True)
-            row.prop(view, "azimuth")
-            row.prop(view, "polar")
-        layout.operator("mpod123.add_view", icon="ADD")
-        reason = problem(context)
-        if reason:
-            layout.label(text=reason, icon="INFO")
-
-
-CLASSES = (MPOD123_ExtraView, MPOD123_OT_add_view, MPOD123_OT_remove_view, MPOD123_PT_extra_views)
+CLASSES = (MPOD123_ExtraView,)
 
 
 def register() -> None:

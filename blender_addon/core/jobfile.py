@@ -98,6 +98,23 @@ class JobFile:
             return self.load()
         return copy.deepcopy(self._cache)
 
+    def peek(self) -> dict[str, dict[str, Any]]:
+        """The records as last loaded or saved here, without a copy: read them, never change them (a long
+        job list is not copied for a look)."""
+        if self._cache is None:
+            self.load()
+        return self._cache
+
+    def merge_soon(self, changes: dict[str, dict[str, Any]]) -> None:
+        """Merge each of ``changes`` into its record (a new one gets ``created``) and save soon. Only the
+        changed records are copied, so a save costs what changed, not the length of the job list."""
+        base = self.peek()
+        snapshot = dict(base)  # records are never changed in place: sharing the unchanged ones is safe
+        now = time.time()
+        for job_id, fields in changes.items():
+            snapshot[job_id] = {**(base.get(job_id) or {"created": now}), **copy.deepcopy(fields)}
+        self._publish(snapshot)
+
     def save(self, records: dict[str, dict[str, Any]]) -> None:
         """Write now."""
         self.save_soon(records)
@@ -105,7 +122,9 @@ class JobFile:
 
     def save_soon(self, records: dict[str, dict[str, Any]]) -> None:
         """Remember ``records`` and have them written on the writer thread."""
-        snapshot = copy.deepcopy(records)  # never changed afterwards: load_cached hands out copies
+        self._publish(copy.deepcopy(records))  # never changed afterwards: load_cached hands out copies
+
+    def _publish(self, snapshot: dict[str, dict[str, Any]]) -> None:
         self._cache = snapshot
         with self._lock:
             self._wanted = snapshot

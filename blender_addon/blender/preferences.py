@@ -6,9 +6,16 @@ not saved into .blend files that get shared.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import bpy
 from bpy.props import BoolProperty, FloatProperty, IntProperty, StringProperty
 
+from . import preview_object
+from .paths import ADDON_PACKAGE
 from .properties import MPOD123_ImportOptions
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -18,13 +25,11 @@ DEFAULT_LOCAL_COMMAND = ""
 
 def _mesh_previews_toggled(self, context) -> None:
     if not self.show_mesh_previews:
-        from . import preview_object
-
         preview_object.remove_all()
 
 
-class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
-    bl_idname = __package__
+class PreferenceFields(MPOD123_ImportOptions):
+    """The preferences' fields (the registered class, with its drawing, is ``ui/preferences.py``)."""
 
     address: StringProperty(
         name="Server Address", default=DEFAULT_ADDRESS,
@@ -119,65 +124,22 @@ class MPOD123_Preferences(MPOD123_ImportOptions, bpy.types.AddonPreferences):
         description="Delete cached results, previews and input copies older than this many days (0: keep them)")
     # --- end of cache limits ---
 
-    def draw(self, context):
-        draw_preferences(self.layout, self)
-
-
-def draw_preferences(layout, p) -> None:
-    """The preferences' layout (a function, so tests can draw it into any layout)."""
-    col = layout.column()
-    col.prop(p, "address")
-    if not bpy.app.online_access:
-        col.label(text="Allow Online Access is off: only addresses on this computer are used", icon="INFO")
-    box = layout.box()
-    box.prop(p, "use_local_backend")
-    sub = box.column()
-    sub.active = p.use_local_backend
-    sub.prop(p, "local_command")
-    sub.prop(p, "local_data")
-    sub.prop(p, "start_timeout_s")
-    from . import operators_backend
-
-    operators_backend.draw_managed_backend(layout, p)
-    box = layout.box()
-    box.label(text="Keys (from `mpod123 keys init`)")
-    box.prop(p, "server_key_file")
-    box.prop(p, "client_key_file")
-    box.operator("mpod123.load_keys", icon="FILE_REFRESH")
-    box.prop(p, "server_public_key")
-    box.prop(p, "client_public_key")
-    box.prop(p, "client_secret_key")
-    col = layout.column()
-    col.prop(p, "timeout_s")
-    col.prop(p, "events_per_tick")
-    col.prop(p, "auto_import")
-    col.prop(p, "show_mesh_previews")
-    draw_import_preferences(layout, p)
-
-
-def draw_import_preferences(layout, p) -> None:
-    """Import options and cache limits (their own block of the preferences)."""
-    box = layout.box()
-    box.label(text="Import (defaults for every job)")
-    col = box.column()
-    col.prop(p, "rest_on_ground")
-    col.prop(p, "target_height")
-    col.prop(p, "target_faces")
-    col.prop(p, "shading")
-    col.prop(p, "clear_custom_normals")
-    box = layout.box()
-    box.label(text="Cached results and previews")
-    row = box.row()
-    row.prop(p, "cache_limit_mb")
-    row.prop(p, "cache_max_days")
-
-
 class _Defaults:
     """The preferences' defaults, for when the add-on runs without being enabled (scripts, tests)."""
 
     def __init__(self) -> None:
-        for name, prop in MPOD123_Preferences.__annotations__.items():
+        for name, prop in fields().items():
             setattr(self, name, prop.keywords.get("default"))
+
+
+def fields() -> dict:
+    """Every preference's name and property (the annotations evaluated, as Blender does at registration)."""
+    out = {}
+    for cls in (MPOD123_ImportOptions, PreferenceFields):
+        scope = vars(sys.modules[cls.__module__])
+        for name, prop in vars(cls).get("__annotations__", {}).items():
+            out[name] = eval(prop, scope) if isinstance(prop, str) else prop  # noqa: S307  our own annotations
+    return out
 
 
 _FALLBACK: _Defaults | None = None
@@ -187,7 +149,7 @@ def prefs(context=None):
     """The add-on's preferences (or the defaults when it is imported without being enabled)."""
     global _FALLBACK
     addons = (context or bpy.context).preferences.addons
-    entry = addons.get(__package__)
+    entry = addons.get(ADDON_PACKAGE)
     if entry is not None and entry.preferences is not None:
         return entry.preferences
     if _FALLBACK is None:
@@ -195,9 +157,37 @@ def prefs(context=None):
     return _FALLBACK
 
 
-def register() -> None:
-    bpy.utils.register_class(MPOD123_Preferences)
+KEPT = tuple(vars(MPOD123_ImportOptions)["__annotations__"]) + tuple(vars(PreferenceFields)["__annotations__"])
+"""Every preference is kept across a disable and enable (Blender forgets an add-on's preferences then)."""
 
 
-def unregister() -> None:
-    bpy.utils.unregister_class(MPOD123_Preferences)
+def save(p, path: Path) -> None:
+    """Write the preferences that differ from their defaults into ``path`` (JSON)."""
+    defaults = _Defaults()
+    values = {}
+    for name in KEPT:
+        value = getattr(p, name, None)
+        if isinstance(value, (bool, int, float, str)) and value != getattr(defaults, name):
+            values[name] = value
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def restore(p, path: Path) -> int:
+    """Give back the preferences kept by :func:`save`, where they are still at their defaults (a fresh
+    enable); returns how many were set."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    defaults = _Defaults()
+    n = 0
+    for name, value in values.items() if isinstance(values, dict) else ():
+        if name in KEPT and getattr(p, name, None) == getattr(defaults, name):
+            try:
+                setattr(p, name, value)
+                n += 1
+            except (TypeError, ValueError, AttributeError):
+                pass
+    return n

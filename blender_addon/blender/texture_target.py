@@ -1,4 +1,4 @@
-"""Texture Selected Mesh: the selected mesh object and the panel's image go to the backend's texture job;
+"""The texture target (Texture Selected Mesh): the selected mesh object and the panel's image go to the backend's texture job;
 the returned texture comes back onto that object as a new material.
 
 Sending (main thread, quick): the object's mesh data is exported as GLB through a temporary object with
@@ -8,7 +8,7 @@ are given back. The active scene camera's pose goes with it, relative to the obj
 inverse world matrix applied to the camera's), converted to glTF's Y-up like the exporter converts the
 mesh, with the vertical field of view from the camera's lens and sensor fit; without a scene camera the
 backend uses its front view. The upload and everything after it happen on the network thread
-(:mod:`bridge`), so the operator returns at once.
+(the session's), so the operator (``ui/texture_ops.py``) returns at once.
 
 Applying (a tick of its own, as one undo step): the result GLB is imported, its image becomes the Base
 Color of a new Principled material assigned to the object. When the backend kept the object's own UVs
@@ -31,7 +31,9 @@ from pathlib import Path
 import bpy
 from mathutils import Vector
 
-from .properties import state
+from ..core.errors import AddonError
+from .context import window_override
+from .paths import user_dir
 
 SUFFIX_MESH, SUFFIX_CAMERA = ".mesh.glb", ".camera.json"
 
@@ -123,21 +125,8 @@ def export_object_glb(context, obj) -> bytes:
 
 
 def side_files(job_id: str) -> tuple[Path, Path]:
-    from . import bridge
-
-    folder = bridge.user_dir("inputs")
+    folder = user_dir("inputs")
     return folder / f"{job_id}{SUFFIX_MESH}", folder / f"{job_id}{SUFFIX_CAMERA}"
-
-
-def submit(context, obj, image: bytes, name: str, options: dict, label: str) -> str:
-    """Queue a texture job for ``obj`` (returns at once; the upload runs on the network thread)."""
-    from . import bridge
-
-    mesh = export_object_glb(context, obj)
-    camera = camera_relative(context.scene, obj, context.scene.camera)
-    job_id = bridge.submit(context, image, name, options, tuple(obj.location), input_label=label,
-                           texture=(obj.name, mesh, camera))
-    return job_id
 
 
 def save_inputs(job_id: str, mesh: bytes, camera: dict | None) -> None:
@@ -171,17 +160,15 @@ def _uv_set(mesh, digits: int = 4) -> set:
 
 def apply_result(context, job, glb_path: Path):
     """Put the result's texture on the job's object as a new material (one undo step); returns the object."""
-    from .bridge import BridgeError, _window_override
-
     obj = bpy.data.objects.get(job.texture_target)
     if obj is None or obj.type != "MESH":
-        raise BridgeError(f"the object {job.texture_target!r} is gone: texture it again")
+        raise AddonError(f"the object {job.texture_target!r} is gone: texture it again")
     view_layer = context.view_layer
     selected = [o for o in view_layer.objects if o.select_get()]
     active = view_layer.objects.active
     before = set(bpy.data.objects)
-    with bpy.context.temp_override(**_window_override()):
-        mode = obj.mode if active is obj else "OBJECT"
+    with bpy.context.temp_override(**window_override()):
+        mode = active.mode if active is not None else "OBJECT"  # the artist's mode, whichever object is active
         if bpy.context.mode != "OBJECT":
             bpy.ops.object.mode_set(mode="OBJECT")
         bpy.ops.import_scene.gltf(filepath=str(glb_path))
@@ -189,7 +176,7 @@ def apply_result(context, job, glb_path: Path):
         try:
             source = next((o for o in new if o.type == "MESH"), None)
             if source is None or source.active_material is None:
-                raise BridgeError(f"{job.name}: the result has no textured mesh")
+                raise AddonError(f"{job.name}: the result has no textured mesh")
             material = source.active_material
             material.name = f"MPOD123 {obj.name}"
             kept = _uv_set(source.data) <= _uv_set(obj.data)
@@ -205,7 +192,7 @@ def apply_result(context, job, glb_path: Path):
             for o in view_layer.objects:
                 o.select_set(o in selected)
             view_layer.objects.active = active
-            if mode != "OBJECT":
+            if mode != "OBJECT" and active is not None:
                 bpy.ops.object.mode_set(mode=mode)
         try:
             bpy.ops.ed.undo_push(message=f"Texture {obj.name} (MPOD123)")
@@ -214,40 +201,3 @@ def apply_result(context, job, glb_path: Path):
     job.object_name, job.state, job.activity = obj.name, "imported", ""
     job.message = f"textured {obj.name}" + ("" if kept else " (new UVs: its own were not usable)")
     return obj
-
-
-class MPOD123_OT_texture_selected(bpy.types.Operator):
-    """Texture the selected mesh from the input image, seen from the scene camera (or from the front)"""
-
-    bl_idname = "mpod123.texture_selected"
-    bl_label = "Texture Selected Mesh"
-
-    @classmethod
-    def poll(cls, context):
-        from .operators import _address_problem, _poll, input_problem
-
-        return _poll(cls, target_problem(context) or input_problem(context) or _address_problem(context))
-
-    def execute(self, context):
-        from . import bridge
-        from .operators import input_image
-
-        st = state(context)
-        obj = context.active_object
-        try:
-            data, _, label = input_image(context)
-            options = {"preset": st.preset, "seed": int(st.seed)}
-            if st.steps > 0:
-                options["steps"] = int(st.steps)
-            job_id = submit(context, obj, data, obj.name, options, label)
-        except bridge.BridgeError as exc:
-            st.last_error = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        where = "the scene camera" if context.scene.camera is not None else "the front (no scene camera)"
-        self.report({"INFO"}, f"texturing {obj.name} as seen from {where}: job {job_id[:8]}")
-        return {"FINISHED"}
-
-
-CLASSES = (MPOD123_OT_texture_selected,)
-register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import bpy
 
-from . import bridge, operators_backend, text_input
-from .preferences import prefs
-from .properties import ACTIVE_STATES, active_job, state
+from .. import session
+from ..blender.inputs import editor_image, input_problem, render_result
+from ..blender.preferences import prefs
+from ..blender.properties import ACTIVE_STATES, active_job, state
+from .backend_ops import draw_status
+from .common import max_image_bytes
+from .text_ops import draw_input
 
 PREVIEW_SCALE = 10.0
 
@@ -47,11 +51,9 @@ class MPOD123_PT_input(_Sidebar, bpy.types.Panel):
     bl_parent_id = "MPOD123_PT_main"
 
     def draw(self, context):
-        from .operators import editor_image, input_problem, render_result
-
         st = state(context)
         layout = self.layout
-        if text_input.draw_input(layout, context):  # Text mode: the prompt and its candidates instead
+        if draw_input(layout, context):  # Text mode: the prompt and its candidates instead
             return
         layout.prop(st, "source", expand=True)
         if st.source == "FILE":
@@ -66,7 +68,7 @@ class MPOD123_PT_input(_Sidebar, bpy.types.Panel):
             image = editor_image(context)
             if image is not None:
                 layout.label(text=image.name, icon="IMAGE_DATA")
-        problem = input_problem(context)
+        problem = input_problem(context, max_image_bytes())
         for line in _wrap(problem, 48):
             layout.label(text=line, icon="INFO")
 
@@ -132,16 +134,18 @@ class MPOD123_PT_server(_Sidebar, bpy.types.Panel):
         p = prefs(context)
         layout = self.layout
         col = layout.column(align=True)
-        connected = st.connection == "connected"
-        col.label(text=f"{p.address}: {st.connection}", icon="CHECKMARK" if connected else "UNLINKED")
+        moved = st.connection == "connected" and session.config_changed(context)
+        connected = st.connection == "connected" and not moved
+        status = "not connected (the address or keys changed: click Connect)" if moved else st.connection
+        col.label(text=f"{p.address}: {status}", icon="CHECKMARK" if connected else "UNLINKED")
         if connected:
             col.label(text=f"{st.server_name or 'backend'}, protocol {st.server_version}")
             col.label(text=f"GPU: {st.server_gpu or 'not reported'}")
-        blocked = bridge.online_blocker(p.address)
+        blocked = session.online_blocker(p.address)
         for line in _wrap(blocked or st.server_message, 48):
             col.label(text=line, icon="ERROR" if line else "NONE")
         if p.use_local_backend and not (p.local_command or "").strip():
-            operators_backend.draw_status(layout.column(align=True))  # the managed backend: one line (and a bar while installing)
+            draw_status(layout.column(align=True))  # the managed backend: one line (and a bar while installing)
         row = layout.row(align=True)
         row.operator("mpod123.connect", icon="LINKED")
         if st.local_pid:
