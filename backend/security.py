@@ -139,7 +139,8 @@ def private_dir(path: str | Path, fix_existing: bool = True) -> Path:
 
 def private_data_dir(path: str | Path) -> tuple[Path, bool]:
     """``serve --data``: made 0700; an existing folder of this user's with wider modes is narrowed
-    (its contents too), one of another user's is refused. Returns (folder, whether it was narrowed)."""
+    (with what the service keeps in it: :data:`SERVICE_FILES`), one of another user's is refused.
+    Returns (folder, whether it was narrowed)."""
     path = Path(path)
     if not path.exists():
         return private_dir(path), False
@@ -150,16 +151,28 @@ def private_data_dir(path: str | Path) -> tuple[Path, bool]:
     if not hasattr(os, "getuid") or not stat.S_IMODE(st.st_mode) & 0o077:
         return path, False
     os.chmod(path, 0o700)
-    for root, dirs, files in os.walk(path):  # what was stored before under a wider umask
-        for name in dirs + files:
-            p = os.path.join(root, name)
-            try:
-                lst = os.lstat(p)
-                if not stat.S_ISLNK(lst.st_mode) and lst.st_uid == os.getuid() and lst.st_mode & 0o077:
-                    os.chmod(p, stat.S_IMODE(lst.st_mode) & 0o700)
-            except OSError:
-                continue
+    for name in SERVICE_FILES:  # what the service stored before under a wider umask (nothing else of the folder)
+        top = path / name
+        walk = [(str(path), [], [name])] if top.is_file() else os.walk(top) if top.is_dir() else []
+        if top.is_dir():
+            _narrow(str(top))
+        for root, dirs, files in walk:
+            for entry in dirs + files:
+                _narrow(os.path.join(root, entry))
     return path, True
+
+
+SERVICE_FILES = ("jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "results", "jobs")
+"""What ``serve`` keeps in ``--data``: narrowed when the folder was open to others."""
+
+
+def _narrow(p: str) -> None:
+    try:
+        lst = os.lstat(p)
+        if not stat.S_ISLNK(lst.st_mode) and lst.st_uid == os.getuid() and lst.st_mode & 0o077:
+            os.chmod(p, stat.S_IMODE(lst.st_mode) & 0o700)
+    except OSError:
+        pass
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:

@@ -613,3 +613,19 @@ def test_another_local_user_reads_neither_the_keys_nor_the_stored_work(env):
     finally:
         _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_narrowing_a_wide_data_folder_touches_only_what_the_service_keeps(tmp_path):
+    from backend.security import private_data_dir
+
+    data = tmp_path / "data"
+    (data / "results").mkdir(parents=True)
+    (data / "results" / "r.glb").write_bytes(b"x")
+    (data / "notes.txt").write_text("the user's own file")
+    (data / "jobs.sqlite").write_bytes(b"")
+    for p, mode in ((data, 0o755), (data / "results", 0o755), (data / "results" / "r.glb", 0o644),
+                    (data / "notes.txt", 0o644), (data / "jobs.sqlite", 0o644)):
+        os.chmod(p, mode)
+    assert private_data_dir(data) == (data, True)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.rglob("*")]}
+    assert modes == {"data": 0o700, "results": 0o700, "r.glb": 0o600, "jobs.sqlite": 0o600, "notes.txt": 0o644}
