@@ -139,7 +139,8 @@ def private_dir(path: str | Path, fix_existing: bool = True) -> Path:
 
 def private_data_dir(path: str | Path) -> tuple[Path, bool]:
     """``serve --data``: made 0700; an existing folder of this user's with wider modes is narrowed
-    (its contents too), one of another user's is refused. Returns (folder, whether it was narrowed)."""
+    (with what the service keeps in it: :data:`SERVICE_FILES`), one of another user's is refused.
+    Returns (folder, whether it was narrowed)."""
     path = Path(path)
     if not path.exists():
         return private_dir(path), False
@@ -150,16 +151,28 @@ def private_data_dir(path: str | Path) -> tuple[Path, bool]:
     if not hasattr(os, "getuid") or not stat.S_IMODE(st.st_mode) & 0o077:
         return path, False
     os.chmod(path, 0o700)
-    for root, dirs, files in os.walk(path):  # what was stored before under a wider umask
-        for name in dirs + files:
-            p = os.path.join(root, name)
-            try:
-                lst = os.lstat(p)
-                if not stat.S_ISLNK(lst.st_mode) and lst.st_uid == os.getuid() and lst.st_mode & 0o077:
-                    os.chmod(p, stat.S_IMODE(lst.st_mode) & 0o700)
-            except OSError:
-                continue
+    for name in SERVICE_FILES:  # what the service stored before under a wider umask (nothing else of the folder)
+        top = path / name
+        walk = [(str(path), [], [name])] if top.is_file() else os.walk(top) if top.is_dir() else []
+        if top.is_dir():
+            _narrow(str(top))
+        for root, dirs, files in walk:
+            for entry in dirs + files:
+                _narrow(os.path.join(root, entry))
     return path, True
+
+
+SERVICE_FILES = ("jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm", "results", "jobs")
+"""What ``serve`` keeps in ``--data``: narrowed when the folder was open to others."""
+
+
+def _narrow(p: str) -> None:
+    try:
+        lst = os.lstat(p)
+        if not stat.S_ISLNK(lst.st_mode) and lst.st_uid == os.getuid() and lst.st_mode & 0o077:
+            os.chmod(p, stat.S_IMODE(lst.st_mode) & 0o700)
+    except OSError:
+        pass
 
 
 def _write_new(path: Path, text: str, mode: int) -> None:
@@ -260,9 +273,10 @@ class ServerKeys:
 def _read_key_file(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
     """A key file, refused if it is a symbolic link, not this user's or open to others (secrets),
     or holds an empty, short or mismatched key."""
-    fd = open_private_dir(path.parent) if need_secret else os.open(path.parent, os.O_RDONLY)
+    fd = -1
     try:
         if need_secret:
+            fd = open_private_dir(path.parent)
             text = read_private_file(fd, path.parent, path.name)
         else:
             with open(path, encoding="ascii", errors="replace") as f:
@@ -270,7 +284,8 @@ def _read_key_file(path: Path, need_secret: bool) -> tuple[bytes, bytes | None]:
     except LocalKeysError as exc:
         raise SecurityError(str(exc)) from None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     try:
         return parse_key_text(text, path, need_secret)
     except LocalKeysError as exc:
@@ -292,23 +307,28 @@ def load_server_keys(keys_dir: str | Path) -> ServerKeys:
     return ServerKeys(public, secret, clients)
 
 
-def _write_new_at(folder_fd: int, name: str, text: str) -> None:
+def _write_new_at(folder_fd: int, folder: Path, name: str, text: str) -> None:
     """``name`` in the folder, 0600, complete before it appears (written under a temporary name,
-    then hard-linked: another process sees the whole file or none, and an existing file wins)."""
+    then hard-linked: another process sees the whole file or none, and an existing file wins).
+    Relative to the checked folder's descriptor where there is one (-1: by path)."""
     tmp = f".{name}.{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=folder_fd)
+    at = {"dir_fd": folder_fd} if folder_fd >= 0 else {}
+    where = (lambda n: n) if folder_fd >= 0 else (lambda n: str(folder / n))
+    fd = os.open(where(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, **at)
     try:
-        os.fchmod(fd, 0o600)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o600)
         os.write(fd, text.encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     try:
-        os.link(tmp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        links = {"src_dir_fd": folder_fd, "dst_dir_fd": folder_fd} if folder_fd >= 0 else {}
+        os.link(where(tmp), where(name), **links)
     except FileExistsError:
         pass  # another server of this user made it at the same moment: theirs stays
     finally:
-        os.unlink(tmp, dir_fd=folder_fd)
+        os.unlink(where(tmp), **at)
 
 
 def ensure_local_keys(folder: Path | None = None) -> ServerKeys:
@@ -323,13 +343,13 @@ def ensure_local_keys(folder: Path | None = None) -> ServerKeys:
     except LocalKeysError as exc:
         raise SecurityError(str(exc)) from None
     try:
-        names = set(os.listdir(fd))
+        names = set(os.listdir(fd if fd >= 0 else folder))
         if LOCAL_SERVER_SECRET not in names:
             client_public, client_secret = zmq.curve_keypair()
             server_public, server_secret = zmq.curve_keypair()
-            _write_new_at(fd, LOCAL_CLIENT_SECRET, _cert_text(client_public, client_secret))
-            _write_new_at(fd, LOCAL_SERVER_KEY, _cert_text(server_public, None))
-            _write_new_at(fd, LOCAL_SERVER_SECRET, _cert_text(server_public, server_secret))
+            _write_new_at(fd, folder, LOCAL_CLIENT_SECRET, _cert_text(client_public, client_secret))
+            _write_new_at(fd, folder, LOCAL_SERVER_KEY, _cert_text(server_public, None))
+            _write_new_at(fd, folder, LOCAL_SERVER_SECRET, _cert_text(server_public, server_secret))
         try:
             server = read_private_file(fd, folder, LOCAL_SERVER_SECRET)
             read_private_file(fd, folder, LOCAL_SERVER_KEY)
@@ -341,7 +361,8 @@ def ensure_local_keys(folder: Path | None = None) -> ServerKeys:
     except LocalKeysError as exc:
         raise SecurityError(str(exc)) from None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     return ServerKeys(server_public, server_secret, folder / LOCAL_CLIENTS, client_public.decode("ascii"))
 
 

@@ -613,3 +613,33 @@ def test_another_local_user_reads_neither_the_keys_nor_the_stored_work(env):
     finally:
         _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_narrowing_a_wide_data_folder_touches_only_what_the_service_keeps(tmp_path):
+    from backend.security import private_data_dir
+
+    data = tmp_path / "data"
+    (data / "results").mkdir(parents=True)
+    (data / "results" / "r.glb").write_bytes(b"x")
+    (data / "notes.txt").write_text("the user's own file")
+    (data / "jobs.sqlite").write_bytes(b"")
+    for p, mode in ((data, 0o755), (data / "results", 0o755), (data / "results" / "r.glb", 0o644),
+                    (data / "notes.txt", 0o644), (data / "jobs.sqlite", 0o644)):
+        os.chmod(p, mode)
+    assert private_data_dir(data) == (data, True)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [data, *data.rglob("*")]}
+    assert modes == {"data": 0o700, "results": 0o700, "r.glb": 0o600, "jobs.sqlite": 0o600, "notes.txt": 0o644}
+
+
+def test_local_keys_are_made_and_read_by_path_where_folders_cannot_be_opened(tmp_path, monkeypatch):
+    """Windows: no O_DIRECTORY or dir_fd; the keys are written and read by path (a link is still refused)."""
+    from backend import protocol as proto
+    from backend.security import ensure_local_keys
+
+    monkeypatch.setattr(proto, "DIR_FD", False)
+    keys = ensure_local_keys(tmp_path / "rt")
+    found = proto.read_local_keys(tmp_path / "rt")
+    assert found is not None and found[0] == keys.public and found[1][0].decode() == keys.local_client
+    (tmp_path / "link").symlink_to(tmp_path / "rt")
+    with pytest.raises(proto.LocalKeysError, match="symbolic link"):
+        proto.read_local_keys(tmp_path / "link")

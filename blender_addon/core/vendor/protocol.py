@@ -289,6 +289,8 @@ def runtime_dir() -> Path:
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+DIR_FD = bool(_NOFOLLOW and _DIRECTORY) and os.open in os.supports_dir_fd
+"""Whether files can be opened relative to a checked folder (POSIX); elsewhere they are read by path."""
 
 
 def _check_private(st: os.stat_result, path: Path, folder: bool) -> None:
@@ -306,7 +308,12 @@ def _check_private(st: os.stat_result, path: Path, folder: bool) -> None:
 def open_private_dir(path: Path) -> int:
     """A file descriptor of ``path`` after checking that it is a real folder (not a symbolic link),
     this user's own and 0700; files are then opened relative to it, so the folder cannot be
-    swapped between the check and the use."""
+    swapped between the check and the use. Where folders cannot be opened (Windows: the profile
+    folder's ACL keeps it private) it checks for a link and returns -1: files are read by path."""
+    if not DIR_FD:
+        if os.path.islink(path):
+            raise LocalKeysError(f"{path} is a symbolic link; remove it and start the backend again")
+        return -1
     try:
         fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW)
     except OSError as exc:
@@ -326,7 +333,7 @@ def read_private_file(folder_fd: int, folder: Path, name: str, limit: int = 1 <<
     """A small file of the runtime folder, refused if it is a symbolic link, not this user's, or not 0600."""
     path = folder / name
     try:
-        fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=folder_fd) if _NOFOLLOW else os.open(path, os.O_RDONLY)
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW, dir_fd=folder_fd) if folder_fd >= 0 else os.open(path, os.O_RDONLY)
     except OSError as exc:
         if os.path.islink(path):
             raise LocalKeysError(f"{path} is a symbolic link; remove it and start the backend again") from None
@@ -366,7 +373,8 @@ def read_local_keys(folder: Path | None = None) -> tuple[bytes, tuple[bytes, byt
         except FileNotFoundError:
             return None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     server_public, _ = parse_key_text(server, folder / LOCAL_SERVER_KEY, need_secret=False)
     client_public, client_secret = parse_key_text(client, folder / LOCAL_CLIENT_SECRET, need_secret=True)
     return server_public, (client_public, client_secret)
