@@ -128,14 +128,15 @@ def test_views_are_stored_with_the_image_and_resubmits_are_idempotent(front_door
 
 # ------------------------------------------------------------------ a real job
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory):
+def serve(tmp_path_factory, module_runtime_dir):
     pytest.importorskip("diffusers")
     from tests.addon_backend import ServeProcess
 
     from tests.tiny_models import tiny_models_env
 
     proc = ServeProcess(tmp_path_factory.mktemp("serve-views"))
-    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
+    with pytest.MonkeyPatch.context() as mp, tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
+        mp.setenv("MPOD123_RUNTIME_DIR", str(module_runtime_dir))  # the module's tests read the same keys
         proc.start(timeout_s=60)
         yield proc
         proc.stop()

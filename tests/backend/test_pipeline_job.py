@@ -21,9 +21,10 @@ from mpod123.export.gltf import validate_glb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, module_runtime_dir):
     data = tmp_path_factory.mktemp("serve")
-    env = dict(os.environ, MPOD123_TINY_MODELS=str(tmp_path_factory.mktemp("tiny-models")), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, MPOD123_TINY_MODELS=str(tmp_path_factory.mktemp("tiny-models")), HF_HUB_OFFLINE="1",
+               MPOD123_RUNTIME_DIR=str(module_runtime_dir))
     log = data / "serve.log"
     with open(log, "w") as out:  # a file, not a pipe nobody reads: a full pipe would block the server
         proc = subprocess.Popen(

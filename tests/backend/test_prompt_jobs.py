@@ -82,13 +82,14 @@ def test_the_protocol_lets_a_prompt_submit_go_without_an_image_frame():
 
 # ------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, module_runtime_dir):
     from tests.addon_backend import ServeProcess
     from tests.tiny_models import tiny_models_env
 
     data = tmp_path_factory.mktemp("serve")
     proc = ServeProcess(data)
-    with tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
+    with pytest.MonkeyPatch.context() as mp, tiny_models_env(tmp_path_factory.mktemp("tiny-models")):  # the server inherits it
+        mp.setenv("MPOD123_RUNTIME_DIR", str(module_runtime_dir))  # the module's tests read the same keys
         proc.start(timeout_s=60)
         yield proc.endpoint, data
         proc.stop()
