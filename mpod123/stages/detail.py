@@ -85,14 +85,13 @@ class DetailStage(OptimisationStage):
             self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
             density = self.dmtet.grid_density(nerf.density)
         self.dmtet.init_from_density(density, self.init_threshold)
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = self.adam(
             [
                 {"params": [self.dmtet.sdf], "lr": cfg.sdf_lr},
                 {"params": [self.dmtet.deform], "lr": cfg.deform_lr},
                 {"params": list(self.texture.parameters()), "lr": cfg.lr},
             ],
-            betas=cfg.adam_betas,
-            eps=cfg.adam_eps,
+            cfg.adam_betas, cfg.adam_eps,
         )
 
     # ----------------------------------------------------------- initialisation
