@@ -40,6 +40,8 @@ class StepSyncs:
 
     name: str
     per_step: list[int]
+    twin_per_step: list[int] = field(default_factory=list)
+    """Syncs inside the torch twins of accelerators a GPU uses instead (:data:`TWINS`)."""
     kinds: Counter = field(default_factory=Counter)
     sites: Counter = field(default_factory=Counter)
 
@@ -49,7 +51,13 @@ class StepSyncs:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "per_step": self.per_step, "max": self.worst, "budget": BUDGETS.get(self.name),
+                "twin_per_step": self.twin_per_step,
                 "kinds": dict(self.kinds), "sites": dict(self.sites.most_common(20))}
+
+
+TWINS = ("rendering/rasterizer.py",)
+"""The torch rasterizer: on a GPU nvdiffrast renders the mesh (its path gathers at fixed sizes);
+its CPU twin's syncs are counted apart (``twin_per_step``)."""
 
 
 def count_steps(name: str, step: Callable[[], object], steps: int) -> StepSyncs:
@@ -57,9 +65,10 @@ def count_steps(name: str, step: Callable[[], object], steps: int) -> StepSyncs:
     out = StepSyncs(name, [])
     with gpu_paths():
         for _ in range(steps):
-            with SyncCounter(where=True) as counter:
+            with SyncCounter(where=True, twins=TWINS) as counter:
                 step()
             out.per_step.append(counter.total)
+            out.twin_per_step.append(sum(counter.twin_counts.values()))
             out.kinds.update(counter.counts)
             out.sites.update(counter.sites)
     return out
@@ -93,7 +102,7 @@ def inversion_scenario(root: Path) -> tuple[TextualInversion, Callable[[], objec
     ti = TextualInversion(TextualInversionConfig(steps=4, batch_size=2, augmentations=4, resolution=32), models)
     with gpu_paths():
         ti.encode_pool(ref.rgba)
-    opt = ti.optimizer()
+        opt = ti.optimizer()
     gen = torch.Generator().manual_seed(1)
     return ti, lambda: ti.step(ti.draw(gen), opt)
 

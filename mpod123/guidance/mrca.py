@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 from torch import Tensor
 
+from ..runtime.syncs import takes_gpu_paths
+
 
 @dataclass
 class MaskState:
@@ -40,10 +42,46 @@ class MaskState:
     """Keep every layer's attention probabilities (with and without MRCA) for inspection."""
     recorded: list[tuple[str, int, Tensor, Tensor]] = field(default_factory=list)
     """(layer name, heads, probabilities, probabilities without MRCA)."""
+    _decided_for: object = field(default=None, init=False, repr=False, compare=False)
+    _active: bool = field(default=False, init=False, repr=False, compare=False)
+    _blocks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
-        return self.mask is not None and bool(self.token_indices) and bool((self.mask < 0.5).any())
+        """Whether MRCA masks anything, decided once per mask (once per UNet call, not per layer).
+        On the CPU a mask of all ones hands every layer to the stock processor; on a GPU that
+        would be a host sync, so any mask is applied (masking nothing, it changes nothing)."""
+        if self.mask is not self._decided_for:
+            self._decided_for, self._blocks = self.mask, {}
+            if self.mask is None or not self.token_indices:
+                self._active = False
+            elif takes_gpu_paths(self.mask.device):
+                self._active = True
+            else:
+                self._active = bool((self.mask < 0.5).any())
+        return self._active
+
+    def blocked(self, batch: int, seq_len: int, n_tokens: int, heads: int, device: torch.device) -> Tensor:
+        """(batch * heads, seq_len, n_tokens) bool: the logits MRCA sets to the minimum, built once
+        per layer resolution per mask and kept on the device."""
+        self.active  # noqa: B018  (resets the cache when the mask changed)
+        key = (batch, seq_len, n_tokens, heads, str(device))
+        cached = self._blocks.get(key)
+        if cached is None:
+            rows = torch.arange(batch, device=device)
+            rows = {"first_half": rows[: batch // 2], "second_half": rows[batch // 2 :], "all": rows}[self.conditional]
+            blocked = ~layer_mask(self.mask.to(device), seq_len)  # (B_cond, seq)
+            if blocked.shape[0] == 1 and rows.numel() > 1:
+                blocked = blocked.expand(rows.numel(), -1)
+            if blocked.shape[0] != rows.numel():
+                raise ValueError(f"MRCA has masks for {blocked.shape[0]} views but {rows.numel()} conditional rows")
+            full = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+            full[rows] = blocked
+            full = full.repeat_interleave(heads, dim=0)  # head_to_batch_dim is batch-major
+            tokens = torch.zeros(n_tokens, dtype=torch.bool)
+            tokens[self.token_indices] = True
+            cached = self._blocks[key] = full[:, :, None] & tokens.to(device)[None, None, :]
+        return cached
 
 
 def find_token_indices(tokenizer, prompt: str, token: str = "<e>") -> list[int]:
@@ -117,21 +155,8 @@ class MRCAAttnProcessor:
             scores = scores.float()
         plain = scores
         if state.active:
-            heads = attn.heads
-            half = batch_size // 2
-            rows = torch.arange(batch_size, device=scores.device)
-            rows = {"first_half": rows[:half], "second_half": rows[half:], "all": rows}[state.conditional]
-            blocked = ~layer_mask(state.mask.to(scores.device), query.shape[1])  # (B_cond, seq)
-            if blocked.shape[0] == 1 and rows.numel() > 1:
-                blocked = blocked.expand(rows.numel(), -1)
-            if blocked.shape[0] != rows.numel():
-                raise ValueError(f"MRCA has masks for {blocked.shape[0]} views but {rows.numel()} conditional rows")
-            full = torch.zeros(batch_size, query.shape[1], dtype=torch.bool, device=scores.device)
-            full[rows] = blocked
-            full = full.repeat_interleave(heads, dim=0)  # head_to_batch_dim is batch-major
-            tokens = torch.zeros(key.shape[1], dtype=torch.bool, device=scores.device)
-            tokens[state.token_indices] = True
-            scores = scores.masked_fill(full[:, :, None] & tokens[None, None, :], torch.finfo(scores.dtype).min)
+            blocked = state.blocked(batch_size, query.shape[1], key.shape[1], attn.heads, scores.device)
+            scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1).to(dtype)
         if state.record:
             state.recorded.append((self.name, attn.heads, probs.detach(), plain.softmax(dim=-1).detach()))

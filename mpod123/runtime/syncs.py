@@ -23,11 +23,14 @@ import contextlib
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+
+T = TypeVar("T")
 
 _READS = {
     Tensor.item: "item",
@@ -102,11 +105,15 @@ class SyncCounter(TorchFunctionMode):
     ``where=True`` also keeps the innermost project frame of each sync (``c.sites``),
     which says which line to fix."""
 
-    def __init__(self, where: bool = False) -> None:
+    def __init__(self, where: bool = False, twins: tuple[str, ...] = ()) -> None:
+        """``twins``: source files (ending, e.g. ``"rendering/rasterizer.py"``) of pure-torch twins that a
+        GPU replaces by an accelerator: their syncs go to :attr:`twin_counts`, not :attr:`counts`."""
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.twin_counts: Counter[str] = Counter()
         self.sites: Counter[str] = Counter()
         self.where = where
+        self.twins = twins
 
     @property
     def total(self) -> int:
@@ -114,15 +121,20 @@ class SyncCounter(TorchFunctionMode):
 
     def reset(self) -> None:
         self.counts.clear()
+        self.twin_counts.clear()
         self.sites.clear()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = _kind(func, args, kwargs)
         if kind is not None:
-            self.counts[kind] += 1
+            site = _site() if self.where or self.twins else ""
+            if self.twins and site.split(":")[0].endswith(self.twins):
+                self.twin_counts[kind] += 1
+            else:
+                self.counts[kind] += 1
             if self.where:
-                self.sites[f"{kind} at {_site()}"] += 1
+                self.sites[f"{kind} at {site}"] += 1
         return func(*args, **kwargs)
 
 
@@ -201,6 +213,15 @@ class Compactor:
         """Read the counts needed since the last refresh (one host sync for every key) and grow
         any capacity that was too small; returns whether one was."""
         return refresh_all([self])
+
+    def exact(self, fn: Callable[[], T]) -> T:
+        """``fn()``, run again with grown capacities until no gather in it overflowed: for renders
+        outside a training step (masks, previews, evaluation), which no step-end check covers."""
+        self.refresh()
+        while True:
+            out = fn()
+            if not self.refresh():
+                return out
 
 
 def refresh_all(compactors: list[Compactor]) -> bool:

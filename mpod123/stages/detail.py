@@ -69,7 +69,7 @@ class DetailStage(OptimisationStage):
         self.guidance = guidance
         self.stage1_masks = stage1_masks
         grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
-        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, band=cfg.dmtet.candidate_band)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
@@ -82,7 +82,8 @@ class DetailStage(OptimisationStage):
         if cfg.dmtet.fit_to_density:  # Magic123: the box of the surface's own density level
             level = self.init_threshold if cfg.dmtet.fit_threshold is None else cfg.dmtet.fit_threshold
             box = density_box(nerf.density, nerf.bound, level, cfg.dmtet.fit_margin, device=self.device)
-            self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
+            self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box,
+                               band=cfg.dmtet.candidate_band)
             density = self.dmtet.grid_density(nerf.density)
         self.dmtet.init_from_density(density, self.init_threshold)
         self.optimizer = self.adam(
@@ -106,7 +107,7 @@ class DetailStage(OptimisationStage):
             mesh = self.dmtet.mesh()
             if mesh.n_faces == 0:
                 continue
-            masks = self.renderer.render(mesh, cams).mask
+            masks = self.renderer.compactor.exact(lambda: self.renderer.render(mesh, cams)).mask  # noqa: B023
             iou = silhouette_iou(masks, target)
             if iou > best_iou:
                 best, best_iou = threshold, iou
@@ -160,7 +161,7 @@ class DetailStage(OptimisationStage):
         if not self.shades_novel_views():
             return self.render_mesh(mesh, cameras, background)
         cfg = self.cfg
-        light = Lighting.draw(cameras, self.generator, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
+        light = Lighting.draw(cameras, self.draws, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
         out = self.render_mesh(mesh, cameras, torch.zeros_like(background), with_normals=True)
         rgb = shade(out.rgb, out.opacity, out.normals, background, light)
         return MeshRenderOutput(rgb, out.opacity, out.depth, out.normals, out.tri_id)
@@ -223,6 +224,9 @@ class DetailStage(OptimisationStage):
         self.step += 1
         return reported
 
+    def compactors(self):
+        return [self.renderer.compactor]
+
     # ------------------------------------------------------------ inspection
     @torch.no_grad()
     def render(self, cameras: Cameras, background: Tensor | None = None, with_normals: bool = False) -> MeshRenderOutput:
@@ -231,7 +235,8 @@ class DetailStage(OptimisationStage):
         cameras = cameras.to(self.device)
         if background is None:
             background = torch.ones(len(cameras), 3, device=self.device)
-        return self.render_mesh(self.mesh(), cameras, background, with_normals)
+        mesh = self.mesh()
+        return self.renderer.compactor.exact(lambda: self.render_mesh(mesh, cameras, background, with_normals))
 
     @torch.no_grad()
     def preview_surface(self):

@@ -119,7 +119,8 @@ class OutlineStage(OptimisationStage):
         """A turntable strip: colour on the top row, shaded normals below."""
         self.field.eval()
         cams = self.preview_cameras()
-        out = self.renderer.render(cams, torch.ones(len(cams), 3, device=self.device), with_normals=True)
+        white = torch.ones(len(cams), 3, device=self.device)
+        out = self.renderer.marcher.compactor.exact(lambda: self.renderer.render(cams, white, with_normals=True))
         return self.strip_preview(out.rgb, out.opacity, out.normals)  # volume normals are opacity-weighted
 
     @torch.no_grad()
@@ -140,7 +141,7 @@ class OutlineStage(OptimisationStage):
         cameras = cameras.to(self.device)
         if background is None:
             background = torch.ones(len(cameras), 3, device=self.device)
-        return self.renderer.render(cameras, background)
+        return self.renderer.marcher.compactor.exact(lambda: self.renderer.render(cameras, background))
 
     def masks(self, cameras: Cameras) -> Tensor:
         """Stage-1 masks (B, H, W), opacity >= 0.5 (Eq. 5): the hand-off to stage 2."""
