@@ -139,7 +139,7 @@ class SyncCounter(TorchFunctionMode):
 
 
 def _site() -> str:
-    frames = [f for f in traceback.extract_stack() if "mpod123" in f.filename and not f.filename.endswith("syncs.py")]
+    frames = [f for f in traceback.extract_stack() if "mpod123" in f.filename and f.filename != __file__]
     if not frames:
         return "?"
     f = frames[-1]
