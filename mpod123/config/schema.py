@@ -340,10 +340,7 @@ class DMTetConfig:
     backend: Backend = "auto"
     """Marching tets: "torch" (reference) or "kaolin" (CUDA) or "auto"."""
     candidate_band: float = 0.05
-    """On a GPU, marching tets visits only the tets that straddle the surface or have a vertex with
-    |sdf| within this band, until some SDF value has moved by the band (then a full pass finds them
-    again): the same mesh as a pass over every tet, at a fraction of the tets (docs/benchmarks.md)."""
-
+    """A GPU's marching tets visits only tets within this SDF band of the surface (the same mesh)."""
 
 @dataclass
 class DetailStageConfig:
@@ -366,11 +363,8 @@ class DetailStageConfig:
     """The stage-1 opacity for L_nvm is rendered at this size, upsampled bilinearly to the
     render size and thresholded at 0.5 (Eq. 5): no 4-pixel staircases at weight 500."""
     nvm_camera_pool: int = 96
-    """N > 0: novel views come from N orbit views drawn once per run, whose stage-1 masks are
-    rendered once when the stage starts (no NeRF render inside the loop: on one H100 a 512² mask
-    render every novel step cost an estimated 4-5.5 min of a paper run). 96 views sit about 17
-    degrees apart (random, uniform) over the default polar/azimuth ranges. 0: views are drawn afresh each step and
-    their masks rendered each step. A guidance with its own fixed views is cached by view."""
+    """N > 0: novel views from N orbit views drawn once, their stage-1 masks rendered once as the stage
+    starts (no NeRF render in the loop). 0: fresh views, a mask render a step. Fixed-view guidances: by view."""
     extra_view_novel_share: float = 0.25
     """With extra views (``generate --view``): share of the novel-view draws placed at an extra
     view's camera instead, so its stage-1 mask drives L_nvm and MRCA there (ignored without them)."""
