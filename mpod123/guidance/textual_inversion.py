@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import TextualInversionConfig
-from ..runtime.syncs import takes_gpu_paths
+from ..runtime.syncs import takes_gpu_paths, to_device
 from .multiview import resize_rgba
 from .stable_diffusion import StableDiffusionModels
 
@@ -241,10 +241,11 @@ class TextualInversion:
         (the same draws as :meth:`prompts`; indices, so no caption is read back to the host)."""
         b = self.cfg.batch_size
         idx = torch.randint(len(self.latent_pool), (b,), generator=generator)
-        latents = self.latent_pool[idx.to(self.latent_pool.device)]
-        t = torch.randint(self.num_train_timesteps, (b,), generator=generator).to(self.models.device)
-        noise = torch.randn(latents.shape, generator=generator).to(self.models.device)
-        pick = torch.randint(len(self.cfg.templates), (b,), generator=generator).to(self.models.device)
+        latents = self.latent_pool[to_device(idx, self.latent_pool.device)]
+        device = self.models.device  # the draws travel non-blocking from pinned memory on CUDA
+        t = to_device(torch.randint(self.num_train_timesteps, (b,), generator=generator), device)
+        noise = to_device(torch.randn(latents.shape, generator=generator), device)
+        pick = to_device(torch.randint(len(self.cfg.templates), (b,), generator=generator), device)
         return latents, t, noise, pick
 
     @property

@@ -146,6 +146,15 @@ def _site() -> str:
     return f"{f.filename.rsplit('mpod123', 1)[-1].lstrip('/')}:{f.lineno}"
 
 
+def to_device(x: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor on ``device`` without waiting: on CUDA copied non-blocking from pinned memory
+    (a plain ``.to`` from pageable memory makes the host wait for the stream), else ``.to``."""
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 _forced = threading.local()
 
 
@@ -241,4 +250,4 @@ def refresh_all(compactors: list[Compactor]) -> bool:
         c.grown += id(c) in grew
     return bool(grew)
 
-__all__ = ["Compactor", "SyncCounter", "gpu_paths", "refresh_all", "takes_gpu_paths"]
+__all__ = ["Compactor", "SyncCounter", "gpu_paths", "refresh_all", "takes_gpu_paths", "to_device"]
