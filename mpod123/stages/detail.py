@@ -51,6 +51,7 @@ THRESHOLD_CANDIDATES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 10
 
 class DetailStage(OptimisationStage):
     name = STAGE
+    _pool_masks: Tensor | None = None
 
     def __init__(
         self,
