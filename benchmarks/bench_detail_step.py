@@ -10,7 +10,7 @@ stage without L_nvm's stage-1 renders).
 ``--pool-ab``: a prior that proposes no cameras (like the diffusion priors; it scores
 nothing, so the step is the stage's own cost plus L_nvm's targets), the same stage run
 with per-step stage-1 mask renders (``nvm_camera_pool = 0``) and with the cached camera
-pool (the default), one after the other in one process; the ratio of their median steps.
+pool (96, the paper default), one after the other in one process; the ratio of their median steps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 import torch
 
 from common import machine, parser, quiet, report, step_seconds
-from mpod123.config import detail_preset, outline_preset
+from mpod123.config import DetailStageConfig, detail_preset, outline_preset
 from mpod123.guidance import MultiViewSupervision
 from mpod123.stages import DetailStage, OutlineStage, ReferenceView
 from mpod123.bench.synthetic import turntable_dataset
@@ -88,7 +88,7 @@ class ScoresNothing:
 def pool_ab(preset, ref, nerf, masks, args) -> dict:
     """Median novel-view step with per-step stage-1 renders, then with the cached pool."""
     out = {"preset": preset, "prior": "none (no cameras proposed)", "stage1_masks": args.masks}
-    for name, pool in (("per_step_renders", 0), ("camera_pool", detail_preset(preset).nvm_camera_pool)):
+    for name, pool in (("per_step_renders", 0), ("camera_pool", DetailStageConfig().nvm_camera_pool)):
         cfg = detail_preset(preset)
         cfg.preview_every, cfg.reference_view_prob, cfg.nvm_camera_pool = 0, 0.0, pool
         cfg.dmtet.init_threshold = 5.0
