@@ -7,7 +7,10 @@ wherever the stage-1 mask, resized to that layer's resolution, is 0; after the
 softmax `<e>`'s probability there is exactly 0 and the other tokens share the
 rest. It acts on the conditional rows of the CFG batch only. Its logits and
 softmax follow the layer's ``upcast_attention``/``upcast_softmax`` like
-diffusers' own attention, so an SD 2.x UNet in fp16 does not overflow.
+diffusers' own attention, so an SD 2.x UNet in fp16 does not overflow. On a GPU
+it decides once per mask (no read-back), keeps each layer's mask on the device
+and runs one fused ``scaled_dot_product_attention`` under it, as diffusers'
+stock processor does.
 
 Its state lives in a :class:`MaskState` shared by every installed processor,
 rather than in ``cross_attention_kwargs``, whose handling changes between
@@ -126,6 +129,7 @@ class MRCAAttnProcessor:
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
+        batch = channel = height = width = None
         if input_ndim == 4:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
@@ -139,6 +143,15 @@ class MRCAAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
 
+        if state.active and not state.record and takes_gpu_paths(query.device):
+            # the GPU's branch: one fused SDPA call (as diffusers' stock AttnProcessor2_0), the
+            # blocked logits as a boolean mask kept on the device (True = attend)
+            allowed = ~state.blocked(batch_size, query.shape[1], key.shape[1], attn.heads, query.device)
+            if attention_mask is not None:
+                blocked_bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+                allowed = attention_mask.to(query.dtype) + blocked_bias.masked_fill(~allowed, torch.finfo(query.dtype).min)
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=attn.scale)
+            return self._finish(attn, hidden_states, input_ndim, residual, batch, channel, height, width)
         # precision as diffusers' Attention.get_attention_scores: q and k in float32 when the
         # layer says upcast_attention (SD 2.x, whose fp16 logits overflow), the softmax in
         # float32 when it says upcast_softmax; the probabilities return to the input dtype
@@ -160,7 +173,12 @@ class MRCAAttnProcessor:
         probs = scores.softmax(dim=-1).to(dtype)
         if state.record:
             state.recorded.append((self.name, attn.heads, probs.detach(), plain.softmax(dim=-1).detach()))
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        return self._finish(attn, torch.bmm(probs, value), input_ndim, residual, batch, channel, height, width)
+
+    @staticmethod
+    def _finish(attn, out: Tensor, input_ndim: int, residual: Tensor, batch, channel, height, width) -> Tensor:
+        """Heads back to channels, the output projection, the residual: as diffusers' processors."""
+        hidden_states = attn.batch_to_head_dim(out)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
