@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..runtime.accelerators import probe, resolve_backend
+from ..runtime.syncs import Compactor
 from .mesh import Mesh
 
 TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -107,26 +108,29 @@ class BandedMarchingTets:
     since: a tet left out had all four vertices beyond the band on one side, so it cannot
     straddle yet, and the mesh is exactly :func:`marching_tets_reference`'s (same vertices,
     same faces, same order). Crossing edges are de-duplicated by a sort (fixed sizes), so a
-    call reads back two small things: the straddling-tet counts (with the drift check) and the
-    number of surface vertices.
+    call reads back two small things: the straddling-tet counts (with the drift check and
+    whether the candidates' fixed-size gather overflowed) and the number of surface vertices;
+    a call that needs a new full pass reads three.
     """
 
     def __init__(self, tets: Tensor, band: float = 0.05) -> None:
         self.tets = tets
         self.band = band
         self.candidates: Tensor | None = None
+        self.candidate_valid: Tensor | None = None
         self.reference_sdf: Tensor | None = None
+        self.compactor = Compactor(headroom=1.25, granule=4096)
+        """Gathers the candidates at a fixed size; an overflow is read with the next counts."""
         self.full_passes = 0
 
     def _refresh(self, sdf: Tensor) -> None:
-        """The full pass: candidate tets from the SDF now (one read of their number)."""
+        """The full pass: candidate tets from the SDF now (no read but the very first's)."""
         s = sdf.detach()
         inside = s < 0
         near = s.abs() <= self.band
         n_in = inside[self.tets].sum(1)
         cand = ((n_in > 0) & (n_in < 4)) | near[self.tets].any(1)
-        count = int(cand.sum())
-        self.candidates = torch.nonzero_static(cand, size=count)[:, 0]
+        self.candidates, self.candidate_valid = self.compactor.nonzero(cand, "candidates")
         self.reference_sdf = s.clone()
         self.full_passes += 1
 
@@ -138,9 +142,14 @@ class BandedMarchingTets:
         tets = self.tets[self.candidates]
         occ = (sdf < 0)[tets]
         n_in = occ.sum(1)
-        valid = (n_in > 0) & (n_in < 4)
-        n_valid, n_two, moved = torch.stack([valid.sum(), (n_in == 2).sum(), (drift >= self.band).long()]).tolist()
-        if moved:  # the band no longer bounds the surface: a new full pass, then the same again
+        valid = (n_in > 0) & (n_in < 4) & self.candidate_valid  # padding repeats the last tet: left out
+        cut = self.compactor.overflow()
+        flags = [valid.sum(), ((n_in == 2) & valid).sum(), (drift >= self.band).long(),
+                 cut.long() if cut is not None else torch.zeros((), dtype=torch.long, device=dev)]
+        n_valid, n_two, moved, lost = torch.stack(flags).tolist()
+        if lost:  # the last full pass gathered too few candidates: grow, pass again (rare)
+            self.compactor.refresh()
+        if moved or lost:  # the band no longer bounds the surface: a new full pass, then the same again
             self._refresh(sdf)
             return self(vertices, sdf)
         if n_valid == 0:

@@ -27,7 +27,7 @@ def test_banded_marching_tets_gives_the_reference_mesh_and_reads_back_two_things
     sdf = _sdf(grid)
     banded = BandedMarchingTets(grid.tets, band=0.05)
     _same(marching_tets_reference(grid.vertices, sdf, grid.tets), banded(grid.vertices, sdf))
-    assert banded.full_passes == 1 and 0 < banded.candidates.numel() < grid.tets.shape[0] // 2
+    assert banded.full_passes == 1 and 0 < int(banded.candidate_valid.sum()) < grid.tets.shape[0] // 2
     moved = sdf + 0.02 * torch.randn(sdf.shape, generator=torch.Generator().manual_seed(3)).clamp(-1, 1)
     with gpu_paths(), SyncCounter() as counter:
         mesh = banded(grid.vertices, moved)
@@ -69,3 +69,14 @@ def test_mesh_losses_on_the_gpu_branch_equal_the_old_formulas():
         assert counter.total == 0, dict(counter.counts)
         torch.testing.assert_close(new[0], old[0], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(new[1], old[1], rtol=1e-5, atol=1e-7)
+
+
+def test_a_full_pass_that_gathers_too_few_candidates_is_caught_and_redone():
+    grid = tet_grid(12)
+    sdf = _sdf(grid)
+    banded = BandedMarchingTets(grid.tets, band=0.02)
+    banded.compactor.granule, banded.compactor.headroom = 1, 1.0  # sized exactly by the first pass
+    banded(grid.vertices, sdf + 0.3)  # a small sphere: few candidates
+    grown = sdf - 0.1  # a larger surface, past the band: the next pass needs more candidates
+    _same(marching_tets_reference(grid.vertices, grown, grid.tets), banded(grid.vertices, grown))
+    assert banded.compactor.grown == 1 and banded.full_passes == 3
