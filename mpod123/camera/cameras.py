@@ -191,11 +191,13 @@ def sample_orbit_cameras(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Cameras:
-    """``n`` random orbit cameras, uniform in each range (drawn on the CPU generator)."""
+    """``n`` random orbit cameras, uniform in each range (drawn where ``generator`` lives: a device
+    generator draws on the device, so no draw is copied there)."""
+    where = generator.device if generator is not None else None
 
     def uniform(lo_hi: tuple[float, float]) -> Tensor:
         lo, hi = lo_hi
-        return lo + (hi - lo) * torch.rand(n, generator=generator)
+        return lo + (hi - lo) * torch.rand(n, generator=generator, device=where)
 
     polar, azimuth, radius, fov = (uniform(r) for r in (polar_range_deg, azimuth_range_deg, radius_range, fov_range_deg))
     return orbit_cameras(polar, azimuth, radius, fov, resolution, device=device)

@@ -25,6 +25,7 @@ def detail_preset(name: str) -> DetailStageConfig:
         return cfg
     if name == "draft":
         cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50,
+                                nvm_camera_pool=24,  # a CPU smoke run: 24 mask renders up front, not 96
                                 sdf_lr=1e-2, deform_lr=1e-2,  # a 200-step CPU budget: threestudio's 1e-2
                                 normal_consistency_weight=10.0)  # on a 32^3 grid 1000 over-smooths (docs/benchmarks.md)
         cfg.preview_resolution = 64

@@ -339,7 +339,8 @@ class DMTetConfig:
     so that the first mesh's silhouettes best match the stage-1 masks."""
     backend: MarchingTetsBackend = "auto"
     """Marching tets: "torch" (reference) or "kaolin" (CUDA) or "auto"."""
-
+    candidate_band: float = 0.05
+    """A GPU's marching tets visits only tets within this SDF band of the surface (the same mesh)."""
 
 @dataclass
 class DetailStageConfig:
@@ -366,10 +367,9 @@ class DetailStageConfig:
     nvm_mask_resolution: int = 512
     """The stage-1 opacity for L_nvm is rendered at this size, upsampled bilinearly to the
     render size and thresholded at 0.5 (Eq. 5): no 4-pixel staircases at weight 500."""
-    nvm_camera_pool: int = 0
-    """0: novel views are drawn afresh each step, and their stage-1 masks rendered each step.
-    N > 0: they come from N orbit views drawn once per run, whose masks are rendered once
-    and cached (a guidance with its own fixed views is always cached by view)."""
+    nvm_camera_pool: int = 96
+    """N > 0: novel views from N orbit views drawn once, their stage-1 masks rendered once as the stage
+    starts (no NeRF render in the loop). 0: fresh views, a mask render a step. Fixed-view guidances: by view."""
     extra_view_novel_share: float = 0.25
     """With extra views (``generate --view``): share of the novel-view draws placed at an extra
     view's camera instead, so its stage-1 mask drives L_nvm and MRCA there (ignored without them)."""

@@ -12,7 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .marching_tets import marching_tets
+from ..runtime.accelerators import resolve_backend
+from ..runtime.syncs import takes_gpu_paths
+from .marching_tets import BandedMarchingTets, marching_tets
 from .mesh import Mesh
 from .tet_grid import TetGrid
 
@@ -52,10 +54,14 @@ class DMTet(nn.Module):
         deform_scale: float = 0.25,
         backend: str = "auto",
         box: tuple[Tensor, Tensor] | None = None,
+        band: float = 0.05,
     ) -> None:
-        """``box`` (lo, hi) maps the grid's cube onto that axis-aligned box (None: the grid's own cube)."""
+        """``box`` (lo, hi) maps the grid's cube onto that axis-aligned box (None: the grid's own cube);
+        ``band``: the SDF band of the candidate tets marching tets visits on a GPU (:class:`BandedMarchingTets`)."""
         super().__init__()
         self.grid = grid
+        self.band = band
+        self._banded: BandedMarchingTets | None = None
         self.deform_scale = deform_scale
         self.backend = backend
         vertices = grid.vertices.clone()
@@ -77,6 +83,11 @@ class DMTet(nn.Module):
         return self.base_vertices + self.deform_scale * self.cell_size * torch.tanh(self.deform)
 
     def mesh(self) -> Mesh:
+        """The surface; on a GPU's torch path only the tets near it are visited (the same mesh)."""
+        if takes_gpu_paths(self.sdf.device) and resolve_backend(self.backend, "kaolin", self.sdf.device) == "torch":
+            if self._banded is None:
+                self._banded = BandedMarchingTets(self.tets, self.band)
+            return self._banded(self.vertices(), self.sdf)
         return marching_tets(self.vertices(), self.sdf, self.tets, backend=self.backend)
 
     @torch.no_grad()

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..runtime.syncs import takes_gpu_paths
+
 
 @dataclass
 class Mesh:
@@ -50,6 +52,20 @@ class Mesh:
         unique, inverse = torch.unique(key.reshape(-1), return_inverse=True)
         pairs = torch.stack([unique // self.n_vertices, unique % self.n_vertices], dim=1)
         return pairs, inverse.reshape(-1, 3)
+
+    def corner_edges(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every face corner's undirected edge, sorted once per mesh (both mesh losses share it):
+        keys (3F,) ascending (lo * V + hi), the corner each came from (3F,; face = corner // 3),
+        and whether it is the first corner of its edge (3F,). Fixed sizes: no host sync."""
+        cached = self.__dict__.get("_corner_edges")
+        if cached is None:
+            e = torch.stack([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]], dim=1)
+            key = (e.min(-1).values * self.n_vertices + e.max(-1).values).reshape(-1)
+            keys, corner = torch.sort(key, stable=True)
+            first = torch.ones_like(keys, dtype=torch.bool)
+            first[1:] = keys[1:] != keys[:-1]
+            cached = self.__dict__["_corner_edges"] = (keys, corner, first)
+        return cached
 
     def edge_face_counts(self) -> Tensor:
         """How many faces use each unique edge (E,)."""
@@ -160,8 +176,16 @@ def collapsed(faces: Tensor) -> Tensor:
 
 def laplacian_loss(mesh: Mesh) -> Tensor:
     """Mean squared distance of each vertex from the mean of its neighbours (uniform Laplacian)."""
-    pairs, _ = mesh.edges()
     v = mesh.vertices
+    if takes_gpu_paths(v.device):  # the same sums over the sorted corner edges, each edge once: no host sync
+        keys, _, first = mesh.corner_edges()
+        a, b, w = keys // mesh.n_vertices, keys % mesh.n_vertices, first.to(v.dtype)
+        total = torch.zeros_like(v).index_add(0, a, v[b] * w[:, None]).index_add(0, b, v[a] * w[:, None])
+        degree = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype).index_add(0, a, w).index_add(0, b, w)
+        used = degree > 0
+        lap = v - total / degree.clamp_min(1.0)[:, None]
+        return (lap.pow(2).sum(-1) * used).sum() / used.sum().clamp_min(1)
+    pairs, _ = mesh.edges()
     total = torch.zeros_like(v)
     total = total.index_add(0, pairs[:, 0], v[pairs[:, 1]]).index_add(0, pairs[:, 1], v[pairs[:, 0]])
     degree = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
@@ -174,8 +198,14 @@ def laplacian_loss(mesh: Mesh) -> Tensor:
 
 def normal_consistency_loss(mesh: Mesh) -> Tensor:
     """Mean (1 - cos) between the normals of faces that share an edge."""
-    _, face_edges = mesh.edges()
     normals = mesh.face_normals()
+    if takes_gpu_paths(normals.device):  # the same pairs, masked instead of gathered: no host sync
+        keys, corner, _ = mesh.corner_edges()
+        faces = corner // 3
+        same = keys[1:] == keys[:-1]
+        cos = (normals[faces[:-1]] * normals[faces[1:]]).sum(-1)
+        return ((1.0 - cos) * same).sum() / same.sum().clamp_min(1)
+    _, face_edges = mesh.edges()
     flat = face_edges.reshape(-1)
     face_of = torch.arange(mesh.n_faces, device=flat.device).repeat_interleave(3)
     order = torch.argsort(flat, stable=True)

@@ -8,8 +8,9 @@ same way, so neighbouring cubes agree on their shared faces: the grid is
 conforming, which is what makes marching tetrahedra produce a watertight mesh.
 All tetrahedra are returned with positive orientation (det[v1-v0, v2-v0, v3-v0] > 0).
 
-Grids are cached in memory and, when a cache folder is given or
-``MPOD123_CACHE`` is set, on disk as ``.npz`` files.
+Grids are cached in memory and on disk as ``.npz`` files: in the cache folder given, else
+``MPOD123_CACHE``, else ``~/.cache/mpod123`` for grids of 64 cells a side or more (the
+128^3 grid takes about 7 s to build and 0.2-1 s to load; small ones build in milliseconds).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from torch import Tensor
 
 MIN_RESOLUTION, MAX_RESOLUTION = 2, 256
+DISK_CACHE_MIN_RESOLUTION = 64
+"""Grids this fine or finer go to the default disk cache when none is named."""
 
 
 @dataclass(frozen=True)
@@ -97,5 +100,7 @@ def tet_grid(resolution: int, bound: float = 1.0, cache_dir: str | Path | None =
         raise ValueError(f"tet grid resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution}")
     if cache_dir is None:
         cache_dir = os.environ.get("MPOD123_CACHE")
+    if cache_dir is None and resolution >= DISK_CACHE_MIN_RESOLUTION:
+        cache_dir = Path.home() / ".cache" / "mpod123"
     verts, tets = _cached(resolution, float(bound), str(cache_dir) if cache_dir else None)
     return TetGrid(torch.from_numpy(verts), torch.from_numpy(tets).long(), resolution, float(bound))

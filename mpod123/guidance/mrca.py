@@ -7,7 +7,10 @@ wherever the stage-1 mask, resized to that layer's resolution, is 0; after the
 softmax `<e>`'s probability there is exactly 0 and the other tokens share the
 rest. It acts on the conditional rows of the CFG batch only. Its logits and
 softmax follow the layer's ``upcast_attention``/``upcast_softmax`` like
-diffusers' own attention, so an SD 2.x UNet in fp16 does not overflow.
+diffusers' own attention, so an SD 2.x UNet in fp16 does not overflow. On a GPU
+it decides once per mask (no read-back), keeps each layer's mask on the device
+and runs one fused ``scaled_dot_product_attention`` under it, as diffusers'
+stock processor does.
 
 Its state lives in a :class:`MaskState` shared by every installed processor,
 rather than in ``cross_attention_kwargs``, whose handling changes between
@@ -27,6 +30,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 from torch import Tensor
 
+from ..runtime.syncs import takes_gpu_paths
+
 
 @dataclass
 class MaskState:
@@ -40,10 +45,46 @@ class MaskState:
     """Keep every layer's attention probabilities (with and without MRCA) for inspection."""
     recorded: list[tuple[str, int, Tensor, Tensor]] = field(default_factory=list)
     """(layer name, heads, probabilities, probabilities without MRCA)."""
+    _decided_for: object = field(default=None, init=False, repr=False, compare=False)
+    _active: bool = field(default=False, init=False, repr=False, compare=False)
+    _blocks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
-        return self.mask is not None and bool(self.token_indices) and bool((self.mask < 0.5).any())
+        """Whether MRCA masks anything, decided once per mask (once per UNet call, not per layer).
+        On the CPU a mask of all ones hands every layer to the stock processor; on a GPU that
+        would be a host sync, so any mask is applied (masking nothing, it changes nothing)."""
+        if self.mask is not self._decided_for:
+            self._decided_for, self._blocks = self.mask, {}
+            if self.mask is None or not self.token_indices:
+                self._active = False
+            elif takes_gpu_paths(self.mask.device):
+                self._active = True
+            else:
+                self._active = bool((self.mask < 0.5).any())
+        return self._active
+
+    def blocked(self, batch: int, seq_len: int, n_tokens: int, heads: int, device: torch.device) -> Tensor:
+        """(batch * heads, seq_len, n_tokens) bool: the logits MRCA sets to the minimum, built once
+        per layer resolution per mask and kept on the device."""
+        self.active  # noqa: B018  (resets the cache when the mask changed)
+        key = (batch, seq_len, n_tokens, heads, str(device))
+        cached = self._blocks.get(key)
+        if cached is None:
+            rows = torch.arange(batch, device=device)
+            rows = {"first_half": rows[: batch // 2], "second_half": rows[batch // 2 :], "all": rows}[self.conditional]
+            blocked = ~layer_mask(self.mask.to(device), seq_len)  # (B_cond, seq)
+            if blocked.shape[0] == 1 and rows.numel() > 1:
+                blocked = blocked.expand(rows.numel(), -1)
+            if blocked.shape[0] != rows.numel():
+                raise ValueError(f"MRCA has masks for {blocked.shape[0]} views but {rows.numel()} conditional rows")
+            full = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+            full[rows] = blocked
+            full = full.repeat_interleave(heads, dim=0)  # head_to_batch_dim is batch-major
+            tokens = torch.zeros(n_tokens, dtype=torch.bool)
+            tokens[self.token_indices] = True
+            cached = self._blocks[key] = full[:, :, None] & tokens.to(device)[None, None, :]
+        return cached
 
 
 def find_token_indices(tokenizer, prompt: str, token: str = "<e>") -> list[int]:
@@ -88,6 +129,7 @@ class MRCAAttnProcessor:
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
+        batch = channel = height = width = None
         if input_ndim == 4:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
@@ -101,6 +143,15 @@ class MRCAAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
 
+        if state.active and not state.record and takes_gpu_paths(query.device):
+            # the GPU's branch: one fused SDPA call (as diffusers' stock AttnProcessor2_0), the
+            # blocked logits as a boolean mask kept on the device (True = attend)
+            allowed = ~state.blocked(batch_size, query.shape[1], key.shape[1], attn.heads, query.device)
+            if attention_mask is not None:
+                blocked_bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+                allowed = attention_mask.to(query.dtype) + blocked_bias.masked_fill(~allowed, torch.finfo(query.dtype).min)
+            hidden_states = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=attn.scale)
+            return self._finish(attn, hidden_states, input_ndim, residual, batch, channel, height, width)
         # precision as diffusers' Attention.get_attention_scores: q and k in float32 when the
         # layer says upcast_attention (SD 2.x, whose fp16 logits overflow), the softmax in
         # float32 when it says upcast_softmax; the probabilities return to the input dtype
@@ -117,25 +168,17 @@ class MRCAAttnProcessor:
             scores = scores.float()
         plain = scores
         if state.active:
-            heads = attn.heads
-            half = batch_size // 2
-            rows = torch.arange(batch_size, device=scores.device)
-            rows = {"first_half": rows[:half], "second_half": rows[half:], "all": rows}[state.conditional]
-            blocked = ~layer_mask(state.mask.to(scores.device), query.shape[1])  # (B_cond, seq)
-            if blocked.shape[0] == 1 and rows.numel() > 1:
-                blocked = blocked.expand(rows.numel(), -1)
-            if blocked.shape[0] != rows.numel():
-                raise ValueError(f"MRCA has masks for {blocked.shape[0]} views but {rows.numel()} conditional rows")
-            full = torch.zeros(batch_size, query.shape[1], dtype=torch.bool, device=scores.device)
-            full[rows] = blocked
-            full = full.repeat_interleave(heads, dim=0)  # head_to_batch_dim is batch-major
-            tokens = torch.zeros(key.shape[1], dtype=torch.bool, device=scores.device)
-            tokens[state.token_indices] = True
-            scores = scores.masked_fill(full[:, :, None] & tokens[None, None, :], torch.finfo(scores.dtype).min)
+            blocked = state.blocked(batch_size, query.shape[1], key.shape[1], attn.heads, scores.device)
+            scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
         probs = scores.softmax(dim=-1).to(dtype)
         if state.record:
             state.recorded.append((self.name, attn.heads, probs.detach(), plain.softmax(dim=-1).detach()))
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        return self._finish(attn, torch.bmm(probs, value), input_ndim, residual, batch, channel, height, width)
+
+    @staticmethod
+    def _finish(attn, out: Tensor, input_ndim: int, residual: Tensor, batch, channel, height, width) -> Tensor:
+        """Heads back to channels, the output projection, the residual: as diffusers' processors."""
+        hidden_states = attn.batch_to_head_dim(out)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)

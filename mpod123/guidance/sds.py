@@ -9,7 +9,8 @@ over the conditional and unconditional branches (classifier-free guidance).
 
 Every draw (timestep, noise) comes from a CPU generator seeded by the run's seed,
 the prior and the step, so a run is reproducible on any device and resumes
-exactly, while other seeds and the other stage draw other sequences.
+exactly, while other seeds and the other stage draw other sequences. On CUDA the
+draws travel from pinned memory without blocking the host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..runtime.syncs import to_device
 from ..runtime.weights import ModelNotFound, missing_offline  # the weights' catalog (a leaf module, no torch)
 
 
@@ -125,8 +127,8 @@ class ScoreDistillation:
         by the run's seed, the prior and the step (so a resumed run replays the same draws)."""
         gen = torch.Generator().manual_seed(self.draw_seed(step))
         t = (torch.rand(shape[0], generator=gen) * (hi - lo) + lo).mul(self.num_train_timesteps).long()
-        t = t.clamp(0, self.num_train_timesteps - 1).to(self.device)
-        noise = torch.randn(shape, generator=gen).to(self.device)
+        t = to_device(t.clamp(0, self.num_train_timesteps - 1), self.device)  # non-blocking on CUDA
+        noise = to_device(torch.randn(shape, generator=gen), self.device)
         return t, noise
 
     def predict_noise(self, noisy: Tensor, t: Tensor, *conditioning) -> Tensor:

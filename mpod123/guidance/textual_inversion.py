@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..config import TextualInversionConfig
 from ..runtime.errors import Mpod123Error
+from ..runtime.syncs import takes_gpu_paths, to_device
 from .multiview import resize_rgba
 from .stable_diffusion import StableDiffusionModels
 
@@ -207,11 +208,27 @@ class TextualInversion:
         pick = torch.randint(len(self.cfg.templates), (count,), generator=generator)
         return [self.cfg.templates[i].format(self.token) for i in pick.tolist()]
 
-    def loss(self, latents: Tensor, t: Tensor, noise: Tensor, prompts: list[str]) -> Tensor:
-        """The diffusion training loss with the prompts' text embeddings (gradient reaches ``vector``)."""
-        tok = self.models.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        hidden = self.models.text_encoder(ids.input_ids.to(self.models.device))[0]
+    def template_ids(self) -> Tensor:
+        """(templates, L) token ids of every caption template, tokenised once and kept on the device."""
+        ids = self.__dict__.get("_template_ids")
+        if ids is None:
+            tok = self.models.tokenizer
+            captions = [template.format(self.token) for template in self.cfg.templates]
+            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(self.models.device)
+            self.__dict__["_template_ids"] = ids
+        return ids
+
+    def loss(self, latents: Tensor, t: Tensor, noise: Tensor, prompts: list[str] | Tensor) -> Tensor:
+        """The diffusion training loss with the prompts' text embeddings (gradient reaches ``vector``).
+        ``prompts``: captions, or template indices (B,) (:meth:`draw`'s, read on the device)."""
+        if isinstance(prompts, Tensor):
+            ids = self.template_ids()[prompts.to(self.models.device)]
+        else:
+            tok = self.models.tokenizer
+            ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids.to(self.models.device)
+        hidden = self.models.text_encoder(ids)[0]
         noisy = self.scheduler.add_noise(latents, noise, t)
         pred = self.models.unet(noisy.to(self.models.dtype), t, encoder_hidden_states=hidden.to(self.models.dtype)).sample
         if self.scheduler.config.prediction_type == "v_prediction":
@@ -220,14 +237,17 @@ class TextualInversion:
             target = noise
         return F.mse_loss(pred.float(), target.float())
 
-    def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, list[str]]:
-        """A training batch: pooled latents, timesteps, noise and captions."""
+    def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A training batch: pooled latents, timesteps, noise and the captions' template indices
+        (the same draws as :meth:`prompts`; indices, so no caption is read back to the host)."""
         b = self.cfg.batch_size
         idx = torch.randint(len(self.latent_pool), (b,), generator=generator)
-        latents = self.latent_pool[idx.to(self.latent_pool.device)]
-        t = torch.randint(self.num_train_timesteps, (b,), generator=generator).to(self.models.device)
-        noise = torch.randn(latents.shape, generator=generator).to(self.models.device)
-        return latents, t, noise, self.prompts(generator, b)
+        latents = self.latent_pool[to_device(idx, self.latent_pool.device)]
+        device = self.models.device  # the draws travel non-blocking from pinned memory on CUDA
+        t = to_device(torch.randint(self.num_train_timesteps, (b,), generator=generator), device)
+        noise = to_device(torch.randn(latents.shape, generator=generator), device)
+        pick = to_device(torch.randint(len(self.cfg.templates), (b,), generator=generator), device)
+        return latents, t, noise, pick
 
     @property
     def loss_scale(self) -> float:
@@ -249,7 +269,8 @@ class TextualInversion:
         return loss.detach()
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam([self.vector], lr=self.cfg.lr)
+        """Adam; fused on a GPU, where it keeps its step count on the device (no read per step)."""
+        return torch.optim.Adam([self.vector], lr=self.cfg.lr, fused=True if takes_gpu_paths(self.models.device) else None)
 
     # ----------------------------------------------------------------- loop
     def train(

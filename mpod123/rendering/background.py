@@ -13,5 +13,6 @@ def background_color(kind: str, batch: int, generator: torch.Generator | None = 
     if kind == "black":
         return torch.zeros(batch, 3, device=device)
     if kind == "random":
-        return torch.rand(batch, 3, generator=generator).to(device)
+        where = generator.device if generator is not None else None  # a device generator draws on the device
+        return torch.rand(batch, 3, generator=generator, device=where).to(device)
     raise ValueError(f"unknown background {kind!r}: choose white, black or random")

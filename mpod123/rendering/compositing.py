@@ -11,7 +11,9 @@ For samples i along a ray with density sigma_i over an interval delta_i::
 On the CPU the per-ray prefix sums run on a zero-padded (rays, max samples)
 table rather than one global cumulative sum over all samples, whose float32
 rounding grows with the sample count; on CUDA (where sizing that table is a
-host sync) the global sum runs in float64 instead.
+host sync) the global sum runs in float64 instead, and the per-ray counts come
+from a scatter-add rather than ``bincount``. Samples of zero length (the
+fixed-size padding of :func:`~.ray_marching._march_static`) get zero weight.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..runtime.syncs import takes_gpu_paths
 from .ray_marching import RaySamples, transmittance_before
 
 
@@ -49,11 +52,14 @@ def sample_weights(samples: RaySamples, sigmas: Tensor, packed: bool | None = No
     if m == 0:
         return sigmas.new_zeros(0)
     rays = samples.ray_indices
-    counts = torch.bincount(rays, minlength=samples.n_rays)
+    if packed is None:
+        packed = takes_gpu_paths(rays.device)
+    if packed:  # counts by a scatter-add: bincount sizes its output from the data (a host sync)
+        counts = torch.zeros(samples.n_rays, dtype=rays.dtype, device=rays.device).index_add_(0, rays, torch.ones_like(rays))
+    else:
+        counts = torch.bincount(rays, minlength=samples.n_rays)
     first = torch.cumsum(counts, 0) - counts
     sigma_delta = sigmas * (samples.t_ends - samples.t_starts)
-    if packed is None:
-        packed = rays.device.type == "cuda"
     if packed:
         inclusive = torch.cumsum(sigma_delta.double(), 0)
         start = inclusive[first[rays]] - sigma_delta[first[rays]].double()  # sum before each ray's first sample

@@ -22,6 +22,7 @@ from ..geometry.mesh import Mesh
 from ..geometry.tet_grid import tet_grid
 from ..runtime.accelerators import probe, resolve_backend
 from ..runtime.selftest import register as register_self_test
+from ..runtime.syncs import Compactor, takes_gpu_paths
 from .rasterizer import antialias, barycentrics, interpolate, project, rasterize
 
 ColorFn = Callable[[Tensor], Tensor]
@@ -68,6 +69,8 @@ class MeshRenderer:
     def __init__(self, backend: str = "auto", device: torch.device | str = "cpu") -> None:
         self.backend = resolve_backend(backend, "nvdiffrast", device)
         self._glctx = None
+        self.compactor = Compactor()
+        """Fixed-size gathers of covered pixels on a GPU (nvdiffrast path); the stage refreshes it."""
         if self.backend == "nvdiffrast":
             self._dr = probe("nvdiffrast")
             self._glctx = self._dr.RasterizeCudaContext(device=device)
@@ -121,11 +124,20 @@ class MeshRenderer:
         rast, _ = dr.rasterize(self._glctx, clip.float().contiguous(), faces, (h, w))
         points, _ = dr.interpolate(verts[None].expand(b, -1, -1).contiguous(), rast, faces)
         covered = rast[..., 3:] > 0
-        flat_pts = points[covered[..., 0]]
-        colors = color_fn(flat_pts) if color_fn is not None else torch.ones_like(flat_pts)
         bg = background if background is not None else torch.zeros(b, 3, device=verts.device)
         image = bg[:, None, None, :].expand(b, h, w, 3).clone()
-        image[covered[..., 0]] = colors.to(image.dtype)
+        if takes_gpu_paths(verts.device):  # covered pixels gathered at a fixed size: no host sync
+            n_pix = b * h * w
+            idx, valid = self.compactor.nonzero(covered[..., 0], ("pixels", n_pix))
+            flat_pts = points.reshape(n_pix, 3)[idx]
+            colors = color_fn(flat_pts) if color_fn is not None else torch.ones_like(flat_pts)
+            padded = torch.cat([image.reshape(n_pix, 3), image.new_zeros(1, 3)])  # padding writes to a spare row
+            target = torch.where(valid, idx, n_pix)
+            image = padded.index_put((target,), colors.to(image.dtype))[:n_pix].view(b, h, w, 3)
+        else:
+            flat_pts = points[covered[..., 0]]
+            colors = color_fn(flat_pts) if color_fn is not None else torch.ones_like(flat_pts)
+            image[covered[..., 0]] = colors.to(image.dtype)
         both = dr.antialias(torch.cat([image, covered.float()], -1).contiguous(), rast, clip, faces)
         tri_id = rast[..., 3].long() - 1
         d, _ = dr.interpolate(depth[..., None].contiguous(), rast, faces)

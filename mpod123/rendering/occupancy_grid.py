@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import OccupancyGridConfig
+from ..runtime.syncs import takes_gpu_paths
 
 
 class OccupancyGrid(nn.Module):
@@ -54,16 +55,23 @@ class OccupancyGrid(nn.Module):
             return False
         n_cells = self.occs.numel()
         dev = self.occs.device
+        where = generator.device if generator is not None else None  # a device generator draws on the device
         if step < self.cfg.warmup_steps:
             indices = torch.arange(n_cells, device=dev)
         else:
             n = n_cells // 4
-            uniform = torch.randint(n_cells, (n,), generator=generator).to(dev)
-            occupied = torch.nonzero(self.binary.flatten())[:, 0]
-            if n < occupied.numel():
-                occupied = occupied[torch.randint(occupied.numel(), (n,), generator=generator).to(dev)]
+            uniform = torch.randint(n_cells, (n,), generator=generator, device=where).to(dev)
+            if takes_gpu_paths(dev):
+                # no count read back: n distinct occupied cells at random (all of them, topped up
+                # with random empty ones, when fewer are occupied); re-evaluating more cells is harmless
+                keys = torch.rand(n_cells, generator=generator, device=where).to(dev) + self.binary.flatten()
+                occupied = torch.topk(keys, n, sorted=False).indices
+            else:
+                occupied = torch.nonzero(self.binary.flatten())[:, 0]
+                if n < occupied.numel():
+                    occupied = occupied[torch.randint(occupied.numel(), (n,), generator=generator).to(dev)]
             indices = torch.cat([uniform, occupied])
-        jitter = torch.rand(indices.numel(), 3, generator=generator).to(dev)
+        jitter = torch.rand(indices.numel(), 3, generator=generator, device=where).to(dev)
         x01 = (self.cell_coords[indices].float() + jitter) / self.cfg.resolution
         x = (x01 * 2.0 - 1.0) * self.bound
         occ = torch.cat([density_fn(chunk) for chunk in x.split(1 << 18)]).reshape(-1) * step_size

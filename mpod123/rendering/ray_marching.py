@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..runtime.accelerators import probe, resolve_backend
+from ..runtime.syncs import Compactor, takes_gpu_paths
 from .occupancy_grid import OccupancyGrid
 
 DensityFn = Callable[[Tensor], Tensor]
@@ -71,16 +72,21 @@ def march_rays_reference(
     near_plane: float = 0.0,
     stratified: bool = False,
     generator: torch.Generator | None = None,
+    compactor: Compactor | None = None,
 ) -> RaySamples:
-    """The torch reference described in the module docstring."""
+    """The torch reference described in the module docstring.
+
+    With a ``compactor`` on a GPU (:func:`~mpod123.runtime.syncs.takes_gpu_paths`) no step reads
+    a size back: the kept steps are gathered at the compactor's capacity (:func:`_march_static`)."""
     n_rays = rays_o.shape[0]
     dev = rays_o.device
+    gpu = takes_gpu_paths(dev)
     t_near, t_far = ray_box_intersection(rays_o, rays_d, bound)
     t_near = t_near.clamp_min(near_plane)
     span = (t_far - t_near).clamp_min(0.0)
     if not n_rays:
         n_steps = 0
-    elif dev.type == "cuda":  # no host sync: no ray spans more than the box's diagonal
+    elif gpu:  # no host sync: no ray spans more than the box's diagonal
         n_steps = math.ceil(2.0 * math.sqrt(3.0) * bound / step_size - 1e-6)
     else:
         n_steps = int(torch.ceil(span.max() / step_size).item())
@@ -88,21 +94,67 @@ def march_rays_reference(
         empty = torch.zeros(0, device=dev)
         return RaySamples(torch.zeros(0, dtype=torch.long, device=dev), empty, empty.clone(), n_rays)
     start = t_near
-    if stratified:
-        start = start + torch.rand(n_rays, generator=generator).to(dev) * step_size
+    if stratified:  # drawn where the generator lives (the stage passes a device generator on a GPU)
+        start = start + torch.rand(n_rays, generator=generator, device=_where(generator)).to(dev) * step_size
     t_starts = start[:, None] + step_size * torch.arange(n_steps, device=dev, dtype=rays_o.dtype)[None]
     keep = t_starts < t_far[:, None]
     t_ends = torch.minimum(t_starts + step_size, t_far[:, None])
     if grid is not None:
         mids = rays_o[:, None] + (0.5 * (t_starts + t_ends))[..., None] * rays_d[:, None]
         keep &= grid.query(mids)
+    if gpu and compactor is not None:
+        return _march_static(rays_o, rays_d, t_starts, t_ends, keep, grid is not None and density_fn is not None and (
+            early_stop_eps > 0.0 or alpha_threshold > 0.0), density_fn, early_stop_eps, alpha_threshold, compactor)
+    if grid is not None:
         if density_fn is not None and (early_stop_eps > 0.0 or alpha_threshold > 0.0):
             # on CUDA one block: every block costs host syncs (nonzero, the active set), which
             # stall the GPU more than the density evaluations behind opaque surfaces cost
-            block = n_steps if dev.type == "cuda" else 32
+            block = n_steps if gpu else 32
             keep &= _visible(rays_o, rays_d, t_starts, t_ends, keep, density_fn, early_stop_eps, alpha_threshold, block)
     ray_idx, step_idx = torch.nonzero(keep, as_tuple=True)
     return RaySamples(ray_idx, t_starts[ray_idx, step_idx], t_ends[ray_idx, step_idx], n_rays)
+
+
+def _where(generator: torch.Generator | None) -> torch.device | None:
+    return generator.device if generator is not None else None
+
+
+def _march_static(
+    rays_o: Tensor,
+    rays_d: Tensor,
+    t_starts: Tensor,
+    t_ends: Tensor,
+    keep: Tensor,
+    prune: bool,
+    density_fn: DensityFn | None,
+    early_stop_eps: float,
+    alpha_threshold: float,
+    compactor: Compactor,
+) -> RaySamples:
+    """The GPU form of the reference march: the same samples, gathered at fixed sizes.
+
+    The kept steps (in the box, in occupied cells) are gathered at the compactor's capacity and
+    their density evaluated once without gradients, as the one-block :func:`_visible` does; the
+    visible ones are gathered again. Padding entries repeat the table's last cell with
+    ``t_end = t_start``: zero length, so zero weight, after every real sample (ray-major order holds)."""
+    n_rays, n_steps = keep.shape
+    if prune:
+        idx, valid = compactor.nonzero(keep, ("occupied", keep.numel()))
+        with torch.no_grad():
+            ts, te = t_starts.reshape(-1)[idx], t_ends.reshape(-1)[idx]
+            rows = idx // n_steps
+            mids = rays_o[rows] + (0.5 * (ts + te))[:, None] * rays_d[rows]
+            sd = torch.where(valid, density_fn(mids).reshape(-1).to(ts.dtype) * (te - ts), 0.0)
+            sigma_delta = torch.zeros(keep.numel(), dtype=ts.dtype, device=keep.device).index_add_(0, idx, sd)
+            sigma_delta = sigma_delta.view(n_rays, n_steps)
+            before = torch.cumsum(sigma_delta, dim=1) - sigma_delta
+            keep = keep & (torch.exp(-before) >= early_stop_eps)
+            if alpha_threshold > 0.0:
+                keep &= (1.0 - torch.exp(-sigma_delta)) >= alpha_threshold
+    idx, valid = compactor.nonzero(keep, ("samples", keep.numel()))
+    ts = t_starts.reshape(-1)[idx]
+    te = torch.where(valid, t_ends.reshape(-1)[idx], ts)
+    return RaySamples(idx // n_steps, ts, te, n_rays)
 
 
 @torch.no_grad()
@@ -175,6 +227,8 @@ class RayMarcher:
         self.alpha_threshold = alpha_threshold
         self.backend = resolve_backend(backend, "nerfacc", device) if grid is not None else "torch"
         self._estimator = None
+        self.compactor = Compactor()
+        """Fixed-size gathers on a GPU (the torch backend); its stage refreshes it once a step."""
         if self.backend == "nerfacc":
             nerfacc = probe("nerfacc")
             b = bound
@@ -201,6 +255,7 @@ class RayMarcher:
             self.alpha_threshold,
             stratified=stratified,
             generator=generator,
+            compactor=self.compactor,
         )
 
     def _march_nerfacc(
@@ -222,7 +277,7 @@ class RayMarcher:
         # (nerfacc 0.5: near = max(near_plane, t_min), then + U * step when stratified).
         t_min = None
         if stratified:
-            t_min = torch.rand(rays_o.shape[0], generator=generator).to(rays_o.device) * self.step_size
+            t_min = torch.rand(rays_o.shape[0], generator=generator, device=_where(generator)).to(rays_o.device) * self.step_size
         ray_indices, t_starts, t_ends = est.sampling(
             rays_o.contiguous(),
             rays_d.contiguous(),

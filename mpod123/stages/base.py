@@ -11,8 +11,11 @@ run resumes where it stopped.
 A step whose loss or gradients are not finite (an fp16 overflow in a prior, a
 degenerate render) is skipped rather than applied: one NaN in Adam's moments
 would stay there for the rest of the run. Skips are counted (``skipped_steps``,
-kept in checkpoints and reported in run.json). Losses stay on the device until
-an event reports them, so the only host sync of a step is that finiteness check.
+kept in checkpoints and reported in run.json). On a GPU the check never leaves
+the device: Adam runs fused and takes a device-side ``found_inf`` (as torch.amp's
+GradScaler hands it), which leaves the parameters and Adam's state untouched on a
+bad step, and the skip count is a device tensor read only when it is reported.
+Losses too stay on the device until an event reports them.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from ..imaging.images import grid_image, png_bytes
 from ..rendering import background_color
 from ..runtime.errors import Mpod123Error
 from ..runtime.progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
+from ..runtime.syncs import Compactor, refresh_all, takes_gpu_paths
 from .mesh_previews import MeshPreviewer
 
 CHECKPOINT_VERSION = 1
@@ -77,6 +81,11 @@ def reference_view_index(step: int, prob: float, n_views: int) -> int:
     """Which of ``n_views`` reference views a reference step shows: round-robin over the reference
     steps (0 = the main photo), so every view gets the same share of the reference schedule."""
     return math.floor(step * prob) % max(1, n_views)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter group runs torch's fused kernel (which takes ``found_inf``)."""
+    return all(g.get("fused") for g in optimizer.param_groups)
 
 
 def scaled_size(camera: Cameras, height: int) -> tuple[int, int]:
@@ -137,22 +146,68 @@ class OptimisationStage(ABC):
         self.optimizer.zero_grad(set_to_none=True)
         if isinstance(total, Tensor) and total.requires_grad:  # an empty render has no graph
             total.backward()
-            if self._finite(total):
+            found_inf = self._found_inf(total)
+            if is_fused(self.optimizer):  # the check stays on the device (no host sync)
+                cut = [c.overflow() for c in self.compactors() if c.overflow() is not None]
+                self.optimizer.found_inf = found_inf if not cut else torch.maximum(found_inf, torch.stack(cut).any().float())
+                try:
+                    self.optimizer.step()
+                finally:
+                    del self.optimizer.found_inf
+                self._skipped = found_inf if self._skipped is None else self._skipped + found_inf
+            elif not bool(found_inf):
                 self.optimizer.step()
             else:
                 self.optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
+                self._skipped_host += 1
                 log.warning("%s step %d: non-finite loss or gradient, step skipped (%d so far)",
                             self.name, self.step + 1, self.skipped_steps)
+        if refresh_all(self.compactors()):  # the step's one host sync on a GPU
+            log.info("%s step %d: a fixed-size gather was too small; it grew and the step was not applied",
+                     self.name, self.step + 1)
         return {k: v.detach() if isinstance(v, Tensor) else torch.tensor(float(v)) for k, v in losses.items()}
 
-    def _finite(self, total: Tensor) -> bool:
-        """Whether the loss and every gradient are finite: one host sync for all of them."""
+    def compactors(self) -> list[Compactor]:
+        """The fixed-size gathers of this stage's GPU branches: a step whose gather overflowed is not
+        applied (its samples were cut short), and all are refreshed at the step's end in one sync."""
+        return []
+
+    @property
+    def draws(self) -> torch.Generator:
+        """The generator of per-step random draws: :attr:`generator` on the CPU, a generator on the
+        device elsewhere (seeded from the stage's seed), so draws need no copy to the device."""
+        if self.device.type == "cpu":
+            return self.generator
+        gen = self.__dict__.get("_device_generator")
+        if gen is None:
+            gen = self.__dict__["_device_generator"] = torch.Generator(self.device).manual_seed(int(self.cfg.seed) + 104729)
+        return gen
+
+    def _found_inf(self, total: Tensor) -> Tensor:
+        """A 0-d float tensor on the device: 1 when the loss or any gradient is not finite, else 0."""
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         flags = [torch.isfinite(total.detach()).reshape(1)]
         if grads:
             flags.append(torch.isfinite(torch.stack(torch._foreach_norm(grads))).to(flags[0].device))
-        return bool(torch.cat(flags).all())
+        return (~torch.cat(flags).all()).float()
+
+    _skipped: Tensor | None = None
+    """Device-side count of skipped steps (fused Adam); read only when reported."""
+    _skipped_host: int = 0
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped as non-finite so far (reading it on a GPU waits for the device)."""
+        return self._skipped_host + (int(self._skipped) if self._skipped is not None else 0)
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self._skipped_host, self._skipped = int(value), None
+
+    def adam(self, groups: list[dict], betas: tuple[float, float], eps: float) -> torch.optim.Adam:
+        """Adam for this stage's device: fused (device-side skip of non-finite steps) where the
+        GPU branches are taken, torch's default implementation otherwise (bitwise as before)."""
+        return torch.optim.Adam(groups, betas=betas, eps=eps, fused=True if takes_gpu_paths(self.device) else None)
 
     @abstractmethod
     def preview(self) -> Preview: ...
@@ -204,7 +259,7 @@ class OptimisationStage(ABC):
         return Preview(self.name, self.step, png_bytes(img), img.shape[1], img.shape[0], rgb.shape[0])
 
     def backgrounds(self, n: int, kind: str) -> Tensor:
-        return background_color(kind, n, self.generator, self.device)
+        return background_color(kind, n, self.draws, self.device)
 
     def novel_cameras(self, guidance: object, resolution: int) -> tuple[Cameras, Tensor | None]:
         """Cameras for a guidance step: the guidance's own proposal, else random orbit views."""
@@ -214,7 +269,7 @@ class OptimisationStage(ABC):
         v = self.cfg.views
         cams = sample_orbit_cameras(
             v.batch_size, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg,
-            resolution, self.generator, self.device,
+            resolution, self.draws, self.device,
         )
         return cams, None
 
@@ -226,6 +281,7 @@ class OptimisationStage(ABC):
         elapsed0 = self.elapsed_s
         interval = 1.0 / self.progress_rate_hz if self.progress_rate_hz > 0 else 0.0
         last_progress = -math.inf
+        last_skipped = self._skipped_host
         try:
             while self.step < total:
                 self.cancel.raise_if_cancelled()
@@ -236,6 +292,10 @@ class OptimisationStage(ABC):
                     last_progress = now
                     eta = (now - t0) / (self.step - start_step) * (total - self.step)
                     reported = {k: float(v) for k, v in losses.items()}
+                    skipped = self.skipped_steps
+                    if skipped > last_skipped:
+                        log.warning("%s: %d non-finite step(s) skipped so far", self.name, skipped)
+                        last_skipped = skipped
                     emit(self.callback, Progress(self.name, self.step, total, reported, self.elapsed_s, eta))
                 if checkpoint_path and self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
@@ -266,6 +326,7 @@ class OptimisationStage(ABC):
             "modules": {name: m.state_dict() for name, m in self.modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "device_generator": self.draws.get_state() if self.draws is not self.generator else None,
             "skipped_steps": self.skipped_steps,
         }
 
@@ -282,8 +343,17 @@ class OptimisationStage(ABC):
         self.check_compatible(state["config"])
         for name, module in self.modules().items():
             module.load_state_dict(state["modules"][name])
+        fused = [g.get("fused") for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, flag in zip(self.optimizer.param_groups, fused):  # this device's choice, not the saver's
+            group["fused"] = flag
+        if is_fused(self.optimizer):  # fused Adam keeps its step counts on the parameters' device
+            for p, st in self.optimizer.state.items():
+                if "step" in st:
+                    st["step"] = st["step"].to(p.device, torch.float32)
         self.generator.set_state(state["generator"].cpu())
+        if state.get("device_generator") is not None and self.draws is not self.generator:
+            self.draws.set_state(state["device_generator"].cpu())
         self.step = int(state["step"])
         self.elapsed_s = float(state["elapsed_s"])
         self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -51,6 +51,7 @@ THRESHOLD_CANDIDATES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 10
 
 class DetailStage(OptimisationStage):
     name = STAGE
+    _pool_masks: Tensor | None = None
 
     def __init__(
         self,
@@ -69,7 +70,7 @@ class DetailStage(OptimisationStage):
         self.guidance = guidance
         self.stage1_masks = stage1_masks
         grid = tet_grid(cfg.dmtet.resolution, nerf.bound).to(self.device)
-        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend)
+        self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, band=cfg.dmtet.candidate_band)
         self.texture = copy.deepcopy(nerf).to(self.device).requires_grad_(True)
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
         self.set_reference(reference, cfg.resolution)
@@ -77,22 +78,26 @@ class DetailStage(OptimisationStage):
         self.nvm_cache: dict[tuple, Tensor] = {}
         """Stage-1 masks (h, w) bool by view key; stage 1 is frozen, so a view's mask never changes."""
         self._camera_pool: Cameras | None = None
+        self._pool_masks: Tensor | None = None
+        """The pool views' stage-1 opacity (N, h, w) at ``nvm_mask_resolution``, rendered once."""
         density = self.dmtet.grid_density(nerf.density)
         self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
         if cfg.dmtet.fit_to_density:  # Magic123: the box of the surface's own density level
             level = self.init_threshold if cfg.dmtet.fit_threshold is None else cfg.dmtet.fit_threshold
             box = density_box(nerf.density, nerf.bound, level, cfg.dmtet.fit_margin, device=self.device)
-            self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box)
+            self.dmtet = DMTet(grid, cfg.dmtet.deform_scale, backend=cfg.dmtet.backend, box=box,
+                               band=cfg.dmtet.candidate_band)
             density = self.dmtet.grid_density(nerf.density)
         self.dmtet.init_from_density(density, self.init_threshold)
-        self.optimizer = torch.optim.Adam(
+        if cfg.nvm_camera_pool and not isinstance(guidance, CameraProposer):
+            self.build_camera_pool(cfg.resolution)  # every stage-1 render of the loop, done here once
+        self.optimizer = self.adam(
             [
                 {"params": [self.dmtet.sdf], "lr": cfg.sdf_lr},
                 {"params": [self.dmtet.deform], "lr": cfg.deform_lr},
                 {"params": list(self.texture.parameters()), "lr": cfg.lr},
             ],
-            betas=cfg.adam_betas,
-            eps=cfg.adam_eps,
+            cfg.adam_betas, cfg.adam_eps,
         )
 
     # ----------------------------------------------------------- initialisation
@@ -107,7 +112,7 @@ class DetailStage(OptimisationStage):
             mesh = self.dmtet.mesh()
             if mesh.n_faces == 0:
                 continue
-            masks = self.renderer.render(mesh, cams).mask
+            masks = self.renderer.compactor.exact(lambda: self.renderer.render(mesh, cams)).mask  # noqa: B023
             iou = silhouette_iou(masks, target)
             if iou > best_iou:
                 best, best_iou = threshold, iou
@@ -134,11 +139,16 @@ class DetailStage(OptimisationStage):
         """
         small = self.cfg.nvm_mask_resolution
         sw, sh = scaled_size(cameras, small)
-        if keys is None:
+        if isinstance(keys, Tensor):  # camera-pool slots: the pool's masks, rendered once at the start
+            masks = self._pool_masks[keys]
+        elif keys is None:
             with torch.no_grad():
                 masks = self.stage1_masks(cameras.resized(sw, sh)).to(self.device).float()
         else:
             keys = [(key, sw, sh) for key in keys]
+            for key in keys:
+                if key[0][0] == "pool" and key not in self.nvm_cache and self._pool_masks is not None:
+                    self.nvm_cache[key] = self._pool_masks[key[0][1]]
             missing = sorted({i for i, key in enumerate(keys) if key not in self.nvm_cache})
             if missing:
                 with torch.no_grad():
@@ -161,18 +171,33 @@ class DetailStage(OptimisationStage):
         if not self.shades_novel_views():
             return self.render_mesh(mesh, cameras, background)
         cfg = self.cfg
-        light = Lighting.draw(cameras, self.generator, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
+        light = Lighting.draw(cameras, self.draws, cfg.min_ambient, cfg.textureless_prob, cfg.light_jitter)
         out = self.render_mesh(mesh, cameras, torch.zeros_like(background), with_normals=True)
         rgb = shade(out.rgb, out.opacity, out.normals, background, light)
         return MeshRenderOutput(rgb, out.opacity, out.depth, out.normals, out.tri_id)
 
-    def draw_novel_views(self, resolution: int) -> tuple[Cameras, Tensor | None, list[tuple] | None]:
+    def build_camera_pool(self, resolution: int) -> None:
+        """Draw the ``nvm_camera_pool`` orbit views once (the same for a seed) and render their stage-1
+        opacity once, at ``nvm_mask_resolution``, in batches: the stage-2 loop then renders no NeRF."""
+        v, n = self.cfg.views, self.cfg.nvm_camera_pool
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7919)  # the pool is the same for a seed
+        self._camera_pool = sample_orbit_cameras(
+            n, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg, resolution, gen, self.device
+        )
+        sw, sh = scaled_size(self._camera_pool, self.cfg.nvm_mask_resolution)
+        with torch.no_grad():
+            self._pool_masks = torch.cat([
+                self.stage1_masks(self._camera_pool[i : i + 8].resized(sw, sh)).to(self.device).float()
+                for i in range(0, n, 8)
+            ])
+
+    def draw_novel_views(self, resolution: int) -> tuple[Cameras, Tensor | None, list[tuple] | Tensor | None]:
         """Novel cameras, their guidance view ids, and the keys of their stage-1 masks.
 
         A guidance that proposes its own (fixed) views keys the masks by view id. Otherwise,
-        with ``nvm_camera_pool`` = N > 0 the cameras come from N orbit views drawn once
-        (their masks are rendered once each); with 0 every step draws fresh cameras
-        and renders their masks.
+        with ``nvm_camera_pool`` = N > 0 (the default) the cameras come from N orbit views drawn
+        and rendered once (:meth:`build_camera_pool`), keyed by their pool slots (a device tensor,
+        so nothing is read back); with 0 every step draws fresh cameras and renders their masks.
         """
         if isinstance(self.guidance, CameraProposer):
             cams, ids = self.novel_cameras(self.guidance, resolution)
@@ -182,13 +207,13 @@ class DetailStage(OptimisationStage):
             cams, ids = self.novel_cameras(self.guidance, resolution)
             return cams, ids, None
         if self._camera_pool is None or self._camera_pool.height != resolution:
-            v = self.cfg.views
-            gen = torch.Generator().manual_seed(self.cfg.seed + 7919)  # the pool is the same for a seed
-            self._camera_pool = sample_orbit_cameras(
-                pool, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg, resolution, gen, self.device
-            )
-        slots = torch.randint(pool, (self.cfg.views.batch_size,), generator=self.generator)
-        return self._camera_pool[slots.to(self.device)], None, [("pool", int(i)) for i in slots.tolist()]
+            self.build_camera_pool(resolution)
+        gen = self.draws
+        slots = torch.randint(pool, (self.cfg.views.batch_size,), generator=gen, device=gen.device).to(self.device)
+        cams = self._camera_pool[slots]
+        if self.extra_references:  # an extra view may replace a camera: keys as a list (read on the host)
+            return cams, None, [("pool", int(i)) for i in slots.tolist()]
+        return cams, None, slots
 
     def place_extra_view_cameras(self, cameras: Cameras, keys: list[tuple] | None) -> tuple[Cameras, list[tuple] | None]:
         """On ``extra_view_novel_share`` of the novel steps, the first camera of the batch is an extra
@@ -241,6 +266,9 @@ class DetailStage(OptimisationStage):
         self.step += 1
         return reported
 
+    def compactors(self):
+        return [self.renderer.compactor]
+
     # ------------------------------------------------------------ inspection
     @torch.no_grad()
     def render(self, cameras: Cameras, background: Tensor | None = None, with_normals: bool = False) -> MeshRenderOutput:
@@ -249,7 +277,8 @@ class DetailStage(OptimisationStage):
         cameras = cameras.to(self.device)
         if background is None:
             background = torch.ones(len(cameras), 3, device=self.device)
-        return self.render_mesh(self.mesh(), cameras, background, with_normals)
+        mesh = self.mesh()
+        return self.renderer.compactor.exact(lambda: self.render_mesh(mesh, cameras, background, with_normals))
 
     @torch.no_grad()
     def preview_surface(self):

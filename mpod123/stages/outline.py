@@ -56,10 +56,9 @@ class OutlineStage(OptimisationStage):
         self.renderer = VolumeRenderer(self.field, self.grid, cfg.render, backend=cfg.occupancy.backend)
         encoding = list(self.field.encoding.parameters())
         heads = [p for n, p in self.field.named_parameters() if not n.startswith("encoding.")]
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = self.adam(
             [{"params": encoding, "lr": cfg.lr * cfg.encoding_lr_scale}, {"params": heads, "lr": cfg.lr}],
-            betas=cfg.adam_betas,
-            eps=cfg.adam_eps,
+            cfg.adam_betas, cfg.adam_eps,
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.set_reference(reference, cfg.render.resolution)
@@ -69,16 +68,16 @@ class OutlineStage(OptimisationStage):
         """One optimisation step; returns the losses, detached and still on the device."""
         cfg = self.cfg
         self.field.train()
-        self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
+        self.grid.update(self.step, self.field.density, self.renderer.step_size, self.draws)
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.render.background)
             cams, target = self.reference_for_step()  # the main photo, or an extra view in turn
-            out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
+            out = self.renderer.render(cams, bg, stratified=True, generator=self.draws)
             losses = reference_losses(out.rgb, out.opacity, target, bg, cfg.ref_rgb_weight, cfg.ref_mask_weight)
         else:
             cams, ids = self.novel_cameras(self.guidance, cfg.render.resolution)
             bg = self.backgrounds(len(cams), cfg.render.background)
-            out = self.renderer.render(cams, bg, stratified=True, generator=self.generator)
+            out = self.renderer.render(cams, bg, stratified=True, generator=self.draws)
             losses = self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids))
         losses.update(self.regularisers(cams, out.opacity))
         reported = self.optimise(losses)  # skips a non-finite step; no host sync for the losses
@@ -101,7 +100,7 @@ class OutlineStage(OptimisationStage):
         every = max(1, cfg.regulariser_every)
         if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0 and self.step % every == 0:
             terms = normal_regularisers(
-                self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
+                self.renderer, cameras, cfg.regulariser_rays, self.draws, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
                 normal_method=cfg.normal_method, normal_eps=cfg.normal_eps,
             )
@@ -111,13 +110,17 @@ class OutlineStage(OptimisationStage):
                 out["normal_smoothness"] = every * cfg.normal_smoothness_weight * terms["normal_smoothness"]
         return out
 
+    def compactors(self):
+        return [self.renderer.marcher.compactor]
+
     # ------------------------------------------------------------ inspection
     @torch.no_grad()
     def preview(self) -> Preview:
         """A turntable strip: colour on the top row, shaded normals below."""
         self.field.eval()
         cams = self.preview_cameras()
-        out = self.renderer.render(cams, torch.ones(len(cams), 3, device=self.device), with_normals=True)
+        white = torch.ones(len(cams), 3, device=self.device)
+        out = self.renderer.marcher.compactor.exact(lambda: self.renderer.render(cams, white, with_normals=True))
         return self.strip_preview(out.rgb, out.opacity, out.normals)  # volume normals are opacity-weighted
 
     @torch.no_grad()
@@ -138,7 +141,7 @@ class OutlineStage(OptimisationStage):
         cameras = cameras.to(self.device)
         if background is None:
             background = torch.ones(len(cameras), 3, device=self.device)
-        return self.renderer.render(cameras, background)
+        return self.renderer.marcher.compactor.exact(lambda: self.renderer.render(cameras, background))
 
     def masks(self, cameras: Cameras) -> Tensor:
         """Stage-1 masks (B, H, W), opacity >= 0.5 (Eq. 5): the hand-off to stage 2."""

@@ -34,6 +34,7 @@ from ..fields.normals import NormalMethod, density_normals
 from ..rendering import VolumeRenderer
 from ..rendering.compositing import accumulate, sample_weights
 from ..rendering.ray_marching import RaySamples
+from ..runtime.syncs import takes_gpu_paths
 
 
 def opacity_entropy(opacity: Tensor, eps: float = 1e-5) -> Tensor:
@@ -64,8 +65,9 @@ def normal_regularisers(
     field = renderer.field
     rays_o, rays_d = camera_rays(cameras)
     rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+    where = generator.device if generator is not None else None  # a device generator draws on the device
     if n_rays < rays_o.shape[0]:
-        pick = torch.randperm(rays_o.shape[0], generator=generator)[:n_rays].to(rays_o.device)
+        pick = torch.randperm(rays_o.shape[0], generator=generator, device=where)[:n_rays].to(rays_o.device)
         rays_o, rays_d = rays_o[pick], rays_d[pick]
     prune = field.density if renderer.grid is not None else None
     samples = renderer.marcher.march(rays_o, rays_d, prune, stratified=True, generator=generator)
@@ -77,15 +79,20 @@ def normal_regularisers(
     # only samples that can matter get second derivatives (the weights scale both terms, and
     # samples in front of or deep inside the surface carry next to none): a several-fold saving
     keep = weights > min_weight
-    if not bool(keep.any()):
-        return {}
-    samples = RaySamples(samples.ray_indices[keep], samples.t_starts[keep], samples.t_ends[keep], samples.n_rays)
-    points, weights = points[keep], weights[keep]
-    where = points
+    if takes_gpu_paths(points.device):  # gathered at a fixed size; padding gets weight 0
+        idx, valid = renderer.marcher.compactor.nonzero(keep, ("regularisers", keep.numel()))
+        samples = RaySamples(samples.ray_indices[idx], samples.t_starts[idx], samples.t_ends[idx], samples.n_rays)
+        points, weights = points[idx], torch.where(valid, weights[idx], 0.0)
+    else:
+        if not bool(keep.any()):
+            return {}
+        samples = RaySamples(samples.ray_indices[keep], samples.t_starts[keep], samples.t_ends[keep], samples.n_rays)
+        points, weights = points[keep], weights[keep]
+    both_at = points
     if with_smoothness:  # the perturbed points' normals come from the same (batched) call
-        offset = torch.randn(points.shape, generator=generator).to(points) * smoothness_eps
-        where = torch.cat([points, points + offset])
-    both = density_normals(field.density, where, normal_method, normal_eps, create_graph=True)
+        offset = torch.randn(points.shape, generator=generator, device=where).to(points) * smoothness_eps
+        both_at = torch.cat([points, points + offset])
+    both = density_normals(field.density, both_at, normal_method, normal_eps, create_graph=True)
     normals = both[: points.shape[0]]
     n = rays_o.shape[0]
     out: dict[str, Tensor] = {}

@@ -41,10 +41,11 @@ class Lighting:
     ) -> Lighting:
         """A light near each camera, an ambient share in [min_ambient, 1], textureless at ``textureless_prob``."""
         b = len(cameras)
-        position = cameras.c2w[:, :3, 3].detach().float().cpu()
-        direction = F.normalize(position + jitter * torch.randn(b, 3, generator=generator), dim=-1)
-        ambient = min_ambient + (1.0 - min_ambient) * torch.rand(b, generator=generator)
-        textureless = torch.rand(b, generator=generator) < textureless_prob
+        where = generator.device  # a device generator draws on the device: nothing is copied either way
+        position = cameras.c2w[:, :3, 3].detach().float().to(where)
+        direction = F.normalize(position + jitter * torch.randn(b, 3, generator=generator, device=where), dim=-1)
+        ambient = min_ambient + (1.0 - min_ambient) * torch.rand(b, generator=generator, device=where)
+        textureless = torch.rand(b, generator=generator, device=where) < textureless_prob
         device = cameras.c2w.device
         return Lighting(direction.to(device), ambient.to(device), textureless.to(device))
 

@@ -107,7 +107,7 @@ class TexturingStage(DetailStage):
         groups = [{"params": list(self.texture.parameters()), "lr": cfg.fresh_texture_lr}]  # a fresh field
         if refine_geometry:
             groups.append({"params": list(self.offsets.parameters()), "lr": cfg.deform_lr})
-        self.optimizer = torch.optim.Adam(groups, betas=cfg.adam_betas, eps=cfg.adam_eps)
+        self.optimizer = self.adam(groups, cfg.adam_betas, cfg.adam_eps)
 
     @torch.no_grad()
     def silhouettes(self, cameras: Cameras) -> Tensor:

@@ -134,3 +134,40 @@ def test_e_is_found_through_the_tokenizer_not_at_a_fixed_index(tmp_path):
     assert short != long, "the index depends on the prompt"
     with pytest.raises(ValueError, match="does not occur"):
         find_token_indices(tok, "no token here")
+
+
+def _run(unet, state, latents, text):
+    install_mrca(unet, state)
+    try:
+        with torch.no_grad():
+            return unet(latents, 10, encoder_hidden_states=text).sample
+    finally:
+        uninstall_mrca(unet)
+
+
+def test_on_the_gpu_branch_mrca_decides_once_per_mask_and_gives_the_same_output(unet):
+    from mpod123.runtime.syncs import SyncCounter, gpu_paths
+
+    latents, text, mask = _inputs()
+    cpu = _run(unet, MaskState(mask=mask, token_indices=[TOKEN]), latents, text)
+    with torch.no_grad():
+        stock = unet(latents, 10, encoder_hidden_states=text).sample
+    with gpu_paths(), SyncCounter() as counter:
+        gpu = _run(unet, MaskState(mask=mask, token_indices=[TOKEN]), latents, text)
+        ones = _run(unet, MaskState(mask=torch.ones(1, 1, 16, 16), token_indices=[TOKEN]), latents, text)
+    assert counter.total == 0, dict(counter.counts)
+    # SDPA under the mask on the GPU's branch, the explicit softmax on the CPU's: the same attention
+    torch.testing.assert_close(gpu, cpu, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(gpu[0], stock[0], atol=1e-4), "and it does mask"
+    # an all-ones mask is applied without a read-back: it masks nothing, so the output is the stock one
+    torch.testing.assert_close(ones, stock, atol=1e-5, rtol=1e-5)
+
+
+def test_the_per_layer_masks_are_built_once_per_mask():
+    state = MaskState(mask=torch.ones(1, 1, 16, 16), token_indices=[TOKEN])
+    a = state.blocked(2, 64, 8, 2, torch.device("cpu"))
+    assert state.blocked(2, 64, 8, 2, torch.device("cpu")) is a
+    assert a.shape == (4, 64, 8) and not a.any()
+    state.mask = torch.zeros(1, 1, 16, 16)
+    b = state.blocked(2, 64, 8, 2, torch.device("cpu"))
+    assert b is not a and b[:2, :, TOKEN].all() and not b[2:].any() and b[..., TOKEN + 1].sum() == 0

@@ -271,3 +271,76 @@ def test_packed_float64_weights_equal_the_padded_table():
     torch.testing.assert_close(packed, table, atol=1e-6, rtol=1e-5)
     per_ray = torch.zeros(64).index_add(0, rays, packed)
     assert float(per_ray.max()) <= 1.0 + 1e-5 and float(per_ray.max()) > 0.9, "opaque rays sum to ~1"
+
+
+def _skipping_renderer(res=32):
+    torch.manual_seed(0)
+    cfg = NeRFFieldConfig(
+        hash_grid=HashGridConfig(n_levels=6, log2_hashmap_size=14, base_resolution=8, backend="torch"),
+        hidden_dim=32,
+        blob_density=40.0,
+    )
+    field = NeRFField(cfg)
+    with torch.no_grad():
+        field.encoding.params.normal_(0, 0.5)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=16, backend="torch"))
+    renderer = VolumeRenderer(field, grid, RenderConfig(resolution=res, samples_per_ray=128), backend="torch")
+    for update in range(4):
+        grid.update(update * 16, field.density, renderer.step_size)
+    return renderer
+
+
+def test_the_gpu_branch_renders_the_same_image_without_reading_sizes_back():
+    """Fixed-size gathers (padding of zero length), scatter-add counts and the float64 packed
+    prefix sums against the CPU's nonzero, bincount and padded table."""
+    from mpod123.runtime.syncs import SyncCounter, gpu_paths
+
+    renderer = _skipping_renderer()
+    cams = orbit_cameras([90.0, 50.0], [0.0, 200.0], 2.5, 40.0, 32)
+    bg = torch.ones(2, 3)
+    with torch.no_grad():
+        cpu = renderer.render(cams, bg)
+        with gpu_paths():
+            renderer.render(cams, bg)  # the first call learns the gathers' sizes
+            with SyncCounter() as counter:
+                gpu = renderer.render(cams, bg)
+    assert counter.total == 0, dict(counter.counts)
+    assert gpu.n_samples >= cpu.n_samples, "the capacity holds every sample"
+    torch.testing.assert_close(gpu.opacity, cpu.opacity, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gpu.rgb, cpu.rgb, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gpu.depth, cpu.depth, atol=1e-4, rtol=1e-4)
+    assert not renderer.marcher.compactor.refresh(), "nothing was cut"
+
+
+def test_an_overflowing_gather_is_caught_and_the_render_redone():
+    from mpod123.runtime.syncs import Compactor, gpu_paths
+
+    renderer = _skipping_renderer()
+    renderer.marcher.compactor = Compactor(headroom=1.0, granule=1)  # sized exactly by the first view
+    near = orbit_cameras(90.0, 0.0, 1.8, 60.0, 32)  # the object fills the view: many samples
+    far = orbit_cameras(90.0, 0.0, 6.0, 20.0, 32)
+    with torch.no_grad():
+        cpu = renderer.render(near, torch.ones(1, 3))
+        with gpu_paths():
+            renderer.render(far, torch.ones(1, 3))  # capacities learned on a small view
+            renderer.marcher.compactor.refresh()
+            cut = renderer.render(near, torch.ones(1, 3))
+            assert bool(renderer.marcher.compactor.overflow()), "the lost samples are flagged"
+            assert (cut.opacity - cpu.opacity).abs().max() > 0.05
+            redone = renderer.marcher.compactor.exact(lambda: renderer.render(near, torch.ones(1, 3)))
+    torch.testing.assert_close(redone.opacity, cpu.opacity, atol=1e-5, rtol=1e-4)
+
+
+def test_the_gpu_branch_grid_update_marks_the_same_ball_without_a_read():
+    from mpod123.runtime.syncs import SyncCounter, gpu_paths
+
+    grid, ball = _ball_grid()
+    with gpu_paths(), SyncCounter() as counter:
+        for step in range(100, 110):  # after warm-up: random cells plus occupied ones
+            grid.update(step, ball, step_size=0.01)
+    assert counter.total == 0, dict(counter.counts)
+    r = grid.resolution
+    centre = (torch.arange(r) + 0.5) / r * 2 - 1
+    cx, cy, cz = torch.meshgrid(centre, centre, centre, indexing="ij")
+    radius = torch.sqrt(cx**2 + cy**2 + cz**2)
+    assert grid.binary[radius < 0.35].all() and not grid.binary[radius > 0.65].any()

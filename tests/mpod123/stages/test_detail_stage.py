@@ -187,7 +187,7 @@ def test_stage1_masks_of_a_guidances_fixed_views_are_rendered_once(fitted):
     assert len(stage.nvm_cache) == len(seen)
 
 
-def test_a_camera_pool_renders_each_pool_views_mask_once(fitted):
+def test_the_camera_pool_is_rendered_once_at_the_start_and_never_inside_the_loop(fitted):
     views, ref, _, outline = fitted
 
     class NoGuidance:  # proposes no views: the stage draws them
@@ -195,15 +195,35 @@ def test_a_camera_pool_renders_each_pool_views_mask_once(fitted):
             return {}
 
     masks = _CountingMasks(outline)
-    cfg = _detail_cfg(reference_view_prob=0.0, nvm_camera_pool=3, normal_consistency_weight=0.0, laplacian_weight=0.0)
-    cfg.dmtet.init_threshold = 5.0
+    cfg = _detail_cfg(reference_view_prob=0.0, nvm_camera_pool=5, normal_consistency_weight=0.0, laplacian_weight=0.0)
+    cfg.dmtet.init_threshold = 5.0  # no calibration renders
     stage = DetailStage(cfg, ref, NoGuidance(), outline.field, masks)
+    assert masks.rendered == 5, "the whole pool, once, when the stage starts"
     poses = set()
     for _ in range(8):
         cams, ids, keys = stage.draw_novel_views(cfg.resolution)
-        assert ids is None and keys[0][0] == "pool"
+        assert ids is None and isinstance(keys, torch.Tensor) and keys.dtype == torch.long
         poses.add(tuple(cams.c2w[0, :3, 3].tolist()))
-        stage.nvm_targets(cams, 32, 32, keys)
-    assert len(poses) <= 3 and masks.rendered == len(poses)
-    losses = stage.train_step()
-    assert "nvm" in losses and masks.rendered == len(poses) + (1 if len(stage.nvm_cache) > len(poses) else 0)
+        # the pool's target equals rendering that camera's stage-1 mask now
+        torch.testing.assert_close(stage.nvm_targets(cams, 32, 32, keys), stage.nvm_targets(cams, 32, 32))
+        masks.rendered -= len(cams)
+    assert 1 < len(poses) <= 5
+    for _ in range(3):
+        assert "nvm" in stage.train_step()
+    assert masks.rendered == 5, "no stage-1 render inside the loop"
+
+
+def test_the_camera_pool_is_the_default_and_the_same_for_a_seed(fitted):
+    views, ref, _, outline = fitted
+
+    class NoGuidance:
+        def __call__(self, inp):
+            return {}
+
+    assert detail_preset("paper").nvm_camera_pool == 96
+    cfg = _detail_cfg(nvm_camera_pool=4)
+    cfg.dmtet.init_threshold = 5.0
+    a = DetailStage(cfg, ref, NoGuidance(), outline.field, outline.masks)
+    b = DetailStage(cfg, ref, NoGuidance(), outline.field, outline.masks)
+    torch.testing.assert_close(a._camera_pool.c2w, b._camera_pool.c2w, rtol=0, atol=0)
+    assert len({tuple(p.tolist()) for p in a._camera_pool.position}) == 4

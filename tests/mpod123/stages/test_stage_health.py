@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,7 +15,8 @@ import torch
 from mpod123.guidance import MultiViewSupervision
 from mpod123.runtime.progress import Preview, Progress, StageDone
 from mpod123.stages import OutlineStage, ReferenceView
-from mpod123.stages.base import PROGRESS_RATE_HZ, OptimisationStage
+from mpod123.runtime.syncs import SyncCounter, gpu_paths
+from mpod123.stages.base import PROGRESS_RATE_HZ, OptimisationStage, is_fused
 from mpod123.bench.synthetic import turntable_dataset
 
 
@@ -41,9 +43,25 @@ def _stage(tiny_cfg, guidance_wrap=lambda g: g, callback=None):
     return OutlineStage(tiny_cfg, ReferenceView(views.images[0], views.cameras[0]), guidance, callback=callback)
 
 
-def test_a_nan_guidance_loss_skips_the_step_and_leaves_params_and_adam_finite(tiny_cfg, tmp_path):
+BRANCHES = pytest.mark.parametrize("branch", ["cpu", "gpu"])
+"""cpu: the host check and torch's default Adam; gpu: the GPU's branches (fused Adam with a device-side
+found_inf), taken on the CPU."""
+
+
+def _branch(name):
+    return gpu_paths() if name == "gpu" else contextlib.nullcontext()
+
+
+@BRANCHES
+def test_a_nan_guidance_loss_skips_the_step_and_leaves_params_and_adam_finite(tiny_cfg, tmp_path, branch):
+    with _branch(branch):
+        _nan_loss_is_skipped(tiny_cfg, tmp_path, branch)
+
+
+def _nan_loss_is_skipped(tiny_cfg, tmp_path, branch):
     tiny_cfg.reference_view_prob = 0.0  # every step asks the guidance
     stage = _stage(tiny_cfg, lambda g: NaNAt(g, {2}))
+    assert is_fused(stage.optimizer) == (branch == "gpu")
     for _ in range(2):
         stage.train_step()
     params = [p.detach().clone() for p in stage.field.parameters()]
@@ -67,18 +85,23 @@ def test_a_nan_guidance_loss_skips_the_step_and_leaves_params_and_adam_finite(ti
     assert again.skipped_steps == 1
 
 
-def test_a_nan_gradient_with_a_finite_loss_is_skipped_too(tiny_cfg):
+@BRANCHES
+def test_a_nan_gradient_with_a_finite_loss_is_skipped_too(tiny_cfg, branch):
     tiny_cfg.reference_view_prob = 0.0
-    stage = _stage(tiny_cfg)
-    stage.train_step()
+    with _branch(branch):
+        stage = _stage(tiny_cfg)
+        stage.train_step()
 
-    def poison(grad):
-        return grad * float("inf")
+        def poison(grad):
+            return grad * float("inf")
 
-    handle = next(stage.field.parameters()).register_hook(poison)
-    before = [p.detach().clone() for p in stage.field.parameters()]
-    losses = stage.train_step()
-    handle.remove()
+        handle = next(stage.field.parameters()).register_hook(poison)
+        before = [p.detach().clone() for p in stage.field.parameters()]
+        with SyncCounter() as counter:
+            losses = stage.train_step()
+        handle.remove()
+    if branch == "gpu":
+        assert counter.counts["bool"] == 0, "the finiteness check stays on the device"
     assert all(math.isfinite(float(v)) for v in losses.values())
     assert stage.skipped_steps == 1
     assert all(torch.equal(a, b) for a, b in zip(before, stage.field.parameters()))
@@ -171,3 +194,21 @@ def test_determinism_defaults_off_on_cuda_sets_cublas_and_restores_both_flags(mo
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     deterministic_mode(True, torch.device("cuda"))
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8", "a user's own setting is kept"
+
+
+def test_fused_adam_takes_the_same_step_as_torchs_default_adam():
+    """The GPU branch's optimizer (fused, with found_inf = 0) against the formula the CPU runs."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(50, generator=g)
+    grads = [torch.randn(50, generator=g) for _ in range(5)]
+    results = []
+    for fused in (None, True):
+        p = torch.nn.Parameter(start.clone())
+        opt = torch.optim.Adam([p], lr=1e-2, betas=(0.9, 0.99), eps=1e-15, fused=fused)
+        for grad in grads:
+            p.grad = grad.clone()
+            if fused:
+                opt.found_inf = torch.zeros(())
+            opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)
