@@ -157,18 +157,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             detail.dmtet.resolution = args.tet_res
         detail.seed, detail.preview_every = args.seed, 0
     outline.seed, outline.preview_every = args.seed, 0
-    if args.overrides:  # --set outline.x=... / detail.x=..., validated like generate's
+    export = ExportConfig(texture_size=args.texture_size, uv_backend=args.uv, target_faces=args.target_faces)
+    if args.overrides:  # --set outline.x=... / detail.x=... / export.x=..., validated like generate's
         from ..config import PipelineConfig
         from ..config.overrides import apply_overrides
 
-        apply_overrides(PipelineConfig(outline=outline, detail=detail or detail_preset(args.preset)), args.overrides)
+        apply_overrides(PipelineConfig(outline=outline, detail=detail or detail_preset(args.preset), export=export),
+                        args.overrides)
     dataset = read_nerf_synthetic(args.dataset_dir, split=args.split, scale=args.scale)
     report = reconstruct(
         dataset,
         args.holdout,
         outline,
         detail,
-        ExportConfig(texture_size=args.texture_size, uv_backend=args.uv, target_faces=args.target_faces),
+        export,
         out_dir=args.out,
         device=_device(args.device),
         callback=ProgressPrinter(),
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--split", default="train", help="which transforms_<split>.json to read")
     rec.add_argument("--scale", type=float, default=1.0, help="scale camera positions into the unit sphere")
     rec.add_argument("--set", dest="overrides", action="append", metavar="NAME=VALUE",
-                     help="override an outline.* or detail.* field, e.g. --set detail.dmtet.fit_to_density=false")
+                     help="override an outline.*, detail.* or export.* field, e.g. --set detail.dmtet.fit_to_density=false")
     rec.set_defaults(func=_cmd_reconstruct)
 
     mk = bench.add_parser("make-dataset", help="render the procedural test object as a NeRF-synthetic dataset")

@@ -25,8 +25,7 @@ def detail_preset(name: str) -> DetailStageConfig:
         return cfg
     if name == "draft":
         cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50,
-                                sdf_lr=1e-2, deform_lr=1e-2,  # a 200-step CPU budget: threestudio's 1e-2
-                                normal_consistency_weight=10.0)  # on a 32^3 grid 1000 over-smooths (docs/benchmarks.md)
+                                sdf_lr=1e-2, deform_lr=1e-2)  # a 200-step CPU budget: threestudio's 1e-2
         cfg.preview_resolution = 64
         cfg.dmtet.resolution = 32
         return cfg
@@ -68,7 +67,8 @@ def pipeline_preset(name: str) -> PipelineConfig:
     a user can wait for on one GPU. ``draft``: CPU-feasible, for smoke runs."""
     cfg = PipelineConfig(preset=name, outline=outline_preset(name), detail=detail_preset(name))
     if name == "paper":
-        cfg.inversion = TextualInversionConfig(steps=1000, batch_size=8)
+        # Magic123's 3000 x 16 on fresh augmentations (GPU cost: docs/benchmarks.md)
+        cfg.inversion = TextualInversionConfig(steps=3000, batch_size=16, fresh_augmentations=True)
     elif name == "fast":
         cfg.inversion = TextualInversionConfig(steps=300, batch_size=4, augmentations=32)
         cfg.zero123.anneal_steps = 750

@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..camera import Cameras
+from ..camera import Cameras, sample_orbit_cameras
 from ..config import OutlineStageConfig, from_dict
 from ..fields import NeRFField
-from ..guidance import Guidance, GuidanceInput
+from ..guidance import CameraProposer, Guidance, GuidanceInput
 from ..runtime.progress import CancelToken, Preview, ProgressCallback
 from ..rendering import OccupancyGrid, RenderOutput, VolumeRenderer
 from .base import (
@@ -69,6 +69,7 @@ class OutlineStage(OptimisationStage):
         """One optimisation step; returns the losses, detached and still on the device."""
         cfg = self.cfg
         self.field.train()
+        self.field.encoding.active_levels = self.band_levels(self.step)
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.generator)
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.render.background)
@@ -85,6 +86,44 @@ class OutlineStage(OptimisationStage):
         self.step += 1
         return reported
 
+    def band_levels(self, step: int) -> int:
+        """Hash-grid levels active at ``step`` (coarse to fine, threestudio's ProgressiveBandHashGrid
+        on a schedule in shares of the stage): ``band_start_levels`` of them until ``band_grow_from``,
+        then one more at even intervals, all from ``band_full_at`` on."""
+        cfg, n = self.cfg, self.cfg.nerf.hash_grid.n_levels
+        if not cfg.progressive_band:
+            return n
+        start = min(n, max(1, round(cfg.band_start_levels * n)))
+        t = step / max(1, cfg.steps)
+        if t < cfg.band_full_at and start < n:
+            grown = (t - cfg.band_grow_from) / max(cfg.band_full_at - cfg.band_grow_from, 1e-9)
+            return start + max(0, int((n - start) * grown))
+        return n
+
+    def view_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Polar and azimuth ranges of this step's novel views: the full ones, or with
+        ``progressive_view`` a share of them around the reference view (stable-dreamfusion)."""
+        cfg, v = self.cfg, self.cfg.views
+        if not cfg.progressive_view:
+            return v.polar_range_deg, v.azimuth_range_deg
+        r = min(1.0, cfg.view_range_start + (1.0 - cfg.view_range_start) * self.step
+                / max(1.0, cfg.view_range_full_at * cfg.steps))
+        p0, a0 = cfg.camera.reference_polar_deg, cfg.camera.reference_azimuth_deg
+        polar = (p0 + r * (v.polar_range_deg[0] - p0), p0 + r * (v.polar_range_deg[1] - p0))
+        azimuth = (a0 + r * (v.azimuth_range_deg[0] - a0), a0 + r * (v.azimuth_range_deg[1] - a0))
+        return polar, azimuth
+
+    def novel_cameras(self, guidance: object, resolution: int) -> tuple[Cameras, Tensor | None]:
+        """As the base class, with the ranges of :meth:`view_ranges` for random orbit views."""
+        if not self.cfg.progressive_view or isinstance(guidance, CameraProposer):
+            return super().novel_cameras(guidance, resolution)
+        v = self.cfg.views
+        polar, azimuth = self.view_ranges()
+        cams = sample_orbit_cameras(
+            v.batch_size, polar, azimuth, v.radius_range, v.fov_range_deg, resolution, self.generator, self.device
+        )
+        return cams, None
+
     def entropy_weight(self) -> float:
         """Magic123's ramp: the entropy weight rises linearly over ``entropy_ramp`` of the steps."""
         cfg = self.cfg
@@ -99,11 +138,14 @@ class OutlineStage(OptimisationStage):
         if cfg.entropy_weight and opacity.requires_grad:
             out["entropy"] = self.entropy_weight() * opacity_entropy(opacity)
         every = max(1, cfg.regulariser_every)
+        eps = cfg.normal_eps  # Neuralangelo's progressive step: a cell of the finest active level
+        if cfg.normal_eps_cells is not None:
+            eps = cfg.normal_eps_cells * self.field.encoding.finest_active_cell(self.field.bound)
         if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0 and self.step % every == 0:
             terms = normal_regularisers(
                 self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
-                normal_method=cfg.normal_method, normal_eps=cfg.normal_eps,
+                normal_method=cfg.normal_method, normal_eps=eps,
             )
             if "orientation" in terms:  # x every: the same weight per step on average
                 out["orientation"] = every * cfg.orientation_weight * terms["orientation"]
