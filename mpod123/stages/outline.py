@@ -131,6 +131,13 @@ class OutlineStage(OptimisationStage):
             return cfg.entropy_weight
         return cfg.entropy_weight * min(1.0, self.step / (cfg.entropy_ramp * max(1, cfg.steps)))
 
+    def normal_step(self) -> float:
+        """The finite-difference step of the regularisers' normals: ``normal_eps_cells`` cells of
+        the finest active level (Neuralangelo's progressive step), or the fixed ``normal_eps``."""
+        if self.cfg.normal_eps_cells is None:
+            return self.cfg.normal_eps
+        return self.cfg.normal_eps_cells * self.field.encoding.finest_active_cell(self.field.bound)
+
     def regularisers(self, cameras: Cameras, opacity: Tensor) -> dict[str, Tensor]:
         """The weighted density regularisers for this step's render (see :mod:`.regularisers`)."""
         cfg = self.cfg
@@ -138,14 +145,11 @@ class OutlineStage(OptimisationStage):
         if cfg.entropy_weight and opacity.requires_grad:
             out["entropy"] = self.entropy_weight() * opacity_entropy(opacity)
         every = max(1, cfg.regulariser_every)
-        eps = cfg.normal_eps  # Neuralangelo's progressive step: a cell of the finest active level
-        if cfg.normal_eps_cells is not None:
-            eps = cfg.normal_eps_cells * self.field.encoding.finest_active_cell(self.field.bound)
         if (cfg.orientation_weight or cfg.normal_smoothness_weight) and cfg.regulariser_rays > 0 and self.step % every == 0:
             terms = normal_regularisers(
                 self.renderer, cameras, cfg.regulariser_rays, self.generator, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
-                normal_method=cfg.normal_method, normal_eps=eps,
+                normal_method=cfg.normal_method, normal_eps=self.normal_step(),
             )
             if "orientation" in terms:  # x every: the same weight per step on average
                 out["orientation"] = every * cfg.orientation_weight * terms["orientation"]
