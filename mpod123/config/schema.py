@@ -211,12 +211,13 @@ class OutlineStageConfig:
     estimate of the per-ray mean)."""
     normal_method: Literal["finite_difference", "analytic"] = "finite_difference"
     """How the orientation and smoothness terms get their normals: finite differences of the
-    density (first derivatives only; threestudio's default, instant-nsr's way) or the analytic
+    density (first derivatives only; Magic123's renderer, step 0.01, and instant-nsr's way; threestudio's
+    magic123-coarse config uses analytic normals) or the analytic
     gradient, whose loss needs a double backward through the hash grid (about 3x a draft step
     on the CPU). See mpod123.fields.normals."""
     normal_eps: float = 0.01
-    """Finite-difference step in world units when ``normal_eps_cells`` is None (threestudio's
-    finite_difference_normal_eps default, and stable-dreamfusion's)."""
+    """Finite-difference step in world units when ``normal_eps_cells`` is None (Magic123's and
+    stable-dreamfusion's finite_difference_normal epsilon, threestudio's default)."""
     normal_eps_cells: float | None = 1.0
     """Finite-difference step in cells of the finest active hash-grid level (2 x bound / its
     resolution): Neuralangelo's progressive step, threestudio's ``finite_difference_normal_eps:

@@ -5,7 +5,9 @@ steps, on a fixed schedule) with the paper's reconstruction loss (Eq. 2, masked
 by the input's alpha) plus a mask loss on the alpha, or novel views scored by
 the guidance. Every step also adds the density regularisers of
 :mod:`.regularisers` (opacity entropy, orientation, 3D normal smoothness; the
-paper names none, the defaults are Magic123's). Adam updates the field; the
+paper names none, the defaults are Magic123's). The hash grid trains coarse to
+fine: a band of its coarsest levels widens over the first part of the stage
+(threestudio's magic123-coarse). Adam updates the field; the
 occupancy grid is refreshed every few steps from the current density. The stage reports through ``mpod123.runtime.progress``
 events only, checks its CancelToken once per step, and saves checkpoints from
 which a run resumes exactly where it stopped.
