@@ -26,6 +26,12 @@ def detail_preset(name: str) -> DetailStageConfig:
     if name == "draft":
         cfg = DetailStageConfig(steps=200, resolution=64, nvm_mask_resolution=64, preview_every=50, checkpoint_every=50,
                                 sdf_lr=1e-2, deform_lr=1e-2)  # a 200-step CPU budget: threestudio's 1e-2
+        # the old stage-2 regularisers, background and texture lr: on the CPU benchmark (multi-view
+        # supervision, a 32^3 grid, 200 steps) the reference values cost silhouette IoU and Chamfer
+        # (docs/benchmarks.md); they are for the diffusion priors, which the CPU cannot show
+        cfg.normal_consistency_form, cfg.normal_consistency_weight = "face", 10.0
+        cfg.laplacian_form, cfg.laplacian_weight = "squared", 1000.0
+        cfg.novel_background, cfg.texture_encoding_lr_scale = "white", 1.0
         cfg.preview_resolution = 64
         cfg.dmtet.resolution = 32
         return cfg
@@ -46,7 +52,10 @@ def outline_preset(name: str) -> OutlineStageConfig:
         return cfg
     if name == "draft":
         cfg = OutlineStageConfig(steps=200, lr=1e-2, encoding_lr_scale=1.0, preview_every=50, checkpoint_every=100,
-                                 regulariser_rays=256, regulariser_every=4)
+                                 regulariser_rays=256, regulariser_every=4,
+                                 # on the CPU benchmark coarse to fine cost stage 2 (docs/benchmarks.md); an
+                                 # 8-level grid's finest cell (0.019) is coarser than the fixed 0.01 step
+                                 progressive_band=False, normal_eps_cells=None)
         cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
         cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)
         cfg.nerf = NeRFFieldConfig(
