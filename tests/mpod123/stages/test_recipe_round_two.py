@@ -39,7 +39,7 @@ def _outline(views, guidance=None, **kw) -> OutlineStage:
 # ------------------------------------------------------------------ stage 1
 def test_the_band_follows_threestudios_magic123_coarse_schedule(views):
     """16 levels over 10000 steps: 8 until step 2000, then one more every 300 steps, all at 4400."""
-    stage = _outline(views, steps=10_000)
+    stage = _outline(views, steps=10_000, progressive_band=True)  # draft turns it off
     stage.cfg.nerf.hash_grid.n_levels = 16  # the schedule only reads the count
     got = {s: stage.band_levels(s) for s in (0, 1999, 2000, 2299, 2300, 2600, 4399, 4400, 9999)}
     assert got == {0: 8, 1999: 8, 2000: 8, 2299: 8, 2300: 9, 2600: 10, 4399: 15, 4400: 16, 9999: 16}
@@ -48,7 +48,7 @@ def test_the_band_follows_threestudios_magic123_coarse_schedule(views):
 
 
 def test_a_step_narrows_the_band_and_the_normal_step_is_one_cell_of_its_finest_level(views):
-    stage = _outline(views, steps=100)
+    stage = _outline(views, steps=100, progressive_band=True, normal_eps_cells=1.0)  # draft turns both off
     hg = stage.cfg.nerf.hash_grid  # draft: 8 levels
     stage.train_step()
     assert stage.field.encoding.active_levels == 4
@@ -98,7 +98,7 @@ def test_the_texture_hash_grid_trains_at_ten_times_the_lr_and_novel_views_get_ra
             seen.append(inp.background.detach().clone())
             return {"sds": (inp.rgb * 0).sum()}
 
-    stage = _detail(views, Prior())
+    stage = _detail(views, Prior(), texture_encoding_lr_scale=10.0, novel_background="random")  # draft: 1, white
     lrs = {id(p): g["lr"] for g in stage.optimizer.param_groups for p in g["params"]}
     assert lrs[id(stage.texture.encoding.params)] == pytest.approx(10 * stage.cfg.lr)
     assert lrs[id(stage.texture.color_mlp.net[0].weight)] == pytest.approx(stage.cfg.lr)
@@ -150,6 +150,9 @@ def test_defaults_name_their_references_and_the_old_values_stay_reachable():
     assert (d.laplacian_form, d.laplacian_weight) == ("norm", 20.0)
     assert (d.shading_normals, d.novel_background, d.texture_encoding_lr_scale) == ("vertex", "random", 10.0)
     assert o.progressive_band and o.normal_eps_cells == 1.0 and not o.progressive_view
+    assert not outline_preset("draft").progressive_band and outline_preset("fast").progressive_band
+    draft = detail_preset("draft")
+    assert (draft.normal_consistency_form, draft.laplacian_form, draft.novel_background) == ("face", "squared", "white")
     p = pipeline_preset("paper")
     assert (p.inversion.steps, p.inversion.batch_size, p.inversion.fresh_augmentations) == (3000, 16, True)
     assert (p.export.min_part_fraction, p.export.part_relative_to) == (0.01, "largest")
