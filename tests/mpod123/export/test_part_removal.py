@@ -37,7 +37,7 @@ def test_threestudios_rule_keeps_a_real_second_part_that_the_total_area_rule_dro
         mesh.without_small_parts(0.01, "biggest")
 
 
-def test_an_object_of_equal_pieces_keeps_them_all_under_either_rule():
-    mesh = _parts(0.5, 0.5, 0.5, 0.5)
-    for rule in ("largest", "total"):
-        assert mesh.without_small_parts(0.05, rule).n_faces == mesh.n_faces
+def test_an_object_of_many_equal_pieces_keeps_them_relative_to_the_largest_and_loses_them_all_to_the_total():
+    mesh = _parts(*[0.1] * 25)  # 25 pieces, each 4 % of the surface
+    assert mesh.without_small_parts(0.05, "largest").n_faces == mesh.n_faces
+    assert mesh.without_small_parts(0.05, "total").n_faces == 0, "the old rule left nothing to export"
