@@ -176,6 +176,7 @@ def reconstruct(
                 "every part": chamfer(whole),
                 "under 5 % of the total area dropped": chamfer(whole.without_small_parts(0.05, "total")),
                 "under 1 % of the largest part dropped": chamfer(whole.without_small_parts(0.01, "largest")),
+                "under 5 % of the largest part dropped": chamfer(whole.without_small_parts(0.05, "largest")),
             }
     metrics["stage"] = "detail" if detail_cfg is not None else "outline"
     final = metrics[metrics["stage"]]
