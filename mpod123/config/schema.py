@@ -395,7 +395,7 @@ class ExportConfig:
     are dropped before the export (and before ``bench reconstruct`` scores the shape): the
     floaters and inner bubbles an SDF grid leaves. threestudio's rule (``remove_outlier``) drops
     parts with under 1 % of the largest part's faces and is off for its DMTet; on the README
-    benchmark 1 % kept a floater in 3 of 6 runs (Chamfer up to +0.003, docs/benchmarks.md), so
+    benchmark 1 % kept a floater in 5 of 8 runs (Chamfer up to +0.003, docs/benchmarks.md), so
     5 %. Area rather than faces: a decimation does not change it. 0 keeps every part."""
     part_relative_to: Literal["largest", "total"] = "largest"
     """"largest": the fraction is of the largest part's area (threestudio's form), so the largest
