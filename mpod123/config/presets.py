@@ -53,8 +53,9 @@ def outline_preset(name: str) -> OutlineStageConfig:
     if name == "draft":
         cfg = OutlineStageConfig(steps=200, lr=1e-2, encoding_lr_scale=1.0, preview_every=50, checkpoint_every=100,
                                  regulariser_rays=256, regulariser_every=4,
-                                 # on the CPU benchmark coarse to fine cost stage 2 on one of two seeds (docs/benchmarks.md); an
-                                 # 8-level grid's finest cell (0.019) is coarser than the fixed 0.01 step
+                                 # on the CPU benchmark coarse to fine cost stage 2 on one of two seeds
+                                 # (docs/benchmarks.md); an 8-level grid's finest cell (0.019) is coarser
+                                 # than the fixed 0.01 step
                                  progressive_band=False, normal_eps_cells=None)
         cfg.render = RenderConfig(resolution=32, samples_per_ray=96)
         cfg.occupancy = OccupancyGridConfig(resolution=32, warmup_steps=32, update_every=8)

@@ -124,7 +124,8 @@ class DetailStage(OptimisationStage):
         return self.dmtet.mesh()
 
     def render_mesh(self, mesh: Mesh, cameras: Cameras, background: Tensor | None, with_normals: bool = False) -> MeshRenderOutput:
-        return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals, self.cfg.shading_normals)
+        return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals,
+                                    self.cfg.shading_normals)
 
     def nvm_targets(self, cameras: Cameras, height: int, width: int, keys: list[tuple] | None = None) -> Tensor:
         """Stage-1 masks (B, H, W, 1) of these cameras: the stage-1 opacity rendered at
