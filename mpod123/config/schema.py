@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .backends import HashGridBackend, MarcherBackend, MarchingTetsBackend, RasterizerBackend
+from .priors import StableDiffusionConfig, TextualInversionConfig, Zero123Config  # noqa: F401 (re-exported)
 BackgroundKind = Literal["white", "black", "random"]
 
 
@@ -58,7 +59,9 @@ class HashGridConfig:
     log2_hashmap_size: int = 19
     base_resolution: int = 16
     per_level_scale: float = 1.4472692374403782
-    """Growth factor between levels; the default reaches 2048 at level 16."""
+    """Growth factor between levels: 2^(8/15), so the 16th level has 16 x 2^8 = 4096 cells across
+    the field's cube (a cell of 2 x bound / 4096, about 5e-4 world units), threestudio's value
+    ("max resolution 4096"). stable-dreamfusion and Magic123 stop at 2048 x bound (2^(7/15))."""
     backend: HashGridBackend = "auto"
     """"torch" (reference, any device), "tcnn" (tinycudann, CUDA) or "auto"."""
 
@@ -134,93 +137,6 @@ class MultiViewGuidanceConfig:
 
 
 @dataclass
-class Zero123Config:
-    """Zero-1-to-3 score distillation, stage 1's prior (defaults: Magic123's)."""
-
-    model: str = "ashawkey/zero123-xl-diffusers"
-    """Hub id or local folder in the diffusers layout."""
-    variant: Literal["zero123", "stable-zero123"] = "zero123"
-    guidance_scale: float = 5.0
-    t_min: float = 0.2
-    t_max_start: float = 0.98
-    """Upper end of the timestep range at step 0; it anneals linearly to ``t_max``."""
-    t_max: float = 0.6
-    anneal_steps: int = 2500
-    weight: float = 1.0
-    """Weight of the SDS loss."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """auto: float16 on CUDA, float32 on the CPU."""
-    seed: int = 0
-    """With the stage and the step, seeds the SDS draw of t and noise (set by ``with_seed``)."""
-
-
-@dataclass
-class StableDiffusionConfig:
-    """Stable Diffusion SDS with DAI, stage 2's prior (defaults: Magic123's DMTet stage)."""
-
-    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub id or local folder in the diffusers layout (tokenizer, text_encoder, unet, vae, scheduler)."""
-    prompt: str = "A high-resolution DSLR image of <e>"
-    """The DAI prompt; it must contain ``token``."""
-    negative_prompt: str = ""
-    """Text of the unconditional branch of classifier-free guidance."""
-    token: str = "<e>"
-    """The textual-inversion placeholder."""
-    guidance_scale: float = 100.0
-    """Magic123's SD guidance scale for the 2D prior (it writes s + 1 in its own CFG form)."""
-    t_min: float = 0.02
-    t_max: float = 0.5
-    """Timestep range of the detail stage (Magic123's DMTet stage: [0.02, 0.5])."""
-    image_size: int | None = None
-    """Renders are resized to this before the VAE (1024 -> 512 in the paper); None: the model's native size."""
-    mrca: bool = True
-    """Mask Rectified Cross-Attention: keep ``token`` inside the stage-1 outline."""
-    weight: float = 0.1
-    """Weight of the SDS loss. The paper gives no stage-2 loss weights. threestudio's Magic123
-    refine stage weighs SD : reference RGB : normal consistency as 1e-3 : 10 : 100; with our
-    reference RGB at 1000 the same SD/RGB ratio (1e-4) is 0.1 (it was 1.0, ten times stronger)."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """auto: float16 on CUDA, float32 on the CPU."""
-    seed: int = 0
-    """With the stage and the step, seeds the SDS draw of t and noise (set by ``with_seed``)."""
-
-
-@dataclass
-class TextualInversionConfig:
-    """Learning the embedding of ``<e>`` from the reference image (everything else frozen)."""
-
-    steps: int = 500
-    """Optimisation steps. Magic123 runs 3000 at batch 16 (about 2 h on a V100); cached
-    latents of the augmentations and a single trainable vector make each step cheap."""
-    batch_size: int = 4
-    lr: float = 5e-3
-    """Adam learning rate of the one trainable embedding vector."""
-    resolution: int | None = None
-    """Size of the augmented crops fed to the VAE; None: the model's native size (512 for SD 1.5)."""
-    augmentations: int = 64
-    """Random augmentations of the reference, encoded once and sampled each step."""
-    init_token: str = "object"
-    """The new embedding starts from this word's embedding (its first token)."""
-    templates: tuple[str, ...] = (
-        "a photo of a {}",
-        "a rendering of a {}",
-        "a cropped photo of the {}",
-        "a close-up photo of a {}",
-        "a bright photo of the {}",
-        "a good photo of a {}",
-        "a DSLR image of {}",
-        "a high-resolution DSLR image of {}",
-    )
-    """Caption templates; ``{}`` is replaced by the token."""
-    seed: int = 0
-    loss_scale: float | None = None
-    """Constant factor on the loss before backward. The mean over B*4*64*64 latents makes the
-    gradients inside an fp16 UNet subnormal (below 6e-5); diffusers' script uses a GradScaler.
-    Adam is invariant to a constant gradient scale, so a fixed factor suffices. None: 1024 when
-    the UNet runs in fp16 or bf16, 1 in fp32."""
-
-
-@dataclass
 class MeshPreviewConfig:
     """Live 3D previews: a small vertex-coloured GLB of the current shape, every few steps.
 
@@ -280,8 +196,12 @@ class OutlineStageConfig:
     normals; fights floaters and fog). Magic123's lambda_orient 1e-2."""
     normal_smoothness_weight: float = 0.5
     """3D normal smoothness sum_i w_i |n(x_i) - n(x_i + e)|_1 per ray, e ~ N(0, normal_smoothness_eps^2)
-    (stable-dreamfusion's lambda_3d_normal_smooth). Magic123 smooths the 2D normal image at
-    0.5; on a sparse subset of rays we use the 3D form, at the same weight."""
+    (stable-dreamfusion's lambda_3d_normal_smooth). The references: stable-dreamfusion 10 (its
+    3D form, a mean over every sample and axis, so a third of our per-ray L1 sum on the hit
+    rays), threestudio's magic123-coarse 1000 on a 2D normal image at RGB 1000, Magic123 0.5 + 0.5
+    on 2D normal images at RGB 5. Kept at 0.5: with ``normal_eps_cells`` the term now sees every
+    active level (noise on the finest levels moves it about 20x more at the paper preset than
+    with the fixed 0.01 step), a much stronger term at the same weight; see docs/benchmarks.md."""
     normal_smoothness_eps: float = 0.01
     """Standard deviation of the point perturbation of the normal smoothness (world units)."""
     regulariser_rays: int = 2048
@@ -290,11 +210,39 @@ class OutlineStageConfig:
     estimate of the per-ray mean)."""
     normal_method: Literal["finite_difference", "analytic"] = "finite_difference"
     """How the orientation and smoothness terms get their normals: finite differences of the
-    density (first derivatives only; threestudio's default, instant-nsr's way) or the analytic
+    density (first derivatives only; Magic123's renderer, step 0.01, and instant-nsr's way; threestudio's
+    magic123-coarse config uses analytic normals) or the analytic
     gradient, whose loss needs a double backward through the hash grid (about 3x a draft step
     on the CPU). See mpod123.fields.normals."""
     normal_eps: float = 0.01
-    """Finite-difference step in world units (threestudio's finite_difference_normal_eps)."""
+    """Finite-difference step in world units when ``normal_eps_cells`` is None (Magic123's and
+    stable-dreamfusion's finite_difference_normal epsilon, threestudio's default)."""
+    normal_eps_cells: float | None = 1.0
+    """Finite-difference step in cells of the finest active hash-grid level (2 x bound / its
+    resolution): Neuralangelo's progressive step, threestudio's ``finite_difference_normal_eps:
+    progressive`` (one cell). A fixed 0.01 spans about 20 cells of the paper preset's finest
+    level (4096), so the smoothness term missed 11 of 16 levels. None: the fixed ``normal_eps``."""
+    progressive_band: bool = True
+    """Coarse to fine: only the coarsest levels of the hash grid feed the MLPs at first, the others
+    join one by one (threestudio's ProgressiveBandHashGrid in its magic123-coarse config;
+    stable-dreamfusion's progressive_level). False: every level from step 0 (as before)."""
+    band_start_levels: float = 0.5
+    """Share of the levels active at step 0 (threestudio: start_level 8 of 16)."""
+    band_grow_from: float = 0.2
+    """Share of the steps after which further levels join (threestudio: start_step 2000 of 10000)."""
+    band_full_at: float = 0.44
+    """Share of the steps at which every level is active, the levels joining evenly in between
+    (threestudio: a level every 300 steps from 2000, all 16 at 4400 of 10000)."""
+    progressive_view: bool = False
+    """Widen the novel views' polar and azimuth ranges from the reference view to the full
+    ranges (stable-dreamfusion's progressive_view, on for its image-conditioned runs; Magic123
+    has the flag but its scripts leave it off, hence off here). Not for guidances that propose
+    their own views (multi-view supervision)."""
+    view_range_start: float = 0.2
+    """Share of the full ranges at step 0 (stable-dreamfusion's progressive_view_init_ratio)."""
+    view_range_full_at: float = 0.4
+    """Share of the steps at which the full ranges are reached (stable-dreamfusion: 0.2 + 2 x the
+    step share, full at 40 %)."""
     regulariser_every: int = 1
     """The orientation and smoothness terms run on every Nth step only, weighted by N (the same
     weight per step on average). ``draft`` uses 4: on the CPU they cost about a render."""
@@ -349,7 +297,10 @@ class DetailStageConfig:
     steps: int = 5000
     """Adam steps (paper: 5000)."""
     lr: float = 1e-3
-    """Learning rate of the texture field (paper: 1e-3)."""
+    """Learning rate of the texture field's MLPs (paper: 1e-3)."""
+    texture_encoding_lr_scale: float = 10.0
+    """Multiplier on ``lr`` for the texture field's hash grid, as in stage 1: Magic123's DMTet
+    stage trains its encoder at 10x (nerf/network_grid.py ``get_params``). 1: the old setting."""
     fresh_texture_lr: float = 1e-2
     """Learning rate of a texture field trained from scratch on a given mesh (``mpod123 texture`` and
     ``bench texture``), where ``lr`` fine-tunes the field stage 1 handed over. 1e-2 is Instant-NGP's
@@ -379,9 +330,19 @@ class DetailStageConfig:
     nvm_weight: float = 500.0
     """Weight of L_nvm = ||M - rendered opacity||^2 against the stage-1 masks."""
     normal_consistency_weight: float = 1000.0
-    """threestudio's refine stage weighs normal consistency at 10x the reference RGB, Magic123's
-    at 1/50 of it; the paper is silent. 1000 (1x) sits between; it was 10 (1/100)."""
-    laplacian_weight: float = 1000.0
+    """The paper is silent. threestudio's released magic123-refine-sd weighs its vertex form at
+    1000 against RGB 1000 (ours too); Magic123 weighs the face form at 0.1 against RGB 5 (20 at
+    ours). The face form at 1000 is about 10x the vertex form at 1000 on the same mesh."""
+    normal_consistency_form: Literal["vertex", "face"] = "vertex"
+    """"vertex": 1 - cos between the vertex normals at the two ends of each edge (threestudio's
+    Mesh.normal_consistency); "face": 1 - cos between the faces on either side of each edge
+    (Magic123's, and ours before)."""
+    laplacian_weight: float = 20.0
+    """Magic123's lambda_mesh_lap 0.1 against its RGB 5, i.e. 20 against ours (threestudio: 0)."""
+    laplacian_form: Literal["norm", "squared"] = "norm"
+    """"norm": the mean length of (D - A) v, the uniform graph Laplacian unnormalised and
+    unsquared (Magic123's laplacian_smooth_loss, threestudio's Mesh.laplacian); "squared": the mean
+    squared distance of a vertex from its neighbours' mean (ours before, at weight 1000)."""
     shading: Literal["lambertian", "albedo"] = "lambertian"
     """How novel views scored by a diffusion prior are shaded. Magic123 and stable-dreamfusion
     light them (a directional light near the camera), so SDS reaches the geometry through the
@@ -389,6 +350,11 @@ class DetailStageConfig:
     view, multi-view supervision) stay unlit: those images carry their own light."""
     min_ambient: float = 0.1
     """Ambient share of a lit view is drawn uniformly in [min_ambient, 1] (stable-dreamfusion: 0.1)."""
+    shading_normals: Literal["vertex", "face"] = "vertex"
+    """Normals the lit views are shaded with: "vertex" interpolates area-weighted vertex normals
+    across each face (Magic123's run_dmtet, threestudio); "face" shades every face flat (a
+    faceted look the prior sees as detail: 1.2 degrees of mean normal error on a 5120-face sphere
+    against 0.12 interpolated)."""
     textureless_prob: float = 0.2
     """Share of lit views rendered with a white albedo, geometry only (stable-dreamfusion: 0.2)."""
     light_jitter: float = 1.0
@@ -406,6 +372,10 @@ class DetailStageConfig:
     views: ViewSamplingConfig = field(default_factory=ViewSamplingConfig)
     dmtet: DMTetConfig = field(default_factory=DMTetConfig)
     background: BackgroundKind = "white"
+    """Background of the reference views (the photo's own, white after preprocessing)."""
+    novel_background: BackgroundKind = "random"
+    """Background of the novel views: one random solid colour per view (Magic123), so no colour of
+    the background pays off as a halo around the silhouette. "white": as before."""
 
 
 @dataclass
@@ -424,12 +394,17 @@ class ExportConfig:
     """Quadric decimation to at most this many faces *before* the unwrap, which is what keeps
     xatlas fast; 50k is a game-ready prop (``paper``), 20k ``fast``, 5k ``draft``. None keeps
     the full mesh."""
-    min_part_area: float = 0.05
-    """Connected parts of the stage-2 surface under this fraction of its area are dropped before
-    the export (and before ``bench reconstruct`` scores the shape): the floaters and inner bubbles
-    an SDF grid leaves. threestudio's ``isosurface_remove_outliers`` drops parts under 1 % of the
-    faces; the stage-2 floaters of the README benchmark on a box-fitted grid reach 3 % of the
-    area, hence 5 %. 0 keeps every part (an object made of several separate small pieces)."""
+    min_part_fraction: float = 0.05
+    """Connected parts of the stage-2 surface smaller than this fraction of ``part_relative_to``
+    are dropped before the export (and before ``bench reconstruct`` scores the shape): the
+    floaters and inner bubbles an SDF grid leaves. threestudio's rule (``remove_outlier``) drops
+    parts with under 1 % of the largest part's faces and is off for its DMTet; on the README
+    benchmark 1 % kept a floater in 5 of 8 runs (Chamfer up to +0.003, docs/benchmarks.md), so
+    5 %. Area rather than faces: a decimation does not change it. 0 keeps every part."""
+    part_relative_to: Literal["largest", "total"] = "largest"
+    """"largest": the fraction is of the largest part's area (threestudio's form), so the largest
+    part always stays and an object of many similar pieces keeps them all; "total": of the whole
+    surface's area (the old rule, which drops every piece of an object made of twenty equal ones)."""
     obj: bool = True
     """Also write OBJ + MTL + PNG beside the GLB."""
 

@@ -58,6 +58,13 @@ def _layout(n_levels: int, log2_hashmap_size: int, base_resolution: int, per_lev
     return scales, resolutions, sizes, offsets
 
 
+def level_cell_size(cfg: HashGridConfig, level: int, bound: float = 1.0) -> float:
+    """World size of one cell of ``level`` (0-based) for a field in [-bound, bound]^3: the cube's
+    side over the level's scale (4095 cells at the 16th level of the default layout)."""
+    scales = level_layout(cfg)[0]
+    return 2.0 * bound / scales[max(0, min(level, len(scales) - 1))]
+
+
 def hash_grid_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor:
     """The encoding of points ``x`` (N, 3) in [0, 1] with a table (n_entries, F).
 
@@ -158,6 +165,10 @@ class HashEncoding(nn.Module):
         self.n_entries = sum(sizes)
         self.n_output_dims = cfg.n_levels * cfg.n_features_per_level
         self.backend = resolve_backend(cfg.backend, "tcnn", device)
+        self.active_levels = cfg.n_levels
+        """Levels that feed the output, coarsest first (coarse to fine: threestudio's
+        ProgressiveBandHashGrid). The finer ones read as zeros and get no gradient. Every level
+        unless a stage narrows it; not saved (the stage sets it from its step)."""
         self.params = nn.Parameter(
             torch.empty(self.n_entries * cfg.n_features_per_level, device=device).uniform_(-1e-4, 1e-4)
         )
@@ -172,10 +183,20 @@ class HashEncoding(nn.Module):
         return self.params.view(self.n_entries, self.cfg.n_features_per_level)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Encode points (N, 3) in [0, 1]; returns (N, n_levels * n_features_per_level)."""
+        """Encode points (N, 3) in [0, 1]; returns (N, n_levels * n_features_per_level), zero
+        past :attr:`active_levels`."""
         if self.backend == "tcnn":
-            return self._tcnn(x.contiguous()).to(x.dtype)
-        return hash_grid_reference(x, self.table, self.cfg)
+            out = self._tcnn(x.contiguous()).to(x.dtype)
+        else:
+            out = hash_grid_reference(x, self.table, self.cfg)
+        keep = self.active_levels * self.cfg.n_features_per_level
+        if keep >= out.shape[-1]:
+            return out
+        return torch.cat([out[:, :keep], out.new_zeros(out.shape[0], out.shape[1] - keep)], dim=-1)
+
+    def finest_active_cell(self, bound: float = 1.0) -> float:
+        """World size of a cell of the finest active level (see :func:`level_cell_size`)."""
+        return level_cell_size(self.cfg, self.active_levels - 1, bound)
 
 
 def tcnn_self_test(device: torch.device) -> None:

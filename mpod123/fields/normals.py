@@ -6,8 +6,11 @@ grid this double backward costs several times a forward pass, so the outline
 stage's normal regularisers tripled a draft step on the CPU. Finite differences
 need only first derivatives: each normal costs a few density lookups, batched
 into one call, and the loss backpropagates through them as through any render.
-threestudio's implicit fields default to finite-difference normals (``normal_type:
-finite_difference``, eps 0.01), and instant-nsr computes its normals the same way.
+Magic123's renderer takes its normals by finite differences (step 0.01), threestudio's
+implicit fields default to them (``normal_type: finite_difference``; its magic123-coarse
+config picks ``analytic``), and instant-nsr computes its normals the same way. The outline
+stage's step is one cell of the finest active hash-grid level (Neuralangelo's progressive
+step): a step of many cells averages the finer levels away.
 
 Central differences, ``(f(x + eps e_i) - f(x - eps e_i)) / 2 eps`` per axis, are
 threestudio's stencil: exact for quadratic fields, error O(eps^2) otherwise, 6

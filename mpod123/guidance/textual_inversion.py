@@ -9,7 +9,10 @@ Prior work spends hours here (Magic123: 3000 steps at batch 16 on 512²
 crops, with a VAE encode of every crop on every step). Two things make each of
 our steps cheap: a fixed pool of random augmentations of the reference is
 encoded once (``augmentations`` VAE passes in total), and each step is then a
-text-encoder pass plus one UNet forward and backward.
+text-encoder pass plus one UNet forward and backward. With
+``fresh_augmentations`` every step draws and encodes new crops instead, as
+Magic123 does (the ``paper`` preset): no crop is seen twice, for a VAE encode
+per crop per step.
 
 Ready-made embeddings load from the diffusers format (``learned_embeds.bin``
 or ``.safetensors``: ``{token: vector}``) and from the older
@@ -158,6 +161,8 @@ class TextualInversion:
         self.alphas = models.scheduler.alphas_cumprod.to(models.device)
         self.num_train_timesteps = models.scheduler.config.num_train_timesteps
         self.latent_pool: Tensor | None = None
+        self._vae: tuple[nn.Module, torch.dtype] | None = None
+        self._reference: Tensor | None = None
 
     def _inject(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         """Replace the looked-up rows of ``token`` by the trainable vector (with its gradient)."""
@@ -172,21 +177,37 @@ class TextualInversion:
         self._hook.remove()
 
     # --------------------------------------------------------------- pieces
-    @torch.no_grad()
-    def encode_pool(self, reference_rgba: Tensor, chunk: int = 8) -> Tensor:
-        """Encode ``cfg.augmentations`` augmented views once: (N, 4, h, w) scaled latents."""
-        gen = torch.Generator().manual_seed(self.cfg.seed)
-        size = self.cfg.resolution or self.models.native_size
+    @property
+    def crop_size(self) -> int:
+        return self.cfg.resolution or self.models.native_size
+
+    def prepare_reference(self, reference_rgba: Tensor) -> Tensor:
+        """The reference the augmentations are cut from, at most the crop size (kept)."""
+        size = self.crop_size
         ref = reference_rgba.float()
         if max(ref.shape[:2]) > size:  # kept at the photo's resolution: area-downsample before the bilinear warps
             ref = resize_rgba(ref[None], size, size)[0]
-        views = augment(ref, self.cfg.augmentations, size, gen)
-        vae, dtype = self.encoding_vae()
+        self._reference = ref
+        return ref
+
+    @torch.no_grad()
+    def encode_views(self, views: Tensor, chunk: int = 8) -> Tensor:
+        """Scaled latents (N, 4, h, w) of views (N, H, W, 3) in [0, 1], through :meth:`encoding_vae`."""
+        if self._vae is None:
+            self._vae = self.encoding_vae()
+        vae, dtype = self._vae
         out = []
         for start in range(0, len(views), chunk):
             x = views[start : start + chunk].permute(0, 3, 1, 2).to(self.models.device, dtype)
             out.append(vae.encode(x * 2.0 - 1.0).latent_dist.mode() * vae.config.scaling_factor)
-        self.latent_pool = torch.cat(out).float()
+        return torch.cat(out).float()
+
+    @torch.no_grad()
+    def encode_pool(self, reference_rgba: Tensor, chunk: int = 8) -> Tensor:
+        """Encode ``cfg.augmentations`` augmented views once: (N, 4, h, w) scaled latents."""
+        gen = torch.Generator().manual_seed(self.cfg.seed)
+        views = augment(self.prepare_reference(reference_rgba), self.cfg.augmentations, self.crop_size, gen)
+        self.latent_pool = self.encode_views(views, chunk)
         return self.latent_pool
 
     def encoding_vae(self) -> tuple[nn.Module, torch.dtype]:
@@ -238,11 +259,16 @@ class TextualInversion:
         return F.mse_loss(pred.float(), target.float())
 
     def draw(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """A training batch: pooled latents, timesteps, noise and the captions' template indices
-        (the same draws as :meth:`prompts`; indices, so no caption is read back to the host)."""
+        """A training batch: latents (pooled, or of fresh augmentations), timesteps, noise and the captions'
+        template indices (indices, so no caption is read back to the host)."""
         b = self.cfg.batch_size
-        idx = torch.randint(len(self.latent_pool), (b,), generator=generator)
-        latents = self.latent_pool[to_device(idx, self.latent_pool.device)]
+        if self.latent_pool is None and self.cfg.fresh_augmentations:  # a pool set by the caller wins
+            if self._reference is None:
+                raise RuntimeError("call prepare_reference (or train) before drawing fresh augmentations")
+            latents = self.encode_views(augment(self._reference, b, self.crop_size, generator))
+        else:
+            idx = torch.randint(len(self.latent_pool), (b,), generator=generator)
+            latents = self.latent_pool[to_device(idx, self.latent_pool.device)]
         device = self.models.device  # the draws travel non-blocking from pinned memory on CUDA
         t = to_device(torch.randint(self.num_train_timesteps, (b,), generator=generator), device)
         noise = to_device(torch.randn(latents.shape, generator=generator), device)
@@ -286,7 +312,9 @@ class TextualInversion:
         device, so it should do so only when it reports (the runner's is throttled). The losses
         are checked for divergence every ``check_every`` steps and at the end, one sync each."""
         start = time.perf_counter()
-        if self.latent_pool is None:
+        if self.latent_pool is None and self.cfg.fresh_augmentations:
+            self.prepare_reference(reference_rgba)
+        elif self.latent_pool is None:
             self.encode_pool(reference_rgba)
         opt = self.optimizer()
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)

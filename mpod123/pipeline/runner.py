@@ -391,7 +391,8 @@ class Runner:
         from ..export import export_mesh
 
         t0 = time.perf_counter()
-        mesh = detail.mesh().detach().without_small_parts(self.cfg.export.min_part_area)
+        ex = self.cfg.export
+        mesh = detail.mesh().detach().without_small_parts(ex.min_part_fraction, ex.part_relative_to)
         result = export_mesh(mesh, detail.texture.color, self.workdir / "result.glb", self.cfg.export)
         self.record["backends"]["uv"] = result.uv_backend
         self.record["mesh"] = {"faces": result.n_faces, "vertices": result.n_vertices, "texture_size": result.texture_size}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import Cameras, orbit_cameras
@@ -37,7 +38,8 @@ class MeshRenderOutput:
     depth: Tensor
     """(B, H, W, 1) depth along the camera axis, 0 on the background."""
     normals: Tensor | None
-    """(B, H, W, 3) world normals (face normals), zero on the background, when asked for."""
+    """(B, H, W, 3) world unit normals (face normals, or interpolated vertex normals), zero on
+    the background, when asked for."""
     tri_id: Tensor
     """(B, H, W) face index, -1 on the background."""
 
@@ -82,13 +84,18 @@ class MeshRenderer:
         color_fn: ColorFn | None = None,
         background: Tensor | None = None,
         with_normals: bool = False,
+        normals: str = "face",
     ) -> MeshRenderOutput:
         """Render ``mesh`` from ``cameras``; ``color_fn`` maps surface points (N, 3) to RGB (N, 3).
 
         Without ``color_fn`` the surface is white. ``background`` is (B, 3) or None (black).
+        ``normals``: "face" (flat) or "vertex" (the vertex normals interpolated across each face
+        and renormalised, Magic123's shading normals), for ``with_normals``.
         """
+        if normals not in ("face", "vertex"):
+            raise ValueError(f"normals must be 'face' or 'vertex', not {normals!r}")
         if self.backend == "nvdiffrast":
-            return self._render_nvdiffrast(mesh, cameras, color_fn, background, with_normals)
+            return self._render_nvdiffrast(mesh, cameras, color_fn, background, with_normals, normals)
         b, h, w = len(cameras), cameras.height, cameras.width
         verts, faces = mesh.vertices, mesh.faces
         screen, depth = project(verts, cameras)
@@ -106,16 +113,20 @@ class MeshRenderer:
         depth_img = torch.zeros(b, h * w, 1, device=verts.device, dtype=verts.dtype).index_put(
             (bi, pix), interpolate(depth[..., None], faces, rast, bi, pix, bary)
         )
-        normals = None
+        normal_img = None
         if with_normals:
-            fn = mesh.face_normals()[rast.tri_id.reshape(b, -1)[bi, pix]]
-            normals = torch.zeros(b, h * w, 3, device=verts.device, dtype=verts.dtype).index_put((bi, pix), fn)
-            normals = normals.view(b, h, w, 3)
-        return MeshRenderOutput(both[..., :3], both[..., 3:], depth_img.view(b, h, w, 1), normals, rast.tri_id)
+            if normals == "vertex":
+                fn = F.normalize(interpolate(mesh.vertex_normals(), faces, rast, bi, pix, bary), dim=-1, eps=1e-12)
+            else:
+                fn = mesh.face_normals()[rast.tri_id.reshape(b, -1)[bi, pix]]
+            normal_img = torch.zeros(b, h * w, 3, device=verts.device, dtype=verts.dtype).index_put((bi, pix), fn)
+            normal_img = normal_img.view(b, h, w, 3)
+        return MeshRenderOutput(both[..., :3], both[..., 3:], depth_img.view(b, h, w, 1), normal_img, rast.tri_id)
 
     # ------------------------------------------------------------------ nvdiffrast
     def _render_nvdiffrast(
-        self, mesh: Mesh, cameras: Cameras, color_fn: ColorFn | None, background: Tensor | None, with_normals: bool
+        self, mesh: Mesh, cameras: Cameras, color_fn: ColorFn | None, background: Tensor | None, with_normals: bool,
+        normal_kind: str = "face",
     ) -> MeshRenderOutput:
         dr = self._dr
         b, h, w = len(cameras), cameras.height, cameras.width
@@ -142,7 +153,10 @@ class MeshRenderer:
         tri_id = rast[..., 3].long() - 1
         d, _ = dr.interpolate(depth[..., None].contiguous(), rast, faces)
         normals = None
-        if with_normals:
+        if with_normals and normal_kind == "vertex":
+            vn, _ = dr.interpolate(mesh.vertex_normals()[None].expand(b, -1, -1).contiguous(), rast, faces)
+            normals = torch.where(covered, F.normalize(vn, dim=-1, eps=1e-12), torch.zeros_like(image))
+        elif with_normals:
             fn = mesh.face_normals()
             normals = torch.where(covered, fn[tri_id.clamp_min(0)], torch.zeros_like(image))
         out = MeshRenderOutput(both[..., :3], both[..., 3:], d * covered, normals, tri_id)

@@ -5,11 +5,13 @@ NeRF, with the threshold calibrated so the first mesh's silhouettes match the
 stage-1 masks best. Texture: a copy of the NeRF's encoding and colour network.
 Each step renders either the reference view (reference RGB and mask losses) or
 novel views, which get the guidance's losses plus the paper's
-L_nvm = ||M - O||^2 against the stage-1 masks M of the same cameras. Normal
-consistency and a Laplacian keep the surface smooth.
+L_nvm = ||M - O||^2 against the stage-1 masks M of the same cameras, on a random
+solid-colour background (Magic123). Normal consistency (threestudio's vertex form)
+and a Laplacian (Magic123's unsquared form) keep the surface smooth; the texture
+field's hash grid trains at 10x the lr of its MLPs (Magic123).
 
-Novel views scored by a diffusion prior are shaded (:mod:`.shading`), as in
-Magic123; views compared with known images (the reference view, a guidance that
+Novel views scored by a diffusion prior are shaded (:mod:`.shading`) with
+interpolated vertex normals, as in Magic123; views compared with known images (the reference view, a guidance that
 proposes its own known cameras) stay unlit. The tet grid spans the bounding box
 of the stage-1 density rather than the whole field cube (Magic123), so all its
 cells land on the object.
@@ -91,11 +93,14 @@ class DetailStage(OptimisationStage):
         self.dmtet.init_from_density(density, self.init_threshold)
         if cfg.nvm_camera_pool and not isinstance(guidance, CameraProposer):
             self.build_camera_pool(cfg.resolution)  # every stage-1 render of the loop, done here once
+        encoding = list(self.texture.encoding.parameters())  # Magic123: the hash grid at 10x
+        heads = [p for n, p in self.texture.named_parameters() if not n.startswith("encoding.")]
         self.optimizer = self.adam(
             [
                 {"params": [self.dmtet.sdf], "lr": cfg.sdf_lr},
                 {"params": [self.dmtet.deform], "lr": cfg.deform_lr},
-                {"params": list(self.texture.parameters()), "lr": cfg.lr},
+                {"params": encoding, "lr": cfg.lr * cfg.texture_encoding_lr_scale},
+                {"params": heads, "lr": cfg.lr},
             ],
             cfg.adam_betas, cfg.adam_eps,
         )
@@ -124,7 +129,8 @@ class DetailStage(OptimisationStage):
         return self.dmtet.mesh()
 
     def render_mesh(self, mesh: Mesh, cameras: Cameras, background: Tensor | None, with_normals: bool = False) -> MeshRenderOutput:
-        return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals)
+        return self.renderer.render(mesh, cameras, self.texture.color, background, with_normals,
+                                    self.cfg.shading_normals)
 
     def nvm_targets(self, cameras: Cameras, height: int, width: int, keys: list[tuple] | None = None) -> Tensor:
         """Stage-1 masks (B, H, W, 1) of these cameras: the stage-1 opacity rendered at
@@ -253,15 +259,16 @@ class DetailStage(OptimisationStage):
             cams, ids, mask_keys = self.draw_novel_views(cfg.resolution)
             if self.extra_references and ids is None:  # extra views' cameras join the novel views
                 cams, mask_keys = self.place_extra_view_cameras(cams, mask_keys)
-            bg = self.backgrounds(len(cams), cfg.background)
+            bg = self.backgrounds(len(cams), cfg.novel_background)  # Magic123: a random solid colour
             out = self.render_novel(mesh, cams, bg)
             target = self.nvm_targets(cams, out.opacity.shape[1], out.opacity.shape[2], mask_keys)
             losses.update(self.guidance(GuidanceInput(out.rgb, out.opacity, cams, bg, self.step, cfg.steps, ids, target)))
             losses["nvm"] = cfg.nvm_weight * F.mse_loss(out.opacity, target)
         if cfg.normal_consistency_weight:
-            losses["normal_consistency"] = cfg.normal_consistency_weight * normal_consistency_loss(mesh)
+            losses["normal_consistency"] = cfg.normal_consistency_weight * normal_consistency_loss(
+                mesh, cfg.normal_consistency_form)
         if cfg.laplacian_weight:
-            losses["laplacian"] = cfg.laplacian_weight * laplacian_loss(mesh)
+            losses["laplacian"] = cfg.laplacian_weight * laplacian_loss(mesh, cfg.laplacian_form)
         reported = self.optimise(losses)  # skips a non-finite step; no host sync for the losses
         self.step += 1
         return reported

@@ -5,7 +5,9 @@ steps, on a fixed schedule) with the paper's reconstruction loss (Eq. 2, masked
 by the input's alpha) plus a mask loss on the alpha, or novel views scored by
 the guidance. Every step also adds the density regularisers of
 :mod:`.regularisers` (opacity entropy, orientation, 3D normal smoothness; the
-paper names none, the defaults are Magic123's). Adam updates the field; the
+paper names none, the defaults are Magic123's). The hash grid trains coarse to
+fine: a band of its coarsest levels widens over the first part of the stage
+(threestudio's magic123-coarse). Adam updates the field; the
 occupancy grid is refreshed every few steps from the current density. The stage reports through ``mpod123.runtime.progress``
 events only, checks its CancelToken once per step, and saves checkpoints from
 which a run resumes exactly where it stopped.
@@ -16,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..camera import Cameras
+from ..camera import Cameras, sample_orbit_cameras
 from ..config import OutlineStageConfig, from_dict
 from ..fields import NeRFField
-from ..guidance import Guidance, GuidanceInput
+from ..guidance import CameraProposer, Guidance, GuidanceInput
 from ..runtime.progress import CancelToken, Preview, ProgressCallback
 from ..rendering import OccupancyGrid, RenderOutput, VolumeRenderer
 from .base import (
@@ -68,6 +70,7 @@ class OutlineStage(OptimisationStage):
         """One optimisation step; returns the losses, detached and still on the device."""
         cfg = self.cfg
         self.field.train()
+        self.field.encoding.active_levels = self.band_levels(self.step)
         self.grid.update(self.step, self.field.density, self.renderer.step_size, self.draws)
         if is_reference_step(self.step, cfg.reference_view_prob):
             bg = self.backgrounds(1, cfg.render.background)
@@ -84,12 +87,57 @@ class OutlineStage(OptimisationStage):
         self.step += 1
         return reported
 
+    def band_levels(self, step: int) -> int:
+        """Hash-grid levels active at ``step`` (coarse to fine, threestudio's ProgressiveBandHashGrid
+        on a schedule in shares of the stage): ``band_start_levels`` of them until ``band_grow_from``,
+        then one more at even intervals, all from ``band_full_at`` on."""
+        cfg, n = self.cfg, self.cfg.nerf.hash_grid.n_levels
+        if not cfg.progressive_band:
+            return n
+        start = min(n, max(1, round(cfg.band_start_levels * n)))
+        t = step / max(1, cfg.steps)
+        if t < cfg.band_full_at and start < n:
+            grown = (t - cfg.band_grow_from) / max(cfg.band_full_at - cfg.band_grow_from, 1e-9)
+            return start + max(0, int((n - start) * grown))
+        return n
+
+    def view_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Polar and azimuth ranges of this step's novel views: the full ones, or with
+        ``progressive_view`` a share of them around the reference view (stable-dreamfusion)."""
+        cfg, v = self.cfg, self.cfg.views
+        if not cfg.progressive_view:
+            return v.polar_range_deg, v.azimuth_range_deg
+        r = min(1.0, cfg.view_range_start + (1.0 - cfg.view_range_start) * self.step
+                / max(1.0, cfg.view_range_full_at * cfg.steps))
+        p0, a0 = cfg.camera.reference_polar_deg, cfg.camera.reference_azimuth_deg
+        polar = (p0 + r * (v.polar_range_deg[0] - p0), p0 + r * (v.polar_range_deg[1] - p0))
+        azimuth = (a0 + r * (v.azimuth_range_deg[0] - a0), a0 + r * (v.azimuth_range_deg[1] - a0))
+        return polar, azimuth
+
+    def novel_cameras(self, guidance: object, resolution: int) -> tuple[Cameras, Tensor | None]:
+        """As the base class, with the ranges of :meth:`view_ranges` for random orbit views."""
+        if not self.cfg.progressive_view or isinstance(guidance, CameraProposer):
+            return super().novel_cameras(guidance, resolution)
+        v = self.cfg.views
+        polar, azimuth = self.view_ranges()
+        cams = sample_orbit_cameras(
+            v.batch_size, polar, azimuth, v.radius_range, v.fov_range_deg, resolution, self.generator, self.device
+        )
+        return cams, None
+
     def entropy_weight(self) -> float:
         """Magic123's ramp: the entropy weight rises linearly over ``entropy_ramp`` of the steps."""
         cfg = self.cfg
         if cfg.entropy_ramp <= 0:
             return cfg.entropy_weight
         return cfg.entropy_weight * min(1.0, self.step / (cfg.entropy_ramp * max(1, cfg.steps)))
+
+    def normal_step(self) -> float:
+        """The finite-difference step of the regularisers' normals: ``normal_eps_cells`` cells of
+        the finest active level (Neuralangelo's progressive step), or the fixed ``normal_eps``."""
+        if self.cfg.normal_eps_cells is None:
+            return self.cfg.normal_eps
+        return self.cfg.normal_eps_cells * self.field.encoding.finest_active_cell(self.field.bound)
 
     def regularisers(self, cameras: Cameras, opacity: Tensor) -> dict[str, Tensor]:
         """The weighted density regularisers for this step's render (see :mod:`.regularisers`)."""
@@ -102,7 +150,7 @@ class OutlineStage(OptimisationStage):
             terms = normal_regularisers(
                 self.renderer, cameras, cfg.regulariser_rays, self.draws, cfg.normal_smoothness_eps,
                 with_orientation=bool(cfg.orientation_weight), with_smoothness=bool(cfg.normal_smoothness_weight),
-                normal_method=cfg.normal_method, normal_eps=cfg.normal_eps,
+                normal_method=cfg.normal_method, normal_eps=self.normal_step(),
             )
             if "orientation" in terms:  # x every: the same weight per step on average
                 out["orientation"] = every * cfg.orientation_weight * terms["orientation"]

@@ -19,9 +19,10 @@ they shape the density's gradient field (the normals) without pulling opacity.
 Differentiating a normal needs second derivatives of the density; through the
 pure-torch hash grid that double backward tripled a draft step on the CPU. So
 the normals come from finite differences of the density by default
-(:mod:`mpod123.fields.normals`; threestudio's default, instant-nsr's way), and
-the terms run on a random subset of the step's rays, an unbiased estimate of
-the per-ray mean.
+(:mod:`mpod123.fields.normals`; Magic123's way), with a step of one cell of the
+finest active hash-grid level (the outline stage's ``normal_step``), and the
+terms run on a random subset of the step's rays, an unbiased estimate of the
+per-ray mean.
 """
 
 from __future__ import annotations
