@@ -64,7 +64,8 @@ def test_zip_to_imported_mesh_with_the_managed_backend(tmp_path):
     print(json.dumps({k: res[k] for k in ("click_to_usable_s", "repair_s", "job_s", "total_s", "build")}, indent=1))
 
     root = Path(res["root"])
-    assert root.is_relative_to(user / "extensions"), "the environment lives in the extension's user folder"
+    assert root.is_relative_to(user / "datafiles" / "mpod123"), \
+        "the environment lives in the add-on's data folder (datafiles/mpod123), which an uninstall keeps"
     assert res["installed"] == ["FINISHED"] and res["wheel"].endswith("-py3-none-any.whl")
     # Allow Online Access off: a clear refusal, and not even the folder was made
     assert res["online_before"] is False and res["online_after"] is True
