@@ -22,6 +22,7 @@ zmq = pytest.importorskip("zmq")
 from backend import protocol  # noqa: E402
 from backend.client import Client, read_local_keys  # noqa: E402
 from backend.protocol import Message  # noqa: E402
+from tests.serve_cli import start_serve  # noqa: E402
 
 
 @pytest.fixture
@@ -32,23 +33,7 @@ def env(tmp_path, monkeypatch):
     return {**os.environ, "MPOD123_RUNTIME_DIR": str(runtime), "HF_HUB_OFFLINE": "1"}
 
 
-def _serve(data, env, *extra, bind="tcp://127.0.0.1:0"):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mpod123", "serve", "--bind", bind, "--data", str(data), "--job", "backend.demo:demo_job",
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )
-    line = ""
-    for _ in range(5):  # a warning line may come first
-        line += proc.stdout.readline()
-        match = re.search(r"backend on (tcp://\S+) ", line)
-        if match or proc.poll() is not None:
-            break
-    if not match:
-        proc.kill()
-        rest = proc.communicate(timeout=10)[0]
-        raise AssertionError(line + rest)
-    return proc, match.group(1)
+_serve = start_serve
 
 
 def _endpoint_of(proc) -> str:
