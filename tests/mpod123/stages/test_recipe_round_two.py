@@ -154,7 +154,7 @@ def test_defaults_name_their_references_and_the_old_values_stay_reachable():
     draft = detail_preset("draft")
     assert (draft.normal_consistency_form, draft.laplacian_form, draft.novel_background) == ("face", "squared", "white")
     p = pipeline_preset("paper")
-    assert (p.inversion.steps, p.inversion.batch_size, p.inversion.fresh_augmentations) == (3000, 16, True)
+    assert (p.inversion.steps, p.inversion.batch_size, p.inversion.fresh_augmentations) == (1000, 8, True)
     assert (p.export.min_part_fraction, p.export.part_relative_to) == (0.05, "largest")
     old = apply_overrides(PipelineConfig(), [
         "detail.normal_consistency_form=face", "detail.laplacian_form=squared", "detail.laplacian_weight=1000",
