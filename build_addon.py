@@ -6,7 +6,7 @@
     python build_addon.py --offline            # use the wheels already in blender_addon/wheels/
 
 Steps:
-1. Vendor ``backend/protocol.py`` and ``backend/client.py`` into
+1. Vendor ``backend/protocol.py``, ``backend/client.py`` and ``backend/transfer.py`` into
    ``blender_addon/core/vendor/`` (copied byte for byte; the add-on never imports
    ``backend``).
 2. Download the pinned pyzmq wheels with ``pip download`` into
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "blender_addon"
 WHEELS = ADDON / "wheels"
 VENDOR = ADDON / "core" / "vendor"
-VENDORED = ("protocol.py", "client.py")
+VENDORED = ("protocol.py", "client.py", "transfer.py")
 PYZMQ_VERSION = "27.3.0"
 
 # our platform name -> (pip --platform tag, Blender platforms that wheel serves, filename marker)
