@@ -71,6 +71,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def raise_open_file_limit(cap: int = 1 << 20) -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit; returns (before, after).
+
+    libzmq's listener retries ``accept`` at once when it fails with EMFILE, so a flood of idle
+    connections past the soft limit (1,024 under most service managers) pins a core. With the soft
+    limit at the hard one (4,096 to 1M on common systems) such a flood runs into the hard limit
+    instead; connections beyond it still cost CPU (libzmq has no connection cap)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return (soft, target)
+    return (soft, soft)
+
+
 @_clear_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     import zmq
@@ -84,6 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .workers import ExecutorConfig, LocalExecutor
 
     check_bind(args.bind, args.keys)
+    raise_open_file_limit()
     for name, env in ENV_MODELS.items():  # the workers (spawned processes) read these
         if getattr(args, name, None):
             os.environ[env] = str(getattr(args, name))

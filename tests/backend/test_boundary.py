@@ -627,3 +627,21 @@ def test_local_keys_are_made_and_read_by_path_where_folders_cannot_be_opened(tmp
     (tmp_path / "link").symlink_to(tmp_path / "rt")
     with pytest.raises(proto.LocalKeysError, match="symbolic link"):
         proto.read_local_keys(tmp_path / "link")
+
+
+def test_serve_raises_its_soft_open_file_limit_to_the_hard_one():
+    """What keeps a flood of idle connections from pinning a core: libzmq spins on EMFILE at accept."""
+    code = textwrap.dedent("""
+        import json, resource
+        from backend.commands import raise_open_file_limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        before, after = raise_open_file_limit()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        print(json.dumps([before, after, now, hard if hard != resource.RLIM_INFINITY else -1]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    before, after, now, hard = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = min(hard, 1 << 20) if hard != -1 else 1 << 20
+    assert before == min(256, expected) and after == now == expected
