@@ -45,7 +45,7 @@ _serve = start_serve
 
 def _serve_fails(data, env, *extra):
     """(exit code, output) of a serve that must refuse to start."""
-    r = subprocess.run([sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0",
+    r = subprocess.run([sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0",
                         "--data", str(data), "--job", "backend.demo:demo_job", *extra],
                        capture_output=True, text=True, env=env, timeout=60)
     return r.returncode, r.stdout + r.stderr
@@ -192,7 +192,7 @@ def test_a_squatter_on_the_port_learns_nothing_from_a_local_client(tmp_path, env
                                 preexec_fn=(lambda: (os.setgid(other), os.setuid(other))) if other else None)
     try:
         time.sleep(2)
-        r = subprocess.run([sys.executable, "-m", "mpod123.cli.main", "client", "list", "--server", endpoint,
+        r = subprocess.run([sys.executable, "-m", "mpod123", "client", "list", "--server", endpoint,
                             "--timeout", "4"], capture_output=True, text=True, env=env, timeout=60)
         assert r.returncode == 2, r.stdout + r.stderr
         out, err = squatter.communicate(timeout=30)
@@ -513,7 +513,7 @@ def test_a_flood_of_idle_connections_neither_pins_the_cpu_nor_stops_serve(tmp_pa
         pytest.skip(f"the hard limit on open files is {hard}; the test needs 4096")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
     proc = subprocess.Popen(  # a service manager's usual soft limit: 1024 open files
-        [sys.executable, "-m", "mpod123.cli.main", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path / "d"),
+        [sys.executable, "-m", "mpod123", "serve", "--bind", "tcp://127.0.0.1:0", "--data", str(tmp_path / "d"),
          "--job", "backend.demo:demo_job", "--give-up", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
