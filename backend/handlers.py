@@ -32,10 +32,20 @@ class RequestHandlers:
             "result_info": self._result_info, "fetch_chunk": self._fetch_chunk,
         }
 
-    def _subscribe(self, identity: bytes, job_id: str, sent: int, client_id: str, replace: bool) -> None:
+    def _may_follow(self, identity: bytes, owner: str, job_id: str | None) -> None:
+        """Refuse a new follow past ``max_follows_per_owner`` (re-following a job this connection
+        already follows only moves its place, and always passes)."""
+        if job_id is not None and job_id in self._subs.get(identity, {}):
+            return
+        follows = sum(1 for subs in list(self._subs.values()) for sub in subs.values() if sub.owner == owner)
+        if follows >= self.cfg.max_follows_per_owner:
+            raise ProtocolError("TooManyFollowed", f"your connections follow {follows} jobs, the most one owner may",
+                                "close the connections you no longer use: each follows its jobs until they end")
+
+    def _subscribe(self, identity: bytes, job_id: str, sent: int, client_id: str, owner: str, replace: bool) -> None:
         subs = self._subs.setdefault(identity, {})
         if replace or job_id not in subs:
-            subs[job_id] = self._sub_type(sent, client_id)
+            subs[job_id] = self._sub_type(sent, client_id, owner)
 
     def _unexpected(self, identity: bytes, owner: str, msg: Message) -> Message:
         raise ProtocolError("UnexpectedMessage", f"{msg.msg_type} is a reply type; clients do not send it")
@@ -83,6 +93,7 @@ class RequestHandlers:
             existing = self.store.get_owned(msg.job_id, owner)
         except UnknownJob:
             existing = None
+        self._may_follow(identity, owner, existing.job_id if existing else None)
         if existing is None:
             queued = self.store.count(states=("queued", "running"))
             if queued >= self.cfg.max_queued_jobs:
@@ -91,7 +102,7 @@ class RequestHandlers:
             if mine >= self.cfg.max_jobs_per_client:
                 raise ProtocolError("TooManyJobs", f"you have {mine} unfinished jobs", "wait for some to finish")
         job, created = self.store.submit(msg.job_id, owner, msg.content["options"], image)
-        self._subscribe(identity, job.job_id, 0, job.client_id, replace=False)
+        self._subscribe(identity, job.job_id, 0, job.client_id, owner, replace=False)
         return Message("ack", {"state": job.state, "created": created, "last_seq": job.last_seq},
                        job_id=job.client_id, session=msg.session)
 
@@ -122,7 +133,8 @@ class RequestHandlers:
 
     def _resume(self, identity: bytes, owner: str, msg: Message) -> Message:
         job = self.store.get_owned(msg.job_id, owner)
-        self._subscribe(identity, job.job_id, int(msg.content["last_seq"]), job.client_id, replace=True)
+        self._may_follow(identity, owner, job.job_id)
+        self._subscribe(identity, job.job_id, int(msg.content["last_seq"]), job.client_id, owner, replace=True)
         return Message("status_reply", self._job_content(job), job_id=job.client_id, session=msg.session)
 
     def _result_path(self, client_id: str, owner: str) -> tuple[Path, object]:

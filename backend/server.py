@@ -70,6 +70,10 @@ class ServerConfig:
     max_image_bytes: int = 50 << 20
     max_queued_jobs: int = 1000
     max_jobs_per_client: int = 100
+    max_follows_per_owner: int = 1000
+    """Jobs one owner may follow at once over all its connections (a job followed from three connections
+    counts three); past it a follow is refused. Every follow costs the router work each turn until its job
+    ends, so without a bound fresh connections resubscribing to a queued job would pile up."""
     peer_timeout_s: float = protocol.PEER_TIMEOUT_S
     """A client not heard from for this long (clients ping every ``protocol.PING_EVERY_S``) and
     following no job is forgotten. ZMTP heartbeats stay off: libzmq aborts under them when a peer
@@ -109,6 +113,7 @@ class ServerConfig:
 class _Sub:
     sent: int
     client_id: str
+    owner: str = ""
 
 
 class Server(RequestHandlers):
@@ -152,6 +157,10 @@ class Server(RequestHandlers):
             raise RuntimeError(self._error)
         return self.endpoint
 
+    def subscriptions(self) -> int:
+        """Follows held now, over every connection: what the router forwards events to each turn."""
+        return sum(len(subs) for subs in list(self._subs.values()))
+
     def alive(self) -> bool:
         """False once the router thread has stopped for any reason other than :meth:`stop`."""
         return self._thread is not None and self._thread.is_alive()
@@ -161,7 +170,8 @@ class Server(RequestHandlers):
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def _make_socket(self) -> zmq.Socket:
+    def make_socket(self) -> zmq.Socket:
+        """The ROUTER socket with every option the server sets (security included), not yet bound."""
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -177,7 +187,7 @@ class Server(RequestHandlers):
     def _bind(self) -> zmq.Socket:
         if ";" in self.cfg.bind:
             raise ValueError("a ';' in an endpoint makes the part before it a source address; give a single address")
-        sock = self._make_socket()
+        sock = self.make_socket()
         try:
             sock.bind(self.cfg.bind)
             endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -42,13 +42,8 @@ from .protocol import MAX_ERROR_CHARS
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset({"done", "failed", "cancelled"})
-TRANSITIONS = {
-    "queued": {"running", "cancelled", "failed"},
-    "running": {"done", "failed", "cancelled", "queued"},
-    "done": set(),
-    "failed": set(),
-    "cancelled": set(),
-}
+TRANSITIONS = {"queued": {"running", "cancelled", "failed"}, "running": {"done", "failed", "cancelled", "queued"},
+               **{state: set() for state in TERMINAL}}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -93,7 +88,7 @@ class JobStoreError(RuntimeError):
 
 
 class UnknownJob(JobStoreError):
-    pass
+    """No such job, or another owner's (which looks the same)."""
 
 
 class JobIdReused(JobStoreError):
@@ -173,8 +168,9 @@ def _body_digest(options: dict[str, Any], image: bytes) -> str:
 class JobStore:
     """Thread-safe: one connection guarded by a lock (SQLite serialises writers anyway)."""
 
-    def __init__(self, path: str | Path, max_attempts: int = 2, busy_timeout_s: float = 30.0, check: bool = False) -> None:
-        """``check`` runs ``PRAGMA quick_check`` first (the server does, once, at start)."""
+    def __init__(self, path: str | Path, max_attempts: int = 2, busy_timeout_s: float = 30.0, check: bool = False,
+                 synchronous: str = "FULL") -> None:
+        """``check``: ``PRAGMA quick_check`` first (serve does, once); ``synchronous="OFF"``: only for throwaway stores."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
@@ -189,7 +185,7 @@ class JobStore:
                         "move the file away (or restore a copy) and start again: a new, empty database is made"
                     )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA synchronous={'OFF' if synchronous == 'OFF' else 'FULL'}")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
             self._migrate()
@@ -199,6 +195,19 @@ class JobStore:
         except BaseException:
             self._db.close()
             raise
+
+    def pragma(self, name: str) -> Any:
+        """This connection's setting ``name`` (``synchronous``, ``journal_mode``, ``busy_timeout``...), read only."""
+        if not name.isidentifier():
+            raise ValueError(f"not a pragma name: {name!r}")
+        with self._lock:
+            return self._db.execute(f"PRAGMA {name}").fetchone()[0]
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Every other thread's store call waits until this block ends (a consistent copy; a busy router in tests)."""
+        with self._lock:
+            yield
 
     def _migrate(self) -> None:
         """Databases of earlier versions: add the new columns; old jobs keep their id as the client's."""
@@ -211,7 +220,7 @@ class JobStore:
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_client ON jobs(owner, client_id)")
 
     def close(self) -> None:
-        with self._lock:
+        with self.held():
             self._db.close()
 
     @contextmanager
@@ -245,43 +254,36 @@ class JobStore:
                         f"job id {client_id!r} is already yours, for another image or other options; "
                         "choose a new id (or resubmit exactly the same image and options to find that job)"
                     )
-                job_id = row[0]
-                created = False
+                job_id, created = row[0], False
             else:
-                job_id = uuid.uuid4().hex
+                job_id, created = uuid.uuid4().hex, True
                 db.execute(
                     "INSERT INTO jobs (job_id, client_id, owner, state, options, image, image_sha256, created, updated) "
                     "VALUES (?,?,?,?,?,?,?,?,?)",
                     (job_id, client_id, owner, "queued", json.dumps(options), image, body, now, now),
                 )
-                created = True
             # read back inside the transaction: the job as committed, before a worker can claim it
             row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return _job(row), created
 
-    def get(self, job_id: str) -> Job:
+    def _one(self, query: str, params: tuple, name: str) -> tuple:
+        """The one row ``query`` finds; :class:`UnknownJob` naming ``name`` when there is none."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            row = self._db.execute(query, params).fetchone()
         if row is None:
-            raise UnknownJob(f"no job {job_id!r}")
-        return _job(row)
+            raise UnknownJob(f"no job {name!r}")
+        return row
+
+    def get(self, job_id: str) -> Job:
+        return _job(self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,), job_id))
 
     def get_owned(self, client_id: str, owner: str) -> Job:
         """``owner``'s job named ``client_id``; another owner's job looks exactly like a missing one."""
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE owner=? AND client_id=?", (owner, client_id)
-            ).fetchone()
-        if row is None:
-            raise UnknownJob(f"no job {client_id!r}")
-        return _job(row)
+        return _job(self._one(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE owner=? AND client_id=?", (owner, client_id),
+                              client_id))
 
     def image(self, job_id: str) -> bytes:
-        with self._lock:
-            row = self._db.execute("SELECT image FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        if row is None:
-            raise UnknownJob(f"no job {job_id!r}")
-        return bytes(row[0])
+        return bytes(self._one("SELECT image FROM jobs WHERE job_id=?", (job_id,), job_id)[0])
 
     def list(self, owner: str | None = None, states: tuple[str, ...] = STATES, offset: int = 0,
              limit: int | None = None) -> list[Job]:
@@ -421,10 +423,8 @@ class JobStore:
         if row is None:
             raise UnknownJob(f"no job {job_id!r}")
         seq = row[0] + 1
-        db.execute(
-            "INSERT INTO events (job_id, seq, created, kind, content, blob) VALUES (?,?,?,?,?,?)",
-            (job_id, seq, time.time(), kind, json.dumps(content), blob),
-        )
+        db.execute("INSERT INTO events (job_id, seq, created, kind, content, blob) VALUES (?,?,?,?,?,?)",
+                   (job_id, seq, time.time(), kind, json.dumps(content), blob))
         db.execute("UPDATE jobs SET last_seq=?, updated=? WHERE job_id=?", (seq, time.time(), job_id))
         return seq
 

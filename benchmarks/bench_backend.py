@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +24,7 @@ from backend.client import Client
 from backend.store import JobStore
 from backend.security import CurveServerSecurity, init_keys, load_client_keys, load_public_key, load_server_keys
 from backend.server import Server, ServerConfig
+from abuser import peak_growth_mb, rss_mb
 from common import parser, report
 
 
@@ -121,39 +121,7 @@ def run(curve: bool, size: int, n_acks: int, n_events: int, tmp: Path) -> dict:
     }
 
 
-_ABUSER = """
-    import sys, time, zmq
-    from backend import protocol
-    from backend.protocol import Message
-    endpoint, mode, n, mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    s = zmq.Context().socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDTIMEO, 5000)
-    s.setsockopt(zmq.RCVHWM, 1)
-    s.connect(endpoint)
-    frame = zmq.Frame(b"\\0" * (mb << 20))
-    head = protocol.encode(Message("hello", {"client": "x"}))
-    sent = 0
-    try:
-        if mode == "frames":
-            s.send_multipart([*head, *([frame] * n)], copy=False)
-            sent = 1
-        else:
-            for _ in range(n):
-                s.send_multipart([*head, frame], copy=False)
-                sent += 1
-    except zmq.Again:
-        pass
-    print(sent, flush=True)
-    time.sleep(8)
-"""
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def abuse(frames: int, pipelined: int, frame_mb: int, tmp: Path) -> dict:
@@ -170,18 +138,13 @@ def abuse(frames: int, pipelined: int, frame_mb: int, tmp: Path) -> dict:
                 break
         endpoint = m.group(1)
         time.sleep(1.0)
-        base = _rss_mb(proc.pid)
+        base = rss_mb(proc.pid)
         row = {"base_mb": base}
         for mode, n in (("frames", frames), ("pipelined", pipelined)):
-            peak = base
-            a = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ABUSER), endpoint, mode, str(n), str(frame_mb)],
-                                 stdout=subprocess.PIPE, text=True, env=env)
-            while a.poll() is None:
-                peak = max(peak, _rss_mb(proc.pid))
-                time.sleep(0.05)
-            row[f"{mode}_sent"] = int((a.stdout.read() or "0").split()[0] or 0)
-            row[f"{mode}_peak_growth_mb"] = round(peak - base, 1)
-            row[f"{mode}_after_mb"] = round(_rss_mb(proc.pid) - base, 1)
+            growth, sent = peak_growth_mb(proc.pid, endpoint, mode, n, frame_mb, env, ROOT, hold_s=8.0)
+            row[f"{mode}_sent"] = sent
+            row[f"{mode}_peak_growth_mb"] = round(growth, 1)
+            row[f"{mode}_after_mb"] = round(rss_mb(proc.pid) - base, 1)
         row["alive"] = proc.poll() is None
         return row
     finally:

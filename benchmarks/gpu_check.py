@@ -131,7 +131,7 @@ class RawGradients:
         self._hook.remove()
 
 
-def _timed_sds(guidance, make_input, render: torch.Tensor, key: str, dev: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
+def timed_sds(guidance, make_input, render: torch.Tensor, key: str, dev: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Two steps (warm-up, timed) on the same input and draw: the row, the render's gradient and
     the SDS gradient of the timed step."""
     raw = RawGradients(guidance)
@@ -170,7 +170,7 @@ def sds_steps(root: Path, dev: str, smoke: bool) -> dict:
         r = z.image_size if smoke else 128
         cams = orbit_cameras(70.0, 30.0, 2.5, 40.0, r)
         render = torch.rand(1, r, r, 3, generator=gen()).to(dev).requires_grad_(True)
-        row, render_grads["zero123", dtype], sds_grads["zero123", dtype] = _timed_sds(
+        row, render_grads["zero123", dtype], sds_grads["zero123", dtype] = timed_sds(
             z, lambda: GuidanceInput(render, torch.ones(1, r, r, 1, device=dev), cams, torch.ones(1, 3, device=dev), 7, 100),
             render, "sds_zero123", dev)
         rows.append({"prior": "zero123", "dtype": dtype, "render": r, **row})
@@ -184,7 +184,7 @@ def sds_steps(root: Path, dev: str, smoke: bool) -> dict:
         masks = torch.ones(1, side, side, 1, device=dev)
         masks[:, :, : side // 4] = 0.0
         key = "stable_diffusion_dai"
-        row, render_grads[key, dtype], sds_grads[key, dtype] = _timed_sds(
+        row, render_grads[key, dtype], sds_grads[key, dtype] = timed_sds(
             dai, lambda: GuidanceInput(render2, torch.ones_like(masks), cams, torch.ones(1, 3, device=dev), 7, 100, None,
                                        masks), render2, "sds_dai", dev)
         rows.append({"prior": "stable_diffusion_dai", "dtype": dtype, "render": side, **row})

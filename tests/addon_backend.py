@@ -20,7 +20,7 @@ JOB_TIMEOUT_S = 300.0  # generous: tiny jobs slow down a lot on a shared, loaded
 ADDON = "blender_addon"
 
 
-def _raise(exc):
+def raise_addon_error(exc):
     raise exc
 
 
@@ -35,8 +35,8 @@ def enabled_addon(user_dir: Path):
     tempfile.tempdir = str(user_dir)
     bpy.ops.wm.read_factory_settings(use_empty=True)
     try:
-        yield addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
-        addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+        yield addon_utils.enable(ADDON, default_set=True, handle_error=raise_addon_error)
+        addon_utils.disable(ADDON, default_set=True, handle_error=raise_addon_error)
     finally:
         tempfile.tempdir = saved_tmp
 

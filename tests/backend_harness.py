@@ -78,7 +78,8 @@ class Backend:
     def __init__(self, tmp_path, executor="local", **executor_kw):
         self.tmp = tmp_path
         self.kind = executor
-        self.store = JobStore(tmp_path / "jobs.sqlite", max_attempts=executor_kw.pop("max_attempts", 2))
+        self.store = JobStore(tmp_path / "jobs.sqlite", max_attempts=executor_kw.pop("max_attempts", 2),
+                              busy_timeout_s=executor_kw.pop("busy_timeout_s", 30.0))
         cfg = ExecutorConfig(**executor_kw)
         if executor == "ray":
             from backend.ray_executor import RayConfig, RayExecutor

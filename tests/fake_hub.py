@@ -35,10 +35,10 @@ class FakeHub:
                 pass
 
             def do_HEAD(self) -> None:  # noqa: N802
-                hub._serve(self, head=True)
+                hub.serve(self, head=True)
 
             def do_GET(self) -> None:  # noqa: N802
-                hub._serve(self, head=False)
+                hub.serve(self, head=False)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -58,7 +58,7 @@ class FakeHub:
     def _repo_and_rest(self, parts: list[str]) -> tuple[str, list[str]]:
         return "/".join(parts[:2]), parts[2:]
 
-    def _serve(self, h: BaseHTTPRequestHandler, head: bool) -> None:
+    def serve(self, h: BaseHTTPRequestHandler, head: bool) -> None:
         path = unquote(urlparse(h.path).path)
         self.requests.append((h.command, path))
         parts = [p for p in path.split("/") if p]

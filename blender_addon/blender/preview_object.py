@@ -9,7 +9,7 @@ so nothing piles up in ``bpy.data`` however many previews arrive.
 * The object is never selected (and cannot be clicked into a selection), so
   the artist's selection and active object are never touched.
 * Previews make no undo step. Undo restores Blender's whole data, so an undo
-  may bring back an older preview; :func:`_after_undo` removes any preview
+  may bring back an older preview; :func:`after_undo` removes any preview
   whose job is no longer running (or done and waiting for its import), and a running job's next preview replaces
   what came back.
 * Vertex colours are the mesh's active colour attribute, shown by Solid mode
@@ -180,7 +180,7 @@ def _active_ids() -> list[str]:
 
 
 @bpy.app.handlers.persistent
-def _after_undo(*_args) -> None:
+def after_undo(*_args) -> None:
     try:
         prune(_active_ids())
     except (ReferenceError, RuntimeError):
@@ -189,14 +189,14 @@ def _after_undo(*_args) -> None:
 
 def register() -> None:
     for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
-        for h in [h for h in handlers if getattr(h, "__name__", "") == "_after_undo"
+        for h in [h for h in handlers if getattr(h, "__name__", "") == "after_undo"
                   and getattr(h, "__module__", "") == __name__]:
             handlers.remove(h)
-        handlers.append(_after_undo)
+        handlers.append(after_undo)
 
 
 def unregister() -> None:
     for handlers in (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post):
-        for h in [h for h in handlers if getattr(h, "__name__", "") == "_after_undo"
+        for h in [h for h in handlers if getattr(h, "__name__", "") == "after_undo"
                   and getattr(h, "__module__", "") == __name__]:
             handlers.remove(h)

@@ -178,6 +178,11 @@ class HashEncoding(nn.Module):
             self.__dict__["_tcnn"] = tcnn_encoding(probe("tcnn"), cfg, self.params, device)
 
     @property
+    def tcnn_module(self) -> nn.Module | None:
+        """tiny-cuda-nn's encoding when that path runs (it reads :attr:`params`, never a copy); else None."""
+        return self.__dict__.get("_tcnn")
+
+    @property
     def table(self) -> Tensor:
         """The parameters viewed as (n_entries, n_features_per_level)."""
         return self.params.view(self.n_entries, self.cfg.n_features_per_level)

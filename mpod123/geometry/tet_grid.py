@@ -47,7 +47,7 @@ class TetGrid:
         return TetGrid(self.vertices.to(device), self.tets.to(device), self.resolution, self.bound)
 
 
-def _freudenthal_tets(resolution: int) -> np.ndarray:
+def freudenthal_tets(resolution: int) -> np.ndarray:
     r = resolution
     n = r + 1
     i, j, k = np.meshgrid(np.arange(r), np.arange(r), np.arange(r), indexing="ij")
@@ -77,7 +77,7 @@ def _lattice(resolution: int, bound: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(resolution: int, bound: float, cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def cached_grid(resolution: int, bound: float, cache_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     path = Path(cache_dir) / f"tets_freudenthal_{resolution}.npz" if cache_dir else None
     if path is not None and path.is_file():
         try:
@@ -85,7 +85,7 @@ def _cached(resolution: int, bound: float, cache_dir: str | None) -> tuple[np.nd
                 return _lattice(resolution, bound), data["tets"]
         except (OSError, KeyError, ValueError):
             pass  # a damaged cache file is regenerated below
-    tets = _freudenthal_tets(resolution)
+    tets = freudenthal_tets(resolution)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
@@ -102,5 +102,5 @@ def tet_grid(resolution: int, bound: float = 1.0, cache_dir: str | Path | None =
         cache_dir = os.environ.get("MPOD123_CACHE")
     if cache_dir is None and resolution >= DISK_CACHE_MIN_RESOLUTION:
         cache_dir = Path.home() / ".cache" / "mpod123"
-    verts, tets = _cached(resolution, float(bound), str(cache_dir) if cache_dir else None)
+    verts, tets = cached_grid(resolution, float(bound), str(cache_dir) if cache_dir else None)
     return TetGrid(torch.from_numpy(verts), torch.from_numpy(tets).long(), resolution, float(bound))

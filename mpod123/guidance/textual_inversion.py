@@ -162,7 +162,8 @@ class TextualInversion:
         self.num_train_timesteps = models.scheduler.config.num_train_timesteps
         self.latent_pool: Tensor | None = None
         self._vae: tuple[nn.Module, torch.dtype] | None = None
-        self._reference: Tensor | None = None
+        self.prepared_reference: Tensor | None = None
+        """What :meth:`prepare_reference` made, kept for fresh augmentations each step."""
 
     def _inject(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
         """Replace the looked-up rows of ``token`` by the trainable vector (with its gradient)."""
@@ -187,7 +188,7 @@ class TextualInversion:
         ref = reference_rgba.float()
         if max(ref.shape[:2]) > size:  # kept at the photo's resolution: area-downsample before the bilinear warps
             ref = resize_rgba(ref[None], size, size)[0]
-        self._reference = ref
+        self.prepared_reference = ref
         return ref
 
     @torch.no_grad()
@@ -263,9 +264,9 @@ class TextualInversion:
         template indices (indices, so no caption is read back to the host)."""
         b = self.cfg.batch_size
         if self.latent_pool is None and self.cfg.fresh_augmentations:  # a pool set by the caller wins
-            if self._reference is None:
+            if self.prepared_reference is None:
                 raise RuntimeError("call prepare_reference (or train) before drawing fresh augmentations")
-            latents = self.encode_views(augment(self._reference, b, self.crop_size, generator))
+            latents = self.encode_views(augment(self.prepared_reference, b, self.crop_size, generator))
         else:
             idx = torch.randint(len(self.latent_pool), (b,), generator=generator)
             latents = self.latent_pool[to_device(idx, self.latent_pool.device)]

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import Cameras
@@ -36,11 +37,24 @@ class _ViewRaster:
 
 
 class FixedMeshRenderer:
-    def __init__(self, mesh: Mesh, max_views: int = 64) -> None:
+    """The cached renderer; ``normals`` is the shading normal kind, as :meth:`MeshRenderer.render`'s:
+    ``"vertex"`` interpolates area-weighted vertex normals over each face (Magic123's smooth shading),
+    ``"face"`` shades each face flat."""
+
+    def __init__(self, mesh: Mesh, max_views: int = 64, normals: str = "vertex") -> None:
+        if normals not in ("face", "vertex"):
+            raise ValueError(f"normals must be 'face' or 'vertex', not {normals!r}")
         self.mesh = Mesh(mesh.vertices.detach(), mesh.faces)
         self.max_views = max_views
+        self.normals = normals
         self._cache: OrderedDict[tuple, _ViewRaster] = OrderedDict()
         self._face_normals = self.mesh.face_normals()
+        self._vertex_normals = self.mesh.vertex_normals()
+
+    @property
+    def cached_views(self) -> int:
+        """How many cameras' rasterisations are held (at most ``max_views``)."""
+        return len(self._cache)
 
     @staticmethod
     def _key(camera: Cameras) -> tuple:
@@ -60,7 +74,10 @@ class FixedMeshRenderer:
         bi, pix, bary = barycentrics(screen, depth, faces, rast)
         points = interpolate(verts, faces, rast, bi, pix, bary)
         depths = interpolate(depth[..., None], faces, rast, bi, pix, bary)
-        normals = self._face_normals[rast.tri_id.reshape(1, -1)[bi, pix]]
+        if self.normals == "vertex":
+            normals = F.normalize(interpolate(self._vertex_normals, faces, rast, bi, pix, bary), dim=-1, eps=1e-12)
+        else:
+            normals = self._face_normals[rast.tri_id.reshape(1, -1)[bi, pix]]
         view = _ViewRaster(rast, screen, pix, points, depths, normals)
         self._cache[key] = view
         if len(self._cache) > self.max_views:

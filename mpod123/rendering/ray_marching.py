@@ -226,13 +226,13 @@ class RayMarcher:
         self.early_stop_eps = early_stop_eps
         self.alpha_threshold = alpha_threshold
         self.backend = resolve_backend(backend, "nerfacc", device) if grid is not None else "torch"
-        self._estimator = None
+        self.estimator = None
         self.compactor = Compactor()
         """Fixed-size gathers on a GPU (the torch backend); its stage refreshes it once a step."""
         if self.backend == "nerfacc":
             nerfacc = probe("nerfacc")
             b = bound
-            self._estimator = nerfacc.OccGridEstimator([-b, -b, -b, b, b, b], resolution=grid.resolution).to(device)
+            self.estimator = nerfacc.OccGridEstimator([-b, -b, -b, b, b, b], resolution=grid.resolution).to(device)
 
     def march(
         self,
@@ -262,7 +262,7 @@ class RayMarcher:
         self, rays_o: Tensor, rays_d: Tensor, density_fn: DensityFn | None, stratified: bool,
         generator: torch.Generator | None = None,
     ) -> RaySamples:
-        est = self._estimator
+        est = self.estimator
         est.binaries = self.grid.binary[None]  # share our grid; nerfacc only traverses it
         est.occs = self.grid.occs
         sigma_fn = None

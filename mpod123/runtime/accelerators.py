@@ -115,6 +115,19 @@ _warned: set[str] = set()
 _fallbacks: dict[str, str] = {}
 
 
+def is_probed(name: str) -> bool:
+    """Whether this process has tried to import accelerator ``name`` yet (``auto`` never imports kaolin)."""
+    return name in _probed
+
+
+def forget(name: str) -> None:
+    """Drop what this process learnt about accelerator ``name`` (its import, its extension, its fallback
+    and whether it warned), so the next resolve probes it again: after installing it, and in tests."""
+    for cache in (_probed, _extension, _fallbacks):
+        cache.pop(name, None)
+    _warned.discard(name)
+
+
 def probe(name: str) -> ModuleType | None:
     """Import an accelerator's module once; ``None`` when it is not importable."""
     acc = ACCELERATORS[name]

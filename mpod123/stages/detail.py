@@ -53,7 +53,7 @@ THRESHOLD_CANDIDATES = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 10
 
 class DetailStage(OptimisationStage):
     name = STAGE
-    _pool_masks: Tensor | None = None
+    pool_masks: Tensor | None = None
 
     def __init__(
         self,
@@ -79,8 +79,8 @@ class DetailStage(OptimisationStage):
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.nvm_cache: dict[tuple, Tensor] = {}
         """Stage-1 masks (h, w) bool by view key; stage 1 is frozen, so a view's mask never changes."""
-        self._camera_pool: Cameras | None = None
-        self._pool_masks: Tensor | None = None
+        self.camera_pool: Cameras | None = None
+        self.pool_masks: Tensor | None = None
         """The pool views' stage-1 opacity (N, h, w) at ``nvm_mask_resolution``, rendered once."""
         density = self.dmtet.grid_density(nerf.density)
         self.init_threshold = cfg.dmtet.init_threshold or self.calibrate_threshold(density)
@@ -146,15 +146,15 @@ class DetailStage(OptimisationStage):
         small = self.cfg.nvm_mask_resolution
         sw, sh = scaled_size(cameras, small)
         if isinstance(keys, Tensor):  # camera-pool slots: the pool's masks, rendered once at the start
-            masks = self._pool_masks[keys]
+            masks = self.pool_masks[keys]
         elif keys is None:
             with torch.no_grad():
                 masks = self.stage1_masks(cameras.resized(sw, sh)).to(self.device).float()
         else:
             keys = [(key, sw, sh) for key in keys]
             for key in keys:
-                if key[0][0] == "pool" and key not in self.nvm_cache and self._pool_masks is not None:
-                    self.nvm_cache[key] = self._pool_masks[key[0][1]]
+                if key[0][0] == "pool" and key not in self.nvm_cache and self.pool_masks is not None:
+                    self.nvm_cache[key] = self.pool_masks[key[0][1]]
             missing = sorted({i for i, key in enumerate(keys) if key not in self.nvm_cache})
             if missing:
                 with torch.no_grad():
@@ -187,13 +187,13 @@ class DetailStage(OptimisationStage):
         opacity once, at ``nvm_mask_resolution``, in batches: the stage-2 loop then renders no NeRF."""
         v, n = self.cfg.views, self.cfg.nvm_camera_pool
         gen = torch.Generator().manual_seed(self.cfg.seed + 7919)  # the pool is the same for a seed
-        self._camera_pool = sample_orbit_cameras(
+        self.camera_pool = sample_orbit_cameras(
             n, v.polar_range_deg, v.azimuth_range_deg, v.radius_range, v.fov_range_deg, resolution, gen, self.device
         )
-        sw, sh = scaled_size(self._camera_pool, self.cfg.nvm_mask_resolution)
+        sw, sh = scaled_size(self.camera_pool, self.cfg.nvm_mask_resolution)
         with torch.no_grad():
-            self._pool_masks = torch.cat([
-                self.stage1_masks(self._camera_pool[i : i + 8].resized(sw, sh)).to(self.device).float()
+            self.pool_masks = torch.cat([
+                self.stage1_masks(self.camera_pool[i : i + 8].resized(sw, sh)).to(self.device).float()
                 for i in range(0, n, 8)
             ])
 
@@ -212,11 +212,11 @@ class DetailStage(OptimisationStage):
         if not pool:
             cams, ids = self.novel_cameras(self.guidance, resolution)
             return cams, ids, None
-        if self._camera_pool is None or self._camera_pool.height != resolution:
+        if self.camera_pool is None or self.camera_pool.height != resolution:
             self.build_camera_pool(resolution)
         gen = self.draws
         slots = torch.randint(pool, (self.cfg.views.batch_size,), generator=gen, device=gen.device).to(self.device)
-        cams = self._camera_pool[slots]
+        cams = self.camera_pool[slots]
         if self.extra_references:  # an extra view may replace a camera: keys as a list (read on the host)
             return cams, None, [("pool", int(i)) for i in slots.tolist()]
         return cams, None, slots

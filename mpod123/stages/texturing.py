@@ -91,7 +91,8 @@ class TexturingStage(DetailStage):
         self.input_mesh, self.position_index = split.welded()
         """The surface as one vertex per position, and each given vertex's index into it."""
         self.renderer = MeshRenderer(cfg.rasterizer_backend, self.device)
-        self.fixed_renderer = FixedMeshRenderer(self.input_mesh) if self.renderer.backend == "torch" else None
+        self.fixed_renderer = (FixedMeshRenderer(self.input_mesh, normals=cfg.shading_normals)
+                               if self.renderer.backend == "torch" else None)
         """With the geometry fixed, each camera's rasterisation is made once (the torch path's main cost)."""
         self.stage1_masks = self.silhouettes
         torch.manual_seed(cfg.seed)  # the field's initial weights come from the seed
@@ -102,9 +103,12 @@ class TexturingStage(DetailStage):
         self.set_reference(reference, cfg.resolution)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.nvm_cache: dict[tuple, Tensor] = {}
-        self._camera_pool: Cameras | None = None
+        self.camera_pool: Cameras | None = None
         self.init_threshold = None
-        groups = [{"params": list(self.texture.parameters()), "lr": cfg.fresh_texture_lr}]  # a fresh field
+        encoding = list(self.texture.encoding.parameters())  # a fresh field; its hash grid at the scale stage 2 uses
+        heads = [p for n, p in self.texture.named_parameters() if not n.startswith("encoding.")]
+        groups = [{"params": encoding, "lr": cfg.fresh_texture_lr * cfg.texture_encoding_lr_scale},
+                  {"params": heads, "lr": cfg.fresh_texture_lr}]
         if refine_geometry:
             groups.append({"params": list(self.offsets.parameters()), "lr": cfg.deform_lr})
         self.optimizer = self.adam(groups, cfg.adam_betas, cfg.adam_eps)

@@ -36,21 +36,25 @@ def _kinds(client: Client, job_id: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ item 2
-def test_a_locked_database_does_not_kill_the_dispatcher_or_its_running_job(backend):
+def test_a_locked_database_does_not_kill_the_dispatcher_or_its_running_job(tmp_path):
     """A long exclusive lock on the job database made one dispatcher call raise 'database is
     locked'; the thread died, PR_SET_PDEATHSIG killed its worker, and the job stayed running."""
-    backend.store._db.execute("PRAGMA busy_timeout=200")  # the store gives up quickly, as after 30 s
-    c = Client(backend.endpoint)
-    job_id, _ = submit_job(c, {"steps": 15, "step_s": 0.05, "result_bytes": 1000})
-    c.wait_for("progress", job_id, timeout=30)
-    other = sqlite3.connect(backend.store.path, isolation_level=None, timeout=5)
-    other.execute("BEGIN EXCLUSIVE")
-    time.sleep(1.5)
-    other.execute("ROLLBACK")
-    other.close()
-    c.wait_for("done", job_id, timeout=30)
-    assert c.request("status", job_id=job_id).content["state"] == "done"
-    c.close()
+    backend = Backend(tmp_path, workers=2, poll_s=0.02, busy_timeout_s=0.2)  # gives up quickly, as after 30 s
+    try:
+        c = Client(backend.endpoint)
+        job_id, _ = submit_job(c, {"steps": 15, "step_s": 0.05, "result_bytes": 1000})
+        c.wait_for("progress", job_id, timeout=30)
+        assert backend.store.pragma("busy_timeout") == 200
+        other = sqlite3.connect(backend.store.path, isolation_level=None, timeout=5)
+        other.execute("BEGIN EXCLUSIVE")
+        time.sleep(1.5)
+        other.execute("ROLLBACK")
+        other.close()
+        c.wait_for("done", job_id, timeout=30)
+        assert c.request("status", job_id=job_id).content["state"] == "done"
+        c.close()
+    finally:
+        backend.stop()
 
 
 # ------------------------------------------------------------------ item 3
@@ -120,9 +124,9 @@ def test_subscriptions_are_dropped_after_the_terminal_event_and_on_disconnect(ba
         assert x.request("resume", {"last_seq": 0}, job_id=jobs[i % 3]).msg_type == "status_reply"
         x.close()
     deadline = time.time() + 10
-    while backend.server._subs and time.time() < deadline:
+    while backend.server.subscriptions() and time.time() < deadline:
         time.sleep(0.1)
-    assert len(backend.server._subs) == 0, f"{len(backend.server._subs)} subscriptions of finished jobs kept"
+    assert backend.server.subscriptions() == 0, f"{backend.server.subscriptions()} subscriptions of finished jobs kept"
     c.close()
 
 
@@ -134,7 +138,7 @@ def test_a_late_reply_is_never_taken_for_the_next_requests(backend):
     c.wait_for("done", a)
     c.wait_for("done", b)
     lib = LibClient(backend.endpoint, session="alice", timeout_s=0.3)
-    with backend.store._lock:  # the router is busy: A's reply comes late
+    with backend.store.held():  # the router is busy: A's reply comes late
         with pytest.raises(BackendTimeout):
             lib.request("list")
     lib.timeout_s = 5
@@ -195,8 +199,7 @@ def test_curve_without_an_authenticated_user_id_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ item 12
 def test_list_is_paginated_and_returns_every_job(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite")
-    store._db.execute("PRAGMA synchronous=OFF")  # fill fast; the store's durability is tested elsewhere
+    store = JobStore(tmp_path / "jobs.sqlite", synchronous="OFF")  # fill fast; durability is tested elsewhere
     for i in range(7000):  # uuid-like ids, as clients make them: well over one message's worth
         store.submit(f"{i:032x}", "session:alice", {}, b"x")
     server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))

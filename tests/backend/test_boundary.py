@@ -26,6 +26,7 @@ zmq = pytest.importorskip("zmq")
 from backend import protocol  # noqa: E402
 from backend.client import Client  # noqa: E402
 from backend.protocol import Message  # noqa: E402
+from benchmarks.abuser import peak_growth_mb  # noqa: E402
 from tests.serve_cli import start_serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,7 +156,7 @@ def test_no_socket_of_the_service_turns_zmtp_heartbeats_on(tmp_path):
 
     store = JobStore(tmp_path / "jobs.sqlite")
     server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0"))
-    sock = server._make_socket()
+    sock = server.make_socket()
     try:
         assert sock.getsockopt(zmq.HEARTBEAT_IVL) == 0 and sock.getsockopt(zmq.HEARTBEAT_TIMEOUT) in (-1, 0)
     finally:
@@ -328,55 +329,16 @@ def test_a_data_folder_of_another_user_is_refused(tmp_path, env):
 
 
 # ------------------------------------------------------------------ item 4
-_ABUSER = """
-    import sys, time, zmq
-    from backend import protocol
-    from backend.protocol import Message
-    endpoint, mode, n, mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDTIMEO, 3000)
-    s.setsockopt(zmq.RCVHWM, 1)
-    s.connect(endpoint)
-    frame = zmq.Frame(b"\\0" * (mb << 20))
-    head = protocol.encode(Message("hello", {"client": "x"}))
-    sent = 0
-    try:
-        if mode == "frames":  # one message of n frames of mb MB
-            s.send_multipart([*head, *([frame] * n)], copy=False)
-            sent = 1
-        else:  # n pipelined messages of mb MB, never read
-            for _ in range(n):
-                s.send_multipart([*head, frame], copy=False)
-                sent += 1
-    except zmq.Again:
-        pass
-    print("sent", sent, flush=True)
-    time.sleep(6)
-"""
-
-
 def test_unauthenticated_peers_cannot_make_the_server_hold_memory(tmp_path, env):
     proc, endpoint = _serve(tmp_path / "data", env)
     try:
         with Client(endpoint, timeout_s=20) as c:
             c.hello()
         time.sleep(0.5)
-        base = _rss_mb(proc.pid)
-        peak = base
         for mode, n, mb in (("frames", 40, 10), ("pipelined", 30, 10)):
-            abuser = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ABUSER), endpoint, mode, str(n), str(mb)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            try:
-                while abuser.poll() is None:
-                    peak = max(peak, _rss_mb(proc.pid))
-                    time.sleep(0.05)
-            finally:
-                _stop(abuser)
+            growth, _ = peak_growth_mb(proc.pid, endpoint, mode, n, mb, env, ROOT)
+            assert growth < 200, f"unauthenticated {mode} took the server up {growth:.0f} MB"
         assert proc.poll() is None
-        print(f"rss base {base:.0f} MB, peak {peak:.0f} MB")
-        assert peak - base < 200, f"unauthenticated peers took the server from {base:.0f} to {peak:.0f} MB"
     finally:
         _stop(proc)
 
@@ -420,6 +382,52 @@ def test_a_huge_job_error_is_cut_and_the_owner_still_works(quiet_server):
         assert len(final.content["evalue"]) <= protocol.MAX_ERROR_CHARS + 10
         assert c.status(job)["state"] == "failed" and len(c.status(job)["error"]) < 4096
         assert [j["job_id"] for j in c.list_jobs()] == [job]
+
+
+def test_one_owner_cannot_make_the_server_follow_a_job_without_bound(tmp_path):
+    """Resubscribing to a queued job from ever new connections kept every subscription until the job
+    emitted (15,000 of them: 15 % of a core, idle). Past ``max_follows_per_owner`` a follow is refused
+    with the fix, the other owners are untouched, and the owner can follow again once its jobs end."""
+    from backend.client import BackendError
+    from backend.server import Server, ServerConfig
+    from backend.store import JobStore
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    server = Server(store, ServerConfig(bind="tcp://127.0.0.1:0", max_follows_per_owner=8))
+    endpoint = server.start()
+    clients = []
+    try:
+        alice = Client(endpoint, session="alice", timeout_s=10, local_keys=False)
+        clients.append(alice)
+        job = alice.submit(b"\x89PNG an image", {"steps": 1})
+        refused = []
+        for _ in range(30):
+            c = Client(endpoint, session="alice", timeout_s=10, local_keys=False)
+            clients.append(c)
+            try:
+                c.resume(job, 0)
+            except BackendError as exc:
+                refused.append(exc)
+        assert len(refused) == 30 - 7, f"{len(refused)} refused"
+        assert {e.ename for e in refused} == {"TooManyFollowed"} and "close" in refused[0].hint
+        assert server.subscriptions() == 8
+        with pytest.raises(BackendError, match="TooManyFollowed"):  # a new job would be followed too: not stored
+            clients[-1].submit(b"\x89PNG another", {"steps": 1})
+        assert store.count(owner="session:alice") == 1
+        with Client(endpoint, session="bob", timeout_s=10, local_keys=False) as bob:  # another owner follows
+            other = bob.submit(b"\x89PNG bob's", {"steps": 1})
+            assert bob.resume(other, 0)["state"] == "queued"
+        assert alice.cancel(job) == "cancelled"
+        alice.wait(job, timeout_s=20)
+        deadline = time.time() + 10
+        while server.subscriptions() > 1 and time.time() < deadline:  # bob's, until his job ends
+            time.sleep(0.05)
+        assert clients[-1].resume(job, 0)["state"] == "cancelled"  # room again
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+        store.close()
 
 
 def test_errors_and_log_events_carry_no_server_paths():

@@ -22,6 +22,7 @@ zmq = pytest.importorskip("zmq")
 from backend import protocol  # noqa: E402
 from backend.client import Client, read_local_keys  # noqa: E402
 from backend.protocol import Message  # noqa: E402
+from benchmarks.abuser import rss_mb  # noqa: E402
 from tests.serve_cli import start_serve  # noqa: E402
 
 
@@ -56,13 +57,6 @@ def _stop(proc):
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 # ------------------------------------------------------------------ item 1
@@ -102,7 +96,7 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
         job_id = good.submit(b"img", {"steps": 1, "result_bytes": 8 << 20})
         assert good.wait(job_id, timeout_s=60).content["kind"] == "done"
         time.sleep(0.5)
-        base = _rss_mb(proc.pid)
+        base = rss_mb(proc.pid)
         ctx = zmq.Context()
         server_key, (public, secret) = read_local_keys()  # these abusers hold the user's keys: authenticated
 
@@ -121,12 +115,12 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
         big.send_multipart([*hello, *([frame] * 8)])
         peak = base
         for _ in range(40):
-            peak = max(peak, _rss_mb(proc.pid))
+            peak = max(peak, rss_mb(proc.pid))
             time.sleep(0.1)
         big.setsockopt(zmq.RCVTIMEO, 60_000)
         big.recv_multipart()  # its error reply: the server has read (and refused) the whole message
         time.sleep(0.5)
-        after_frames = _rss_mb(proc.pid)
+        after_frames = rss_mb(proc.pid)
         big.close(0)
         # 2. a client that pipelines 8 MiB chunk requests and never reads
         greedy = authenticated_dealer()
@@ -137,9 +131,9 @@ def test_abusive_clients_cannot_grow_the_servers_memory_without_bound(tmp_path, 
             req = Message("fetch_chunk", {"offset": 0, "length": 8 << 20}, job_id=job_id, session=good.session)
             greedy.send_multipart(protocol.encode(req))
         for _ in range(40):
-            peak = max(peak, _rss_mb(proc.pid))
+            peak = max(peak, rss_mb(proc.pid))
             time.sleep(0.1)
-        chunk_growth = _rss_mb(proc.pid) - base
+        chunk_growth = rss_mb(proc.pid) - base
         assert good.hello()["server"], "the server still answers"
         greedy.close(0)
         ctx.term()

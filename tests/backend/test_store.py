@@ -27,7 +27,10 @@ def new(store, client_id, owner="a", options=None, image=b"img"):
 def test_store_is_wal_with_full_sync(tmp_path, store):
     db = sqlite3.connect(tmp_path / "jobs.sqlite")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.pragma("synchronous") == 2  # FULL
+    assert JobStore(tmp_path / "throwaway.sqlite", synchronous="OFF").pragma("synchronous") == 0
+    with pytest.raises(ValueError):
+        store.pragma("synchronous=OFF")
 
 
 def test_submit_is_idempotent_by_owner_job_id_and_body(store):
@@ -155,7 +158,9 @@ s.submit("tired", "a", {{}}, b"img")
 s.claim_next()
 for i in range(5):
     s.append_event(run, "progress", {{"step": i}})
-s._db.execute("UPDATE jobs SET state='running', attempts=2 WHERE client_id='tired'")
+import sqlite3
+other = sqlite3.connect({str(path)!r}, isolation_level=None)
+other.execute("UPDATE jobs SET state='running', attempts=2 WHERE client_id='tired'")
 os.kill(os.getpid(), 9)
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -117,7 +117,7 @@ def test_a_nan_is_counted_where_it_arises_although_the_sds_loss_hides_it(tmp_pat
     z.unet.register_forward_hook(poison)  # before gpu_check's own hook, so it sees the NaN
     render = torch.rand(1, r, r, 3).requires_grad_(True)
     cams = orbit_cameras(70.0, 30.0, 2.5, 40.0, r)
-    row, render_grad, sds_grad = gpu_check._timed_sds(
+    row, render_grad, sds_grad = gpu_check.timed_sds(
         z, lambda: GuidanceInput(render, torch.ones(1, r, r, 1), cams, torch.ones(1, 3), 7, 100), render, "sds_zero123", "cpu")
     assert bool(torch.isfinite(render_grad).all()), "the loss hid the NaN from the render's gradient"
     assert row["nonfinite_render_grad"] == 0

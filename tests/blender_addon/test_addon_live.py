@@ -21,25 +21,7 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
-from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, _raise, enabled_addon, free_port, object_png
-
-
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
-        assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123")
-        from blender_addon import session
-
-        yield session
-    assert not hasattr(bpy.types.WindowManager, "mpod123")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = ServeProcess(tmp_path_factory.mktemp("backend"))
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, raise_addon_error, free_port, object_png
 
 
 @pytest.fixture
@@ -535,9 +517,9 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     def ours(handlers):
         return [h for h in handlers if getattr(h, "__module__", "") == "blender_addon.session.loop"]
 
-    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    addon_utils.disable(ADDON, default_set=True, handle_error=raise_addon_error)
     assert ours(bpy.app.handlers.load_post) == [] and ours(bpy.app.handlers.load_pre) == []
-    addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+    addon_utils.enable(ADDON, default_set=True, handle_error=raise_addon_error)
     assert len(ours(bpy.app.handlers.load_post)) == 1 and len(ours(bpy.app.handlers.load_pre)) == 1
     from blender_addon.blender.preferences import prefs as get_prefs
 

@@ -224,12 +224,12 @@ def test_an_undo_never_brings_back_a_finished_jobs_preview(addon):
     session = addon
     _reset(session)
     po = _po()
-    assert po._after_undo in bpy.app.handlers.undo_post and po._after_undo in bpy.app.handlers.redo_post
+    assert po.after_undo in bpy.app.handlers.undo_post and po.after_undo in bpy.app.handlers.redo_post
     running, finished = _job("running"), _job("finished")
     glb = sphere_glb(0.5)[0]
     _tick(*(_event(j, "preview_mesh", [glb], stage="outline", step=1) for j in (running, finished)))
     finished.state = "imported"  # as if an undo restored the data of before its import
-    po._after_undo()
+    po.after_undo()
     assert po.find(finished.job_id) is None and po.find(running.job_id) is not None
     _reset(session)
 

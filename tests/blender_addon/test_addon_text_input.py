@@ -17,25 +17,7 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
-from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    with enabled_addon(tmp_path_factory.mktemp("addon-user")) as mod:
-        assert mod is not None and hasattr(bpy.types.WindowManager, "mpod123_text")
-        from blender_addon import session
-
-        yield session
-    assert not hasattr(bpy.types.WindowManager, "mpod123_text")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc = ServeProcess(tmp_path_factory.mktemp("backend"))
-    proc.start()
-    yield proc
-    proc.stop()
+from tests.addon_backend import JOB_TIMEOUT_S  # noqa: E402
 
 
 @pytest.fixture

@@ -33,5 +33,5 @@ def test_a_stage2_step_takes_at_most_four_host_syncs(tmp_path):
     stage = stage2_scenario(tmp_path)
     result = count_steps("stage2", stage.train_step, 3)
     _check(result)
-    assert stage._pool_masks is not None, "the stage-1 masks come from the camera pool"
+    assert stage.pool_masks is not None, "the stage-1 masks come from the camera pool"
     assert sum(result.twin_per_step) > 0, "the torch rasterizer's syncs are counted apart, not lost"

@@ -104,7 +104,7 @@ def test_named_accelerator_without_cuda_raises_with_install_hint():
 def test_auto_falls_back_with_one_warning():
     import mpod123.runtime.accelerators as opt
 
-    opt._warned.discard("tcnn")
+    opt.forget("tcnn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert resolve_backend("auto", "tcnn", "cpu") == "torch"

@@ -17,7 +17,7 @@ from mpod123.geometry import (
     normal_consistency_loss,
     tet_grid,
 )
-from mpod123.geometry.tet_grid import _freudenthal_tets
+from mpod123.geometry.tet_grid import freudenthal_tets
 
 
 def test_tet_grid_is_positively_oriented_and_fills_the_cube():
@@ -31,7 +31,7 @@ def test_tet_grid_is_positively_oriented_and_fills_the_cube():
 
 def test_tet_grid_is_conforming():
     """Every interior triangle is shared by exactly two tets, every boundary one by one."""
-    tets = torch.from_numpy(_freudenthal_tets(3)).long()
+    tets = torch.from_numpy(freudenthal_tets(3)).long()
     tris = torch.cat([tets[:, [0, 1, 2]], tets[:, [0, 1, 3]], tets[:, [0, 2, 3]], tets[:, [1, 2, 3]]])
     tris = tris.sort(dim=1).values
     _, counts = torch.unique(tris, dim=0, return_counts=True)
@@ -40,12 +40,12 @@ def test_tet_grid_is_conforming():
 
 
 def test_tet_grid_cache_round_trip(tmp_path):
-    from mpod123.geometry.tet_grid import _cached
+    from mpod123.geometry.tet_grid import cached_grid
 
-    _cached.cache_clear()
+    cached_grid.cache_clear()
     a = tet_grid(5, cache_dir=tmp_path)
     assert (tmp_path / "tets_freudenthal_5.npz").is_file()
-    _cached.cache_clear()
+    cached_grid.cache_clear()
     b = tet_grid(5, cache_dir=tmp_path)
     assert torch.equal(a.tets, b.tets)
     with pytest.raises(ValueError, match="resolution"):

@@ -37,7 +37,7 @@ def test_fresh_augmentations_encode_new_crops_every_step_and_build_no_pool(tiny_
     assert a.shape == b.shape == (2, 4, 16, 16) and (a - b).abs().max() > 1e-3, "each draw is a new pair of crops"
     # what a draw encodes is the augmentation the generator dictates, through the same VAE path
     gen = torch.Generator().manual_seed(5)
-    crops = augment(ti._reference, 2, 32, gen)
+    crops = augment(ti.prepared_reference, 2, 32, gen)
     assert torch.allclose(ti.encode_views(crops), a, atol=1e-5)
     result = ti.train(_reference())
     assert ti.latent_pool is None, "no fixed pool"

@@ -104,7 +104,7 @@ def test_tcnn_wrapper_builds_and_trains_against_tinycudanns_surface(tcnn_standin
                          per_level_scale=2.0, backend="tcnn")
     enc = HashEncoding(cfg)
     assert enc.backend == "tcnn"
-    assert enc._tcnn.params is enc.params, "tinycudann reads our one flat parameter"
+    assert enc.tcnn_module.params is enc.params, "tinycudann reads our one flat parameter"
     assert [n for n, _ in enc.named_parameters()] == ["params"], "saved once, one Parameter for Adam"
     with torch.no_grad():
         enc.params.normal_(0, 0.1)
@@ -120,7 +120,7 @@ def test_tcnn_wrapper_builds_and_trains_against_tinycudanns_surface(tcnn_standin
     assert not torch.equal(before, enc.params.detach())
     clone = copy.deepcopy(enc)
     torch.testing.assert_close(clone(x), enc(x))
-    assert clone._tcnn.params is clone.params and clone.params is not enc.params
+    assert clone.tcnn_module.params is clone.params and clone.params is not enc.params
 
 
 def test_tcnn_wrapper_refuses_a_layout_mismatch(tcnn_standin, monkeypatch):
@@ -221,9 +221,7 @@ def test_nerfacc_without_its_extension_falls_back_to_torch_with_the_reason(monke
     ``import nerfacc`` works, the first call would fail. The probe loads the extension now."""
     nerfacc = pytest.importorskip("nerfacc", reason="nerfacc is in the test extras: pip install -e '.[test]'")
     assert nerfacc.__version__.startswith("0.5")
-    for cache in (opt._probed, opt._extension, opt._fallbacks):
-        cache.pop("nerfacc", None)
-    opt._warned.discard("nerfacc")
+    opt.forget("nerfacc")
     cuda = torch.device("cuda")  # a CUDA run; the extension check comes before any CUDA call
     if torch.cuda.is_available() and opt.probe_extension("nerfacc") is None:
         pytest.skip("nerfacc's extension loads here")
@@ -261,7 +259,7 @@ def test_nerfacc_path_jitters_from_the_stage_generator(monkeypatch):
     monkeypatch.setattr(rm, "resolve_backend", lambda requested, accelerator, device: "torch")
     grid = OccupancyGrid(OccupancyGridConfig(resolution=8))
     marcher = rm.RayMarcher(grid, 0.05, 1.0)
-    marcher.backend, marcher._estimator = "nerfacc", Estimator()
+    marcher.backend, marcher.estimator = "nerfacc", Estimator()
     rays_o, rays_d = torch.zeros(16, 3) + torch.tensor([0.0, 0.0, 3.0]), torch.tensor([0.0, 0.0, -1.0]).expand(16, 3)
     torch.manual_seed(123)
     global_state = torch.get_rng_state()

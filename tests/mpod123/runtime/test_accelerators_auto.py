@@ -17,14 +17,9 @@ import mpod123.runtime.accelerators as acc
 @pytest.fixture
 def everything_runs(monkeypatch):
     monkeypatch.setattr(acc, "unavailable_reason", lambda name, device: None)
-    saved = dict(acc._probed), dict(acc._fallbacks)
-    acc._probed.pop("kaolin", None)
-    acc._fallbacks.pop("kaolin", None)
+    acc.forget("kaolin")
     yield
-    acc._probed.clear()
-    acc._probed.update(saved[0])
-    acc._fallbacks.clear()
-    acc._fallbacks.update(saved[1])
+    acc.forget("kaolin")  # probed under the patched reason: the next test probes it for real
 
 
 def test_auto_does_not_pick_kaolin_even_when_it_could_run(everything_runs):
@@ -32,7 +27,7 @@ def test_auto_does_not_pick_kaolin_even_when_it_could_run(everything_runs):
         warnings.simplefilter("always")
         assert acc.resolve_backend("auto", "kaolin", "cuda") == "torch"
     assert not [w for w in caught if issubclass(w.category, acc.AcceleratorFallbackWarning)], "by design, not a fallback"
-    assert "kaolin" not in acc._probed, "auto does not even import kaolin"
+    assert not acc.is_probed("kaolin"), "auto does not even import kaolin"
     reason = acc.fallback_reasons()["kaolin"]
     assert "no faster" in reason and "torch 2.13" in reason and "backend='kaolin'" in reason
 

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from mpod123.runtime import accelerators as _optional
+from mpod123.runtime import accelerators as _optional  # its old name, kept here
 from mpod123.runtime import selftest as accel_selftest
 from mpod123.runtime import doctor
 
@@ -69,7 +69,7 @@ def _cumsum_wrong(x):  # an "accelerated" op with a bug: it drops the last eleme
 def fake_accelerator(monkeypatch):
     """A real op pair registered as an accelerator that needs no CUDA (module: the standard library's colorsys)."""
     monkeypatch.setitem(_optional.ACCELERATORS, "fakeacc", _optional.Accelerator("fakeacc", "colorsys", "n/a", False))
-    monkeypatch.setattr(_optional, "_warned", set())
+    _optional.forget("fakeacc")
     impl = {"op": _cumsum_wrong}
 
     def self_test(device):
@@ -80,6 +80,7 @@ def fake_accelerator(monkeypatch):
     accel_selftest.forget("fakeacc")
     yield impl
     accel_selftest.forget("fakeacc")
+    _optional.forget("fakeacc")
 
 
 def test_an_accelerator_that_fails_its_self_test_is_never_chosen_by_auto(fake_accelerator):

@@ -225,5 +225,5 @@ def test_the_camera_pool_is_the_default_and_the_same_for_a_seed(fitted):
     cfg.dmtet.init_threshold = 5.0
     a = DetailStage(cfg, ref, NoGuidance(), outline.field, outline.masks)
     b = DetailStage(cfg, ref, NoGuidance(), outline.field, outline.masks)
-    torch.testing.assert_close(a._camera_pool.c2w, b._camera_pool.c2w, rtol=0, atol=0)
-    assert len({tuple(p.tolist()) for p in a._camera_pool.position}) == 4
+    torch.testing.assert_close(a.camera_pool.c2w, b.camera_pool.c2w, rtol=0, atol=0)
+    assert len({tuple(p.tolist()) for p in a.camera_pool.position}) == 4

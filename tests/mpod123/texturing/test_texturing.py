@@ -234,7 +234,8 @@ def test_texture_a_blender_exported_two_object_mesh_keeping_its_uvs(tmp_path, ti
     assert (tmp_path / "textured.work" / "texture.ckpt").is_file()
 
 
-def test_the_fixed_mesh_renderer_equals_the_mesh_renderer_and_caches_each_camera():
+@pytest.mark.parametrize("normals", ["vertex", "face"])
+def test_the_fixed_mesh_renderer_equals_the_mesh_renderer_and_caches_each_camera(normals):
     from mpod123.rendering.fixed_mesh import FixedMeshRenderer
     from mpod123.bench.synthetic import object_mesh
 
@@ -246,17 +247,47 @@ def test_the_fixed_mesh_renderer_equals_the_mesh_renderer_and_caches_each_camera
         return torch.sigmoid(p * 3.0 + weights)
 
     bg = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0]])
-    want = MeshRenderer("torch").render(mesh, cams, color, bg, with_normals=True)
-    fixed = FixedMeshRenderer(mesh, max_views=2)
+    want = MeshRenderer("torch").render(mesh, cams, color, bg, with_normals=True, normals=normals)
+    other = MeshRenderer("torch").render(mesh, cams, color, bg, with_normals=True,
+                                         normals="face" if normals == "vertex" else "vertex")
+    assert (want.normals - other.normals).abs().max() > 1e-2, "the two shading kinds differ on this mesh"
+    fixed = FixedMeshRenderer(mesh, max_views=2, normals=normals)
     for _ in range(2):  # the second time from the cache
         got = fixed.render(cams, color, bg, with_normals=True)
         for name in ("rgb", "opacity", "depth", "normals", "tri_id"):
             assert torch.allclose(getattr(got, name).float(), getattr(want, name).float(), atol=1e-5), name
-    assert len(fixed._cache) == 2
+    assert fixed.cached_views == 2
     got.rgb.sum().backward()  # gradients reach the colour field
     assert weights.grad is not None and weights.grad.abs().sum() > 0
     fixed.render(orbit_cameras(90.0, 0.0, 2.5, 40.0, 40, 32), color, bg[:1])
-    assert len(fixed._cache) == 2  # bounded: the oldest camera went
+    assert fixed.cached_views == 2  # bounded: the oldest camera went
+
+
+def test_the_texturing_stage_shades_as_configured_and_trains_its_hash_grid_at_the_stage_2_scale():
+    """``mpod123 texture`` follows stage 2's settings: the shading normals it is told (vertex by default)
+    and the hash grid at ``texture_encoding_lr_scale`` times the fresh field's rate."""
+    from mpod123.bench.synthetic import object_mesh
+    from mpod123.config import DetailStageConfig
+    from mpod123.stages.texturing import TexturingStage
+    from mpod123.guidance import MultiViewSupervision
+    from mpod123.stages import ReferenceView
+
+    mesh = object_mesh(16)
+    cam = orbit_cameras(90.0, 0.0, 2.5, 40.0, 24, 24)
+    image = torch.ones(24, 24, 3)
+
+    for shading, scale in (("vertex", 10.0), ("face", 1.0)):
+        cfg = DetailStageConfig(steps=1, resolution=24, preview_every=0, checkpoint_every=0, nvm_mask_resolution=24,
+                                shading_normals=shading, texture_encoding_lr_scale=scale, fresh_texture_lr=2e-3)
+        stage = TexturingStage(cfg, ReferenceView(image, cam), MultiViewSupervision(image[None], cam), mesh)
+        assert stage.fixed_renderer is not None and stage.fixed_renderer.normals == shading
+        encoding = {id(p) for p in stage.texture.encoding.parameters()}
+        rates = {}
+        for group in stage.optimizer.param_groups:
+            kinds = {id(p) in encoding for p in group["params"]}
+            assert len(kinds) == 1, "a group holds the grid or the heads, not both"
+            rates[kinds.pop()] = group["lr"]
+        assert rates == {True: pytest.approx(2e-3 * scale), False: pytest.approx(2e-3)}
 
 
 @pytest.mark.slow
