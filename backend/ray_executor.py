@@ -39,6 +39,8 @@ ever talk to the CURVE-protected ZeroMQ front door.
 from __future__ import annotations
 
 import os
+import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -52,7 +54,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from .store import TERMINAL, Job, JobStore
 from .ray_actor import CANCELLED, CHECKPOINT, FAILED, FINAL, RESULT, JobRunner
-from .workers import ExecutorConfig, fail_job, publish_result
+from .workers import ExecutorConfig, database_locked, fail_job, publish_result
 
 NAMESPACE = "mpod123"
 
@@ -332,7 +334,7 @@ class RayExecutor:
                     position, kind, content, blob = ray.get(ref)
                     if self._stop.is_set():
                         return "stopped"
-                    if self._ingest(run, position, kind, content, blob):
+                    if self._ingest_waiting(run, position, kind, content, blob):
                         return "final"
             except TaskCancelledError:
                 return "cancel-sent" if run.cancel_sent is not None else "died"
@@ -343,6 +345,23 @@ class RayExecutor:
                 time.sleep(1.0)
             except RayActorError:
                 return "died"
+
+    def _ingest_waiting(self, run: _RayRun, *item: Any) -> bool:
+        """:meth:`_ingest`, waiting out a job database locked past its busy timeout: the actor keeps the
+        item, and the cursor moves only with a stored write, so storing it again once the lock clears
+        loses and repeats nothing (a local worker, which holds its events alone, re-queues instead)."""
+        told = False
+        while True:
+            try:
+                return self._ingest(run, *item)
+            except sqlite3.OperationalError as exc:
+                if not database_locked(exc) or self._stop.is_set():
+                    raise
+                if not told:
+                    print(f"mpod123 ray executor: the job database is locked ({exc}); job {run.job_id} waits",
+                          file=sys.stderr, flush=True)
+                    told = True
+                self._stop.wait(0.25)
 
     def _ingest(self, run: _RayRun, position: int, kind: str, content: dict[str, Any], blob: bytes | None) -> bool:
         """Store one item; True for the job's final item."""

@@ -139,7 +139,8 @@ STORE_LOCKED_STATUS = 75
 re-queued with its attempt given back (a long lock is not the job's failure)."""
 
 
-def _locked(exc: BaseException) -> bool:
+def database_locked(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite giving up on a lock held past the busy timeout (not the job's fault)."""
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
@@ -169,7 +170,7 @@ def run_job(
         except JobCancelled as exc:
             store.finish(job_id, "cancelled", "cancelled", {"reason": str(exc)}, str(exc))
         except Exception as exc:  # the job's failure: the client gets its type and message, the log the traceback
-            if _locked(exc):
+            if database_locked(exc):
                 print(f"mpod123 worker: the job database stayed locked ({exc}); the job goes back to the queue",
                       file=sys.stderr, flush=True)
                 os._exit(STORE_LOCKED_STATUS)

@@ -90,6 +90,32 @@ def test_two_jobs_run_at_once_each_with_ordered_events_and_its_own_result(tmp_pa
         b.stop()
 
 
+def test_a_long_database_lock_neither_fails_nor_charges_a_ray_job_and_loses_no_event(tmp_path, ray_runtime):
+    """The front door writes a Ray job's events; a lock past its busy timeout made a write raise, and the
+    job was failed over (attempt 1 of 2, its actor killed). The actor keeps its events, so the front door
+    waits the lock out and stores the same item again: the job goes on, gap-free, on its first attempt."""
+    import sqlite3
+
+    b = Backend(tmp_path, "ray", busy_timeout_s=0.2, poll_s=0.02)  # the store gives up on a lock after 0.2 s
+    try:
+        c = Client(b.endpoint)
+        job_id, _ = submit_job(c, {"steps": 30, "step_s": 0.05, "result_bytes": 1000})
+        c.wait_for("progress", job_id, timeout=60)
+        other = sqlite3.connect(b.store.path, isolation_level=None, timeout=5)
+        other.execute("BEGIN EXCLUSIVE")
+        time.sleep(1.5)  # more than seven busy timeouts, while the job makes events
+        other.execute("ROLLBACK")
+        other.close()
+        c.wait_for("done", job_id, timeout=90)
+        events = _events(c, job_id)
+        _assert_gap_free(events)
+        assert _progress_steps(events, "outline") == list(range(1, 31))
+        assert c.request("status", job_id=job_id).content["attempts"] == 1, "the lock was charged as the job's failure"
+        c.close()
+    finally:
+        b.stop()
+
+
 def test_a_restarted_front_door_reattaches_to_the_running_job(tmp_path, ray_runtime):
     b = Backend(tmp_path, "ray")
     c = Client(b.endpoint)
