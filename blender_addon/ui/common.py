@@ -34,6 +34,15 @@ def job_import_options(context) -> dict:
     return {k: getattr(src, k) for k in IMPORT_OPTION_NAMES}
 
 
+def run_options(context, **extra) -> dict:
+    """A new job's preset, seed and steps from the panel (steps 0: the preset's), plus ``extra``."""
+    st = state(context)
+    options = {"preset": st.preset, "seed": int(st.seed), **extra}
+    if st.steps > 0:
+        options["steps"] = int(st.steps)
+    return options
+
+
 def max_image_bytes() -> int | None:
     """The connected backend's limit for one image (None: its default, until a backend said hello)."""
     return session.current().max_image_bytes

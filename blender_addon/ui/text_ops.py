@@ -11,10 +11,19 @@ from ..blender.candidates import candidate_path, picked, text_state
 from ..blender.properties import state
 from ..core.errors import AddonError
 from ..core.prompt import name_for, prompt_problem
-from .common import address_problem, job_import_options, poll_reason
+from .common import AddonOperator, address_problem, job_import_options, poll_reason, run_options
 
 # ------------------------------------------------------------------ operators
-class MPOD123_OT_make_candidates(bpy.types.Operator):
+def _submit(context, data: bytes, name: str, options: dict, label: str) -> str:
+    """Queue a job at the 3D cursor, into the panel's collection; the panel's last error is cleared."""
+    st = state(context)
+    job_id = session.submit(context, data, name, options, tuple(context.scene.cursor.location),
+                            collection=st.collection, import_options=job_import_options(context), input_label=label[:200])
+    st.last_error = ""
+    return job_id
+
+
+class MPOD123_OT_make_candidates(AddonOperator):
     """Send the prompt: the backend draws candidate images of the object to pick from (no 3D yet)"""
 
     bl_idname = "mpod123.make_candidates"
@@ -26,27 +35,18 @@ class MPOD123_OT_make_candidates(bpy.types.Operator):
         return poll_reason(cls, ("switch the input to Text" if ts.mode != "TEXT" else "") or prompt_problem(ts.prompt)
                      or address_problem(context))
 
-    def execute(self, context):
-        ts, st = text_state(context), state(context)
+    def run(self, context):
+        ts = text_state(context)
         prompt = ts.prompt.strip()
-        options = {"prompt": prompt, "candidates": int(ts.count), "candidates_only": True, "seed": int(st.seed),
-                   "preset": st.preset}
-        try:
-            job_id = session.submit(context, b"", name_for(prompt), options, tuple(context.scene.cursor.location),
-                                   collection=st.collection, import_options=job_import_options(context),
-                                   input_label=f"prompt: {prompt}"[:200])
-        except AddonError as exc:
-            st.last_error = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+        options = {"prompt": prompt, "candidates": int(ts.count), "candidates_only": True, "seed": int(state(context).seed),
+                   "preset": state(context).preset}
+        job_id = _submit(context, b"", name_for(prompt), options, f"prompt: {prompt}")
         ts.candidates.clear()
         ts.job_id, ts.job_prompt, ts.picked = job_id, prompt, 0
-        st.last_error = ""
         self.report({"INFO"}, f"drawing {ts.count} candidates for {prompt!r} (job {job_id[:8]})")
-        return {"FINISHED"}
 
 
-class MPOD123_OT_generate_from_candidate(bpy.types.Operator):
+class MPOD123_OT_generate_from_candidate(AddonOperator):
     """Send the picked candidate as the input image and build a textured mesh from it, at the 3D cursor"""
 
     bl_idname = "mpod123.generate_from_candidate"
@@ -63,25 +63,17 @@ class MPOD123_OT_generate_from_candidate(bpy.types.Operator):
             return poll_reason(cls, f"candidate {row.index} was rejected ({row.verdict}): pick a clean one")
         return poll_reason(cls, address_problem(context))
 
-    def execute(self, context):
-        ts, st = text_state(context), state(context)
+    def run(self, context):
+        ts = text_state(context)
         row = picked(context)
-        with open(candidate_path(context, row), "rb") as f:
-            data = f.read()
-        options = {"preset": st.preset, "seed": int(st.seed), "prompt_for_inversion": ts.job_prompt}
-        if st.steps > 0:
-            options["steps"] = int(st.steps)
         try:
-            job_id = session.submit(context, data, name_for(ts.job_prompt), options, tuple(context.scene.cursor.location),
-                                   collection=st.collection, import_options=job_import_options(context),
-                                   input_label=f"candidate {row.index} of {ts.job_prompt}"[:200])
-        except AddonError as exc:
-            st.last_error = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        st.last_error = ""
+            with open(candidate_path(context, row), "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise AddonError(f"cannot read candidate {row.index} ({exc}): make the candidates again") from None
+        options = run_options(context, prompt_for_inversion=ts.job_prompt)
+        job_id = _submit(context, data, name_for(ts.job_prompt), options, f"candidate {row.index} of {ts.job_prompt}")
         self.report({"INFO"}, f"sending candidate {row.index} as job {job_id[:8]}")
-        return {"FINISHED"}
 
 
 # ------------------------------------------------------------------ drawing

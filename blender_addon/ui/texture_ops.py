@@ -12,7 +12,7 @@ from ..blender.properties import state
 from ..blender.texture_target import camera_relative, export_object_glb, target_problem
 from ..core.errors import AddonError
 from ..core.image_check import DEFAULT_MAX_IMAGE_BYTES
-from .common import address_problem, max_image_bytes, poll_reason
+from .common import AddonOperator, address_problem, max_image_bytes, poll_reason, run_options
 
 
 def submit(context, obj, image: bytes, name: str, options: dict, label: str) -> str:
@@ -31,7 +31,7 @@ def submit(context, obj, image: bytes, name: str, options: dict, label: str) -> 
                           texture=(obj.name, mesh, camera))
 
 
-class MPOD123_OT_texture_selected(bpy.types.Operator):
+class MPOD123_OT_texture_selected(AddonOperator):
     """Texture the selected mesh from the input image, seen from the scene camera (or from the front)"""
 
     bl_idname = "mpod123.texture_selected"
@@ -41,22 +41,12 @@ class MPOD123_OT_texture_selected(bpy.types.Operator):
     def poll(cls, context):
         return poll_reason(cls, target_problem(context) or input_problem(context, max_image_bytes()) or address_problem(context))
 
-    def execute(self, context):
-        st = state(context)
+    def run(self, context):
         obj = context.active_object
-        try:
-            data, _, label = input_image(context, max_image_bytes())
-            options = {"preset": st.preset, "seed": int(st.seed)}
-            if st.steps > 0:
-                options["steps"] = int(st.steps)
-            job_id = submit(context, obj, data, obj.name, options, label)
-        except AddonError as exc:
-            st.last_error = str(exc)
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+        data, _, label = input_image(context, max_image_bytes())
+        job_id = submit(context, obj, data, obj.name, run_options(context), label)
         where = "the scene camera" if context.scene.camera is not None else "the front (no scene camera)"
         self.report({"INFO"}, f"texturing {obj.name} as seen from {where}: job {job_id[:8]}")
-        return {"FINISHED"}
 
 
 CLASSES = (MPOD123_OT_texture_selected,)

@@ -36,3 +36,25 @@ def server(tmp_path_factory):
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def prefs(addon, server):
+    """The add-on's preferences pointed at ``server`` (no local backend, no keys, a 10 s timeout), and put back
+    afterwards: a test may disable and enable the add-on, which makes new preferences."""
+    import bpy
+
+    from blender_addon.blender.preferences import prefs as get_prefs
+
+    def point_at_server():
+        p = get_prefs(bpy.context)
+        p.address = server.endpoint
+        p.use_local_backend = False
+        p.timeout_s = 10.0
+        p.server_public_key = p.client_public_key = p.client_secret_key = ""
+        return p
+
+    p = point_at_server()
+    bpy.context.window_manager.mpod123.last_error = ""
+    yield p
+    point_at_server()

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,35 +21,26 @@ pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
 from tests.addon_backend import JOB_TIMEOUT_S, free_port, object_png  # noqa: E402
-from tests.blender_addon.test_addon_live import (  # noqa: E402,F401
-    _connect,
-    _reset_jobs,
-    _session,
-    _settle,
-    _state,
-    addon,
-    prefs,
-    server,
-)
+from tests.addon_live import addon_session, connect_addon, reset_jobs, settle, wm_state  # noqa: E402
 
 
 def _inputs_dir() -> Path:
-    return _session().user_dir("inputs")
+    return addon_session().user_dir("inputs")
 
 
 def _no_trace_of_a_job(before: set) -> None:
-    st = _state()
+    st = wm_state()
     assert len(st.jobs) == 0, [j.name for j in st.jobs]
-    assert _session().job_file().load() == {}, "nothing in the job file"
+    assert addon_session().job_file().load() == {}, "nothing in the job file"
     assert set(os.listdir(_inputs_dir())) == before, "no input copy kept"
 
 
 # ------------------------------------------------------------------ 1: bad input refused at Generate
 def test_an_image_without_pixels_is_refused_at_generate_and_never_queued(prefs, server, tmp_path):
-    _reset_jobs()
-    _connect()
+    reset_jobs()
+    connect_addon()
     before = set(os.listdir(_inputs_dir()))
-    st = _state()
+    st = wm_state()
     broken = tmp_path / "broken.png"  # a PNG header that says 0 x 0 pixels, as an empty canvas saves
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"\x00" * 8 + b"\x08\x06\x00\x00\x00" + b"\x00" * 4)
     st.source, st.filepath = "FILE", str(broken)
@@ -69,20 +59,20 @@ def test_an_image_without_pixels_is_refused_at_generate_and_never_queued(prefs, 
 def _session_input_problem() -> str:
     from blender_addon.blender.inputs import input_problem
 
-    return input_problem(bpy.context, _session().current().max_image_bytes)
+    return input_problem(bpy.context, addon_session().current().max_image_bytes)
 
 
 def test_an_image_over_the_backends_limit_is_refused_before_it_is_read(prefs, server, tmp_path):
-    _reset_jobs()
-    _connect()
-    limit = _session().current().max_image_bytes
+    reset_jobs()
+    connect_addon()
+    limit = addon_session().current().max_image_bytes
     assert limit == 50 << 20, "the limit comes from the backend's hello reply"
     before = set(os.listdir(_inputs_dir()))
     big = tmp_path / "huge.png"
     with open(big, "wb") as f:  # sparse: over the limit without writing 50 MB
         f.write(object_png())
         f.truncate(limit + 1)
-    st = _state()
+    st = wm_state()
     st.source, st.filepath = "FILE", str(big)
     assert not bpy.ops.mpod123.generate.poll()
     assert "over the backend's limit" in _session_input_problem()
@@ -92,14 +82,14 @@ def test_an_image_over_the_backends_limit_is_refused_before_it_is_read(prefs, se
 def test_a_submit_the_backend_refuses_fails_once_and_is_not_sent_again(prefs, server, tmp_path):
     """A job the backend's front door refuses (here: a prompt over its 500 characters, sent by a script that
     skipped the panel's check) ends as failed, its input copy deleted; the next Connect does not send it again."""
-    _reset_jobs()
+    reset_jobs()
     prefs.timeout_s = 120.0  # a refusal, not a timeout, even on a loaded machine
-    _connect()
-    session = _session()
+    connect_addon()
+    session = addon_session()
     job_id = session.submit(bpy.context, b"", "refused", {"prompt": "a kettle " * 70, "candidates": 2,
                                                          "candidates_only": True, "seed": 0})
-    _settle(lambda: _state().jobs[0].state not in ("sending", "queued"), 60, "the refusal")
-    job = _state().jobs[0]
+    settle(lambda: wm_state().jobs[0].state not in ("sending", "queued"), 60, "the refusal")
+    job = wm_state().jobs[0]
     assert job.state == "failed" and "refused" in job.message, (job.state, job.message)
     assert not os.path.exists(job.input_path), "the input copy is gone"
     assert session.job_file().load()[job_id]["state"] == "failed"
@@ -108,8 +98,8 @@ def test_a_submit_the_backend_refuses_fails_once_and_is_not_sent_again(prefs, se
 
 
 def _connect_again() -> None:
-    _state().connection = "not connected"
-    _connect()
+    wm_state().connection = "not connected"
+    connect_addon()
 
 
 # ------------------------------------------------------------------ 5 (and 4): a killed local backend
@@ -117,27 +107,27 @@ def _connect_again() -> None:
 def test_a_killed_local_backend_is_started_again_and_the_job_continues_with_the_presets_face_budget(prefs, tmp_path):
     """#5: the add-on started the backend, so when it is killed mid-job it starts it again and the job goes on.
     #4: the job asks for no face budget (Face Budget 0), so the draft preset's 5,000 faces apply (not every face)."""
-    _reset_jobs()
-    session = _session()
+    reset_jobs()
+    session = addon_session()
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     prefs.use_local_backend = True
     prefs.start_timeout_s = 240.0
     prefs.local_command = (f"{sys.executable} -m mpod123.cli.main serve --tiny --bind {{address}} "
                            f"--data {tmp_path / 'data'}")
     prefs.target_faces = 0
-    st = _state()
+    st = wm_state()
     try:
         assert bpy.ops.mpod123.connect() == {"FINISHED"}
-        _settle(lambda: st.connection == "connected", 240, "the local backend answered")
+        settle(lambda: st.connection == "connected", 240, "the local backend answered")
         first = session.current().local.pid
         photo = tmp_path / "lamp.png"
         photo.write_bytes(object_png())
         st.source, st.filepath, st.preset, st.steps, st.random_seed = "FILE", str(photo), "draft", 2, False
         assert bpy.ops.mpod123.generate() == {"FINISHED"}
         job = st.jobs[-1]
-        _settle(lambda: job.state == "running", JOB_TIMEOUT_S, "the job running")
+        settle(lambda: job.state == "running", JOB_TIMEOUT_S, "the job running")
         os.kill(first, signal.SIGKILL)
-        _settle(lambda: session.current().local.running() and session.current().local.pid != first, 30,
+        settle(lambda: session.current().local.running() and session.current().local.pid != first, 30,
                 "the local backend started again")
         assert st.local_pid == session.current().local.pid and bpy.ops.mpod123.stop_backend.poll(), \
             "Stop Local stays usable"
@@ -171,8 +161,8 @@ def _ghosts() -> list[str]:
 def _running_job_with_a_preview(name: str):
     from blender_addon.core.client import Message
 
-    session = _session()
-    st = _state()
+    session = addon_session()
+    st = wm_state()
     job = st.jobs.add()
     job.job_id, job.name, job.state = name * (32 // len(name)), name, "running"
     session.save_jobs(bpy.context, wait=True)
@@ -184,22 +174,22 @@ def _running_job_with_a_preview(name: str):
 
 
 def test_a_preview_saved_in_a_file_is_gone_when_the_file_is_opened_after_its_job_ended(prefs, tmp_path):
-    _reset_jobs()
+    reset_jobs()
     job_id = _running_job_with_a_preview("ghost").job_id  # (a row is gone with the next file load: keep its id)
     blend = tmp_path / "mid-job.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
     from blender_addon.core.client import Message
 
-    session = _session()
+    session = addon_session()
     bpy.ops.wm.read_homefile(use_empty=True)  # the artist works on another file while the job ends
     session.current().pending.append(Message("event", {"kind": "failed", "ename": "Error", "evalue": "out of memory"},
                                               job_id=job_id, seq=2))
     session.step(bpy.context, budget_s=None)
-    assert _state().jobs[0].state == "failed"
+    assert wm_state().jobs[0].state == "failed"
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     session.step(bpy.context, budget_s=None)
     assert _ghosts() == [], "the unselectable '(generating)' object of an ended job is removed on load"
-    assert _state().jobs[0].state == "failed"
+    assert wm_state().jobs[0].state == "failed"
 
 
 def test_disabling_the_add_on_mid_job_leaves_no_preview_object(prefs, tmp_path):
@@ -207,14 +197,14 @@ def test_disabling_the_add_on_mid_job_leaves_no_preview_object(prefs, tmp_path):
 
     from tests.addon_backend import ADDON
 
-    _reset_jobs()
+    reset_jobs()
     _running_job_with_a_preview("lamp")
     addon_utils.disable(ADDON, default_set=True)
     try:
         assert _ghosts() == [], "disable removes the preview objects"
     finally:
         addon_utils.enable(ADDON, default_set=True)
-    _reset_jobs()
+    reset_jobs()
 
 
 # ------------------------------------------------------------------ 7: Install Backend on a working backend
@@ -267,7 +257,7 @@ def test_preferences_survive_disable_and_enable(prefs, server):
     p.server_public_key = "k" * 40
     addon_utils.disable(ADDON, default_set=True)
     addon_utils.enable(ADDON, default_set=True)
-    _session().step(bpy.context, budget_s=None)  # the first tick gives the kept preferences back
+    addon_session().step(bpy.context, budget_s=None)  # the first tick gives the kept preferences back
     p = get_prefs(bpy.context)
     try:
         assert (p.address, p.local_command, p.serve_args, p.timeout_s, p.server_public_key) == (
@@ -299,14 +289,14 @@ def _textured_result(path: Path) -> None:
 
 
 def test_a_texture_result_landing_on_another_object_keeps_the_artist_in_sculpt_mode(addon, tmp_path):
-    _reset_jobs()
-    session = _session()
+    reset_jobs()
+    session = addon_session()
     for o in list(bpy.data.objects):
         bpy.data.objects.remove(o)
     bpy.ops.mesh.primitive_cube_add(location=(3.0, 0.0, 0.0))
     crate = bpy.context.object
     crate.name = "Crate"
-    job = _state().jobs.add()
+    job = wm_state().jobs.add()
     job.job_id, job.name, job.state, job.texture_target = "t" * 32, "Crate", "done", "Crate"
     _textured_result(session.result_path(job))
     bpy.ops.mesh.primitive_uv_sphere_add()
@@ -325,14 +315,14 @@ def test_texture_selected_mesh_refuses_a_mesh_over_the_backends_limit_before_upl
     """The backend drops a message over its limit (the client then only sees a timeout): a mesh that would
     not fit is refused at the click, with what to do. The limit here is the one a small backend's hello
     reply gives (the real one, 50 MB, needs a mesh of half a million faces)."""
-    _reset_jobs()
-    _connect()
-    session = _session()
+    reset_jobs()
+    connect_addon()
+    session = addon_session()
     for o in list(bpy.data.objects):
         bpy.data.objects.remove(o)
     photo = tmp_path / "photo.png"
     photo.write_bytes(object_png(64))
-    st = _state()
+    st = wm_state()
     st.source, st.filepath = "FILE", str(photo)
     bpy.ops.mesh.primitive_uv_sphere_add(segments=128, ring_count=64)
     sphere = bpy.context.object
@@ -408,9 +398,9 @@ def test_uninstalling_the_extension_keeps_the_job_list_and_the_results(tmp_path)
 
 # ------------------------------------------------------------------ also: the Server box after an address change
 def test_the_server_box_stops_saying_connected_when_the_address_changes(prefs, server):
-    _reset_jobs()
-    _connect()
-    session = _session()
+    reset_jobs()
+    connect_addon()
+    session = addon_session()
     assert not session.config_changed(bpy.context), (session.current().net_config, prefs.address)
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     try:

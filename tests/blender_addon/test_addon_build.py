@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import re
 import subprocess
 import sys
 import tomllib
@@ -18,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ADDON = ROOT / "blender_addon"
 import build_addon
 
-BAD_DRAW = re.compile(r"property not found|unknown operator|Traceback|Error(?!.*no icon for icon ID)")
+from tests.addon_live import draw_panels  # noqa: E402
 
 
 def _blender_ext() -> Path:
@@ -173,18 +172,8 @@ def test_the_built_zip_installs_and_enables_in_blender(linux_zip, tmp_path):
     assert (site / "zmq" / "__init__.py").is_file(), "Blender installed the bundled pyzmq wheel"
 
 
-def _draw(*extra: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "addon_draw_panels.py"), str(ROOT), *extra],
-                          capture_output=True, text=True, check=False, timeout=120)
-    out = proc.stdout + proc.stderr
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, out[-3000:]
-    problems = "\n".join(ln for ln in out.splitlines() if BAD_DRAW.search(ln) and "no icon for icon ID" not in ln)
-    return json.loads(lines[-1][7:]), problems
-
-
 def test_every_panel_and_the_preferences_draw_into_a_real_layout():
-    res, problems = _draw()
+    res, problems = draw_panels()
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
     expected = ["MPOD123_PT_main", *["MPOD123_PT_input"] * 4, "MPOD123_PT_job", "MPOD123_PT_import", "MPOD123_PT_server",
                 "MPOD123_PT_progress", "MPOD123_PT_previews", "MPOD123_PT_image_editor", "MPOD123_UL_jobs",
@@ -197,5 +186,5 @@ def test_every_panel_and_the_preferences_draw_into_a_real_layout():
 
 
 def test_the_draw_check_notices_a_bad_property_or_operator():
-    _, problems = _draw("--canary")
+    _, problems = draw_panels("--canary")
     assert "no_such_property" in problems and "no_such_operator" in problems

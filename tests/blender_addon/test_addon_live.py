@@ -21,55 +21,8 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
-from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, raise_addon_error, free_port, object_png
-
-
-@pytest.fixture
-def prefs(addon, server):
-    from blender_addon.blender.preferences import prefs as get_prefs
-
-    p = get_prefs(bpy.context)
-    p.address = server.endpoint
-    p.use_local_backend = False
-    p.timeout_s = 10.0
-    p.server_public_key = p.client_public_key = p.client_secret_key = ""
-    st = bpy.context.window_manager.mpod123
-    st.last_error = ""
-    yield p
-    p = get_prefs(bpy.context)  # a test may have disabled and enabled the add-on, which makes new preferences
-    p.address = server.endpoint
-    p.timeout_s = 10.0
-    p.use_local_backend = False
-    p.server_public_key = p.client_public_key = p.client_secret_key = ""
-
-
-def _state():
-    return bpy.context.window_manager.mpod123
-
-
-def _session():
-    return sys.modules["blender_addon.session"]
-
-
-def _settle(done, timeout_s: float = JOB_TIMEOUT_S, what: str = "") -> None:
-    """Tick (as Blender's timer would) until ``done()``; fails with ``what`` and the panel's error otherwise."""
-    assert _session().settle(bpy.context, done, timeout_s), f"{what or 'condition'} not reached: {_state().last_error}"
-
-
-def _reset_jobs() -> None:
-    """An empty job list and job file, nothing in flight."""
-    session = _session()
-    st = _state()
-    st.jobs.clear()
-    st.active_job = 0
-    session.fresh()
-    session.job_file().save({})
-    st.last_error = ""
-
-
-def _connect() -> None:
-    assert bpy.ops.mpod123.connect() == {"FINISHED"}
-    _settle(lambda: _state().connection == "connected", 30, "connected")
+from tests.addon_backend import ADDON, JOB_TIMEOUT_S, ROOT, ServeProcess, free_port, object_png, raise_addon_error  # noqa: E402
+from tests.addon_live import addon_session, base_color_image, connect_addon, reset_jobs, settle, wm_state  # noqa: E402
 
 
 def _write_png(path: Path, **kw) -> Path:
@@ -116,25 +69,17 @@ def _backend_status(endpoint: str, job_id: str) -> dict:
     """The backend's own view of a job, asked by an independent client under the add-on's owner identity."""
     from blender_addon.core.client import AddonClient
 
-    c = AddonClient(endpoint, session=_session().owner_id(), timeout_s=10)
+    c = AddonClient(endpoint, session=addon_session().owner_id(), timeout_s=10)
     try:
         return c.status(job_id)
     finally:
         c.close()
 
 
-def _base_color_image(obj):
-    mat = obj.data.materials[0]
-    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
-    link = bsdf.inputs["Base Color"].links[0]
-    assert link.from_node.type == "TEX_IMAGE"
-    return link.from_node.image
-
-
 def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     objects_before = set(bpy.data.objects)
     prefs.rest_on_ground, prefs.target_height, prefs.target_faces = True, 0.0, 0
     st.override_import = False
@@ -202,7 +147,7 @@ def test_generate_two_queued_jobs_streams_previews_and_imports_at_the_cursor(pre
         assert list(obj.users_collection) == [coll]
         assert obj.data.name == obj.name and len(obj.data.polygons) > 0
         assert len(obj.data.uv_layers) >= 1
-        tex = _base_color_image(obj)
+        tex = base_color_image(obj)
         assert tex.size[0] > 0 and tex.size[1] > 0 and tex.name.startswith(obj.name)
         assert max(tex.pixels[:4000]) > 0.0, "the texture has pixels"
         lowest = min((obj.matrix_world @ v.co).z for v in obj.data.vertices)
@@ -239,7 +184,7 @@ def test_imported_front_faces_blender_minus_y(addon, tmp_path):
     top = max(world, key=lambda v: v.z)
     assert (round(nose.x, 4), round(nose.y, 4), round(nose.z, 4)) == (10.0, -1.5, 0.0), "glTF +Z -> Blender -Y"
     assert (round(top.x, 4), round(top.y, 4), round(top.z, 4)) == (10.0, 0.0, 1.2), "glTF +Y -> Blender +Z"
-    assert _base_color_image(obj).name == "arrow_basecolor"
+    assert base_color_image(obj).name == "arrow_basecolor"
     bpy.data.objects.remove(obj)
 
 
@@ -274,9 +219,9 @@ def test_importer_removes_the_empty_parents_and_keeps_world_transforms(addon, tm
 
 
 def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "long.png")), "draft", 200
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     running = st.jobs[0].job_id
@@ -284,10 +229,10 @@ def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
     queued = st.jobs[1].job_id
     assert session.wait(bpy.context, running, until=("running",), timeout_s=JOB_TIMEOUT_S) == "running"
-    _settle(lambda: st.jobs[1].state == "queued", 30, "the second job queued")
+    settle(lambda: st.jobs[1].state == "queued", 30, "the second job queued")
 
     assert bpy.ops.mpod123.cancel(job_id=queued) == {"FINISHED"}
-    _settle(lambda: st.jobs[1].state == "cancelled", 30, "a queued job cancelled at once")
+    settle(lambda: st.jobs[1].state == "cancelled", 30, "a queued job cancelled at once")
     assert bpy.ops.mpod123.cancel(job_id=running) == {"FINISHED"}
     t0 = time.monotonic()
     assert session.wait(bpy.context, running, timeout_s=60) == "cancelled"
@@ -299,9 +244,9 @@ def test_cancel_a_running_and_a_queued_job(prefs, server, tmp_path):
 @pytest.mark.slow
 def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_is_kept(prefs, server, tmp_path):
     """Nothing waits on the network on Blender's thread; the error comes through the tick; the job is not lost."""
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     prefs.timeout_s = 1.0
     t0 = time.perf_counter()
@@ -314,17 +259,17 @@ def test_connect_and_generate_against_a_dead_address_return_at_once_and_the_job_
     print(f"against a dead address: Connect returned in {connect_s * 1e3:.1f} ms, Generate in {generate_s * 1e3:.1f} ms")
     assert connect_s < 0.1 and generate_s < 0.1
     assert st.last_error == "" and st.jobs[0].state == "sending"
-    _settle(lambda: "not running or not reachable at tcp://127.0.0.1" in st.last_error, 10, "the hello error")
+    settle(lambda: "not running or not reachable at tcp://127.0.0.1" in st.last_error, 10, "the hello error")
     assert st.connection == "lost"
     job = st.jobs[0]
-    _settle(lambda: job.state == "unsent", 15, "the submit error")
+    settle(lambda: job.state == "unsent", 15, "the submit error")
     assert "not running or not reachable" in job.message and "sent again" in job.message
     assert session.job_file().load()[job.job_id]["state"] == "unsent", "the job is kept in the job file"
 
     # the backend is there again: Connect sends the kept job (same id, from the add-on's copy of the input)
     prefs.address, prefs.timeout_s = server.endpoint, 10.0
-    _connect()
-    _settle(lambda: job.state in ("queued", "running"), 30, "the kept job sent")
+    connect_addon()
+    settle(lambda: job.state in ("queued", "running"), 30, "the kept job sent")
     assert _backend_status(server.endpoint, job.job_id)["state"] in ("queued", "running", "done")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
     assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
@@ -337,7 +282,7 @@ def test_a_remote_address_respects_blender_online_access(prefs):
     with pytest.raises(RuntimeError, match="Allow Online Access is off"):
         bpy.ops.mpod123.connect()
     with pytest.raises(RuntimeError, match="Allow Online Access is off"):
-        _session().connect(bpy.context)
+        addon_session().connect(bpy.context)
 
 
 def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
@@ -345,7 +290,7 @@ def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
 
     from backend.security import init_keys
 
-    st = _state()
+    st = wm_state()
     keys = tmp_path / "keys"
     made = init_keys(keys, "blender")
     curve = ServeProcess(tmp_path / "curve-data", extra=("--keys", str(keys)))
@@ -357,23 +302,23 @@ def test_wrong_keys_give_a_clear_error(prefs, tmp_path):
         prefs.client_public_key, prefs.client_secret_key = public.decode(), secret.decode()
         prefs.server_public_key = wrong_server_public.decode()
         assert bpy.ops.mpod123.connect() == {"FINISHED"}
-        _settle(lambda: "server public key is wrong" in st.last_error, 15, "the wrong-key error")
+        settle(lambda: "server public key is wrong" in st.last_error, 15, "the wrong-key error")
         prefs.server_public_key = "not-a-key"
         with pytest.raises(RuntimeError, match="40 Z85 characters"):
             bpy.ops.mpod123.connect()
         # the right keys, loaded from the files `mpod123 keys init` wrote
         prefs.server_key_file, prefs.client_key_file = str(keys / "server.key"), str(made["client_secret"])
         assert bpy.ops.mpod123.load_keys() == {"FINISHED"}
-        _connect()
+        connect_addon()
     finally:
-        _session().disconnect()
+        addon_session().disconnect()
         curve.stop()
 
 
 def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "phoenix.png")), "draft", 2
     bpy.context.scene.cursor.location = (0.0, 5.0, 0.0)
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
@@ -382,7 +327,7 @@ def test_reconnects_after_a_backend_restart_and_imports_the_result(prefs, server
     seq_before = job.last_seq
 
     server.kill()
-    _settle(lambda: st.connection == "lost", 20, "the connection seen lost")
+    settle(lambda: st.connection == "lost", 20, "the connection seen lost")
     assert "lost the connection" in st.server_message
     server.start()
     assert session.wait(bpy.context, job.job_id, timeout_s=JOB_TIMEOUT_S) == "imported", (job.message, server.log()[-2000:])
@@ -418,7 +363,7 @@ def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, ser
     """A job submitted outside Blender (or by an earlier session) is imported later with Import Result."""
     image = _write_png(tmp_path / "lamp.png")
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT), server.endpoint, _session().owner_id(), str(image),
+        [sys.executable, "-c", CLIENT_SCRIPT, str(ROOT), server.endpoint, addon_session().owner_id(), str(image),
          str(tmp_path / "lamp.glb"), str(JOB_TIMEOUT_S)],
         capture_output=True, text=True, check=False, timeout=JOB_TIMEOUT_S + 60,
     )
@@ -430,24 +375,24 @@ def test_the_bpy_free_client_runs_a_job_and_import_result_picks_it_up(prefs, ser
     assert res["kinds"][-1] == "done" and "progress" in res["kinds"] and "preview" in res["kinds"]
     assert res["size"] > 0 and (tmp_path / "lamp.glb").read_bytes()[:4] == b"glTF"
 
-    _reset_jobs()
-    st = _state()
+    reset_jobs()
+    st = wm_state()
     bpy.context.scene.cursor.location = (0.0, 0.0, 4.0)
     assert bpy.ops.mpod123.import_finished() == {"FINISHED"}
-    _settle(lambda: any(j.job_id == res["job_id"] and j.state == "imported" for j in st.jobs), 60, "imported")
+    settle(lambda: any(j.job_id == res["job_id"] and j.state == "imported" for j in st.jobs), 60, "imported")
     job = next(j for j in st.jobs if j.job_id == res["job_id"])
     obj = bpy.data.objects[job.object_name]
     assert obj.name.startswith("MPOD123_") and tuple(obj.location) == (0.0, 0.0, 4.0)
     # a second Import Finished Results finds nothing new
     objects = len(bpy.data.objects)
     assert bpy.ops.mpod123.import_finished() == {"FINISHED"}
-    _settle(lambda: not _session().busy(bpy.context), 30, "idle")
+    settle(lambda: not addon_session().busy(bpy.context), 30, "idle")
     assert sum(1 for j in st.jobs if j.job_id == res["job_id"]) == 1 and len(bpy.data.objects) == objects
 
 
 def test_connect_starts_the_local_backend_and_stop_ends_it(prefs, tmp_path):
-    session = _session()
-    st = _state()
+    session = addon_session()
+    st = wm_state()
     prefs.address = f"tcp://127.0.0.1:{free_port()}"
     prefs.use_local_backend = True
     prefs.local_command = f"{sys.executable} -m mpod123.cli.main serve --tiny --bind {{address}} --data {{data}}"
@@ -456,7 +401,7 @@ def test_connect_starts_the_local_backend_and_stop_ends_it(prefs, tmp_path):
         assert bpy.ops.mpod123.connect() == {"FINISHED"}
         pid = st.local_pid
         assert pid > 0 and session.local_running()
-        _settle(lambda: st.connection == "connected", 60, "connected to the local backend")
+        settle(lambda: st.connection == "connected", 60, "connected to the local backend")
         assert (tmp_path / "local-data" / "jobs.sqlite").is_file(), "the backend uses the data folder from the preferences"
         assert bpy.ops.mpod123.stop_backend() == {"FINISHED"}
         assert st.local_pid == 0 and not session.local_running()
@@ -478,8 +423,8 @@ def _tick_until(done, timeout_s: float) -> list[tuple[float, bool, float]]:
     """Call the real timer callback as Blender would (after the interval it asks for, capped at 50 ms) until
     ``done()``; returns (main-thread seconds, whether that tick imported a result, main-thread CPU seconds)
     per tick."""
-    session = _session()
-    st = _state()
+    session = addon_session()
+    st = wm_state()
     ticks = []
     deadline = time.monotonic() + timeout_s
     while not done():
@@ -498,9 +443,9 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     """File > New, then disable/enable the add-on, while a job runs: it comes back by itself and is imported."""
     import addon_utils
 
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     st.source, st.filepath, st.preset, st.steps = "FILE", str(_write_png(tmp_path / "owl.png")), "draft", 4
     bpy.context.scene.cursor.location = (0.0, 0.0, 1.5)
     assert bpy.ops.mpod123.generate() == {"FINISHED"}
@@ -508,7 +453,7 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
     _tick_until(lambda: st.jobs[0].state == "running", JOB_TIMEOUT_S)
 
     bpy.ops.wm.read_homefile(use_empty=True)  # File > New: the WindowManager's job list is emptied
-    st = _state()
+    st = wm_state()
     session.tick()
     assert [j.job_id for j in st.jobs] == [job_id], "back in the list after one tick"
     job = st.jobs[0]
@@ -525,8 +470,8 @@ def test_a_running_job_survives_file_new_and_an_add_on_restart_and_ticks_stay_sh
 
     p = get_prefs(bpy.context)  # a disabled add-on loses its preferences: as a fresh install would have them
     p.address, p.use_local_backend = server.endpoint, False
-    session = _session()
-    st = _state()
+    session = addon_session()
+    st = wm_state()
     st.jobs.clear()  # the WindowManager may keep the rows over a disable/enable; a Blender restart does not
     assert session.current().net is None, "disabling stopped the network thread"
     ticks = _tick_until(lambda: len(st.jobs) == 1 and st.jobs[0].state == "imported", JOB_TIMEOUT_S)
@@ -566,9 +511,9 @@ def _arrow_glb(path: Path) -> Path:
 def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be_redone(addon, tmp_path):
     import shutil
 
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     # a finished job whose result is already downloaded
     job = st.jobs.add()
     job.job_id, job.name, job.state = "f" * 32, "arrow", "done"
@@ -588,7 +533,7 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
     assert cube.mode == "SCULPT"
 
     assert bpy.ops.mpod123.import_result(job_id=job.job_id) == {"FINISHED"}
-    _settle(lambda: job.state == "imported", 10, "imported")
+    settle(lambda: job.state == "imported", 10, "imported")
     obj = bpy.data.objects[job.object_name]
     assert cube.mode == "SCULPT" and bpy.context.view_layer.objects.active == cube, "the mode is the artist's"
     assert {o.name for o in bpy.context.view_layer.objects if o.select_get()} == {cube.name, sphere.name}
@@ -607,13 +552,13 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
     assert cube.mode == "SCULPT", "back to the artist's state before the import, mode included"
     assert job.state == "imported"
     assert bpy.ops.mpod123.import_result(job_id=job.job_id) == {"FINISHED"}
-    _settle(lambda: "arrow" in bpy.data.objects, 10, "imported again")
+    settle(lambda: "arrow" in bpy.data.objects, 10, "imported again")
 
     # in Object mode, the new object becomes the selection, as after any import
     bpy.ops.object.mode_set(mode="OBJECT")
     before = set(bpy.data.objects)
     assert bpy.ops.mpod123.import_result(job_id=job.job_id) == {"FINISHED"}
-    _settle(lambda: len(bpy.data.objects) == len(before) + 1, 10, "a third import")
+    settle(lambda: len(bpy.data.objects) == len(before) + 1, 10, "a third import")
     (new,) = set(bpy.data.objects) - before
     assert [o for o in bpy.context.view_layer.objects if o.select_get()] == [new]
     assert bpy.context.view_layer.objects.active == new
@@ -623,9 +568,9 @@ def test_import_keeps_the_artists_mode_and_selection_is_one_undo_step_and_can_be
 
 @pytest.mark.slow
 def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     st.source, st.filepath = "FILE", ""
     assert not bpy.ops.mpod123.generate.poll()
     with pytest.raises(RuntimeError, match="choose an image file in the Input section"):
@@ -662,7 +607,7 @@ def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, 
 
     im = Image.open(Path(job.input_path))
     assert im.size == (48, 48) and im.mode == "RGBA" and im.getextrema()[3][1] > 0, "the render's pixels and alpha"
-    _settle(lambda: job.state in ("queued", "running"), 30, "accepted by the backend")
+    settle(lambda: job.state in ("queued", "running"), 30, "accepted by the backend")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
     assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
     for o in (cam, ball):
@@ -670,9 +615,9 @@ def test_a_render_result_is_accepted_and_generate_says_why_it_cannot_run(prefs, 
 
 
 def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     image = _write_png(tmp_path / "kept.png")
     for i, state in enumerate(("imported", "failed", "running", "done")):
         job = st.jobs.add()
@@ -700,7 +645,7 @@ def test_the_job_list_recall_remove_and_clear_finished(addon, tmp_path):
     assert session.restore_jobs(bpy.context) == 1 and [j.name for j in st.jobs] == ["job2"]
     records = session.job_file().load()
     assert records["0" * 32]["hidden"] and records["3" * 32]["hidden"] and not records["2" * 32].get("hidden")
-    _reset_jobs()
+    reset_jobs()
 
 
 def test_import_in_edit_mode_keeps_edit_mode_and_the_unsaved_edit(addon, tmp_path):

@@ -18,6 +18,7 @@ pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
 from tests.addon_backend import JOB_TIMEOUT_S  # noqa: E402
+from tests.addon_live import draw_panels, wm_state  # noqa: E402
 
 
 @pytest.fixture
@@ -28,12 +29,8 @@ def connected(addon, server):
     p.address, p.use_local_backend, p.timeout_s, p.auto_import = server.endpoint, False, 10.0, True
     p.server_public_key = p.client_public_key = p.client_secret_key = ""
     assert bpy.ops.mpod123.connect() == {"FINISHED"}
-    assert addon.settle(bpy.context, lambda: _state().connection == "connected", 30), _state().last_error
+    assert addon.settle(bpy.context, lambda: wm_state().connection == "connected", 30), wm_state().last_error
     return addon
-
-
-def _state():
-    return bpy.context.window_manager.mpod123
 
 
 def _text():
@@ -66,7 +63,7 @@ def test_polls_say_why_text_mode_cannot_send(addon):
 
 def test_make_candidates_then_generate_from_the_picked_one(connected, server):
     session = connected
-    st, ts = _state(), _text()
+    st, ts = wm_state(), _text()
     st.jobs.clear()
     objects_before = set(bpy.data.objects)
     ts.mode, ts.prompt, ts.count = "TEXT", "a red vintage kettle", 2
@@ -120,7 +117,7 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
     from blender_addon.core.client import Message
     from PIL import Image
 
-    st, ts = _state(), _text()
+    st, ts = wm_state(), _text()
     st.jobs.clear()
     ts.candidates.clear()
     job = st.jobs.add()
@@ -144,9 +141,8 @@ def test_candidate_previews_of_another_job_or_a_bad_stage_are_ignored(addon):
 
 
 def test_the_text_mode_draws_its_prompt_and_pick_list_in_a_real_layout():
-    from tests.blender_addon.test_addon_build import _draw
 
-    res, problems = _draw("--text")
+    res, problems = draw_panels("--text")
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
     assert "text_input" in res["drawn"] and "MPOD123_UL_candidates" in res["lists"]
     assert res["text"]["candidates"] == [[0, "MPOD123 candidate_0 cccccccc", False, "no object found"]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 
@@ -11,11 +10,7 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 
 from tests.addon_backend import JOB_TIMEOUT_S, object_png  # noqa: E402
-from tests.blender_addon.test_addon_live import _base_color_image, _connect, _reset_jobs, _state, addon, prefs, server  # noqa: E402,F401
-
-
-def _session():
-    return sys.modules["blender_addon.session"]
+from tests.addon_live import addon_session, base_color_image, connect_addon, reset_jobs, wm_state  # noqa: E402
 
 
 def _clear_scene() -> None:
@@ -56,11 +51,11 @@ def test_camera_pose_is_taken_relative_to_the_object_in_gltf_axes(addon):
 
 @pytest.mark.slow
 def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
+    session = addon_session()
+    reset_jobs()
     _clear_scene()
-    _connect()
-    st = _state()
+    connect_addon()
+    st = wm_state()
     photo = tmp_path / "photo.png"
     photo.write_bytes(object_png(64))
     st.source, st.filepath = "FILE", str(photo)
@@ -88,7 +83,7 @@ def test_texture_selected_mesh_assigns_a_new_material_with_the_returned_image(pr
 
     assert set(bpy.data.objects) == objects_before, "no object added: the texture went onto the crate"
     assert [m.name for m in cube.data.materials] == ["MPOD123 Crate"]
-    image = _base_color_image(cube)
+    image = base_color_image(cube)
     assert image.size[0] > 0 and max(image.pixels[:4000]) > 0.0
     assert cube.data.name == mesh_name and len(cube.data.vertices) == n_vertices and _uvs(cube.data) == uvs_before, \
         "its own UVs were usable: the mesh data is kept"

@@ -11,14 +11,14 @@ bpy = pytest.importorskip("bpy")
 pytest.importorskip("zmq")
 pytest.importorskip("diffusers")
 
-from tests.blender_addon.test_addon_live import _reset_jobs, _session, _settle, _state, addon, prefs, server  # noqa: E402,F401
+from tests.addon_live import addon_session, draw_panels, reset_jobs, settle, wm_state  # noqa: E402
+
 from tests.mpod123.pipeline.test_views import photo  # noqa: E402
 
 
 def test_the_extra_views_panel_draws_into_a_real_layout():
-    from tests.blender_addon.test_addon_build import _draw
 
-    res, problems = _draw()
+    res, problems = draw_panels()
     assert res["errors"] == [] and problems == "", (res["errors"], problems)
     assert res["extra_views"] == ["extra view 2 has no image: pick one or remove the slot", 2]
 
@@ -28,8 +28,8 @@ def _slots():
 
 
 def test_slots_are_added_removed_and_an_empty_one_blocks_generate_with_the_reason(prefs, tmp_path):
-    _reset_jobs()
-    st = _state()
+    reset_jobs()
+    st = wm_state()
     _slots().clear()
     main = tmp_path / "front.png"
     main.write_bytes(photo("front", 64))
@@ -51,9 +51,9 @@ def test_slots_are_added_removed_and_an_empty_one_blocks_generate_with_the_reaso
 
 
 def test_generate_sends_the_slots_as_extra_views(prefs, server, tmp_path):
-    session = _session()
-    _reset_jobs()
-    st = _state()
+    session = addon_session()
+    reset_jobs()
+    st = wm_state()
     _slots().clear()
     paths = {}
     for side in ("front", "back", "left_above"):
@@ -80,12 +80,12 @@ def test_generate_sends_the_slots_as_extra_views(prefs, server, tmp_path):
         found[:] = [r for r in (json.loads(p.read_text()) for p in server.data.rglob("run.json")) if r.get("views")]
         return bool(found)
 
-    _settle(views_arrived, 180, "the worker's run record with the views")
+    settle(views_arrived, 180, "the worker's run record with the views")
     record = found[0]
     assert record is not None, server.log()[-2000:]
     assert [(round(v["camera_azimuth_deg"]) % 360, round(v["camera_polar_deg"])) for v in record["views"]] == [
         (180, 90), (90, 80)]
-    _settle(lambda: job.state in ("queued", "running", "done", "imported"), 30, "accepted by the backend")
+    settle(lambda: job.state in ("queued", "running", "done", "imported"), 30, "accepted by the backend")
     assert bpy.ops.mpod123.cancel(job_id=job.job_id) == {"FINISHED"}
     assert session.wait(bpy.context, job.job_id, timeout_s=60) in ("cancelled", "imported")
     _slots().clear()
