@@ -70,9 +70,11 @@ def hash_grid_reference(x: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor
 
     Differentiable in both the table and ``x`` (trilinear weights), in any dtype.
     All levels and all eight cell corners go through one ``index_select``: its
-    backward is a single deterministic ``index_add`` into the table (rather than
-    one table-sized gradient per corner), which makes resumed runs bit-identical
-    on the CPU. The per-axis terms of the index and the weight are formed once
+    backward is a single ``index_add`` into the table (rather than one
+    table-sized gradient per corner). On two or more CPU threads that sum's order
+    varies unless torch's deterministic algorithms are on, which every stage turns
+    on on the CPU (``OptimisationStage.deterministic``): then resumed runs are
+    bit-identical. The per-axis terms of the index and the weight are formed once
     for the two corner offsets and combined per corner, since both the dense
     index (a sum) and the spatial hash (an XOR) separate by axis.
     """

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..config import PipelineConfig, from_dict, to_dict
-from ..runtime.devices import resolve_device
+from ..runtime.devices import CUBLAS_DETERMINISTIC, deterministic_algorithms, deterministic_mode, resolve_device  # noqa: F401 (CUBLAS_: part of this API)
 from ..runtime.errors import Mpod123Error
 from ..runtime.progress import (Cancelled, CancelToken, Event, MeshPreview, Preview, Progress, ProgressCallback, Result,
                         StageDone, emit)
@@ -110,22 +110,6 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
-
-
-CUBLAS_DETERMINISTIC = ":4096:8"
-
-
-def deterministic_mode(requested: bool | None, device: torch.device) -> bool:
-    """Whether a run uses torch's deterministic algorithms (None: on the CPU yes, on CUDA no).
-
-    On CUDA, determinism needs ``CUBLAS_WORKSPACE_CONFIG`` before the first cuBLAS call,
-    or every GEMM stays non-deterministic; it is set here (unless the user set it) and
-    the runner calls this before any CUDA work of its own.
-    """
-    deterministic = device.type != "cuda" if requested is None else bool(requested)
-    if deterministic and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
-    return deterministic
 
 
 class Runner:
@@ -231,21 +215,17 @@ class Runner:
             **self.extra_record,
         }
         self._save_record()
-        was_deterministic = torch.are_deterministic_algorithms_enabled()
-        was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
         deterministic = deterministic_mode(self.cfg.deterministic, self.device)
         self.record["deterministic"] = deterministic
-        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         try:
-            glb = self._run(image, out)
+            with deterministic_algorithms(deterministic):
+                glb = self._run(image, out)
         except (Cancelled, KeyboardInterrupt) as exc:
             self._save_record(status="cancelled", reason=str(exc) or type(exc).__name__)
             raise
         except BaseException as exc:
             self._save_record(status="failed", reason=f"{type(exc).__name__}: {exc}")
             raise
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
         self.record["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         if self.device.type == "cuda":
             self.record["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
@@ -295,6 +275,7 @@ class Runner:
         """Train ``stage`` to its configured steps, continuing from its checkpoint when resuming;
         a finished checkpoint is only loaded (its StageDone is still reported)."""
         ckpt = self.workdir / f"{stage.name}.ckpt"
+        stage.deterministic = self.cfg.deterministic
         if self.resume and ckpt.is_file():
             stage.load_checkpoint(ckpt)
         if stage.step < stage.cfg.steps:

@@ -39,6 +39,7 @@ from ..config import from_dict, to_dict
 from ..guidance import CameraProposer, over, resize_rgba
 from ..imaging.images import grid_image, png_bytes
 from ..rendering import background_color
+from ..runtime.devices import deterministic_algorithms, deterministic_mode
 from ..runtime.errors import Mpod123Error
 from ..runtime.progress import CancelToken, Preview, Progress, ProgressCallback, StageDone, emit
 from ..runtime.syncs import Compactor, refresh_all, takes_gpu_paths
@@ -124,6 +125,9 @@ class OptimisationStage(ABC):
     progress_rate_hz: float = PROGRESS_RATE_HZ
     clock: Callable[[], float] = staticmethod(time.perf_counter)
     """Seconds, for elapsed times and the progress throttle."""
+    deterministic: bool | None = None
+    """torch's deterministic algorithms while the stage runs; None: on the CPU yes, on CUDA no (the
+    runner sets its ``PipelineConfig.deterministic``)."""
 
     def __init__(self, device: torch.device | str, callback: ProgressCallback | None, cancel: CancelToken | None) -> None:
         self.device = torch.device(device)
@@ -274,7 +278,12 @@ class OptimisationStage(ABC):
         return cams, None
 
     def run(self, checkpoint_path: str | Path | None = None, steps: int | None = None) -> StageDone:
-        """Train up to ``steps`` (default: the config's), from wherever the stage is."""
+        """Train up to ``steps`` (default: the config's), from wherever the stage is, with torch's
+        deterministic algorithms as :attr:`deterministic` says (so one seed gives one result on the CPU)."""
+        with deterministic_algorithms(deterministic_mode(self.deterministic, self.device)):
+            return self._run_steps(checkpoint_path, steps)
+
+    def _run_steps(self, checkpoint_path: str | Path | None, steps: int | None) -> StageDone:
         total = steps if steps is not None else self.cfg.steps
         start_step = self.step
         t0 = self.clock()
