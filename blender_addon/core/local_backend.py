@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from .commands import backend_environment, child_popen_options
@@ -17,6 +18,20 @@ from .errors import AddonError
 
 MAX_RESTARTS = 3
 """Restarts after a crash before the add-on gives up and says so (a backend that dies at once each time)."""
+
+
+def end_group(pgid: int, wait_s: float = 2.0) -> None:
+    """Kill what is left of process group ``pgid`` (POSIX) and wait, at most ``wait_s``, until it is gone: a
+    killed backend's workers die on their own (PR_SET_PDEATHSIG), but not at once on a busy machine."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.05)
 
 
 class LocalBackend:
@@ -75,7 +90,8 @@ class LocalBackend:
         return self.start(self.command, self.log_path or Path(os.devnull))
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop it (SIGINT, then kill after ``timeout_s``); no restart follows."""
+        """Stop it (SIGINT, then kill after ``timeout_s``) and whatever of its process group is left (its job
+        workers, when it had to be killed); no restart follows."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:
@@ -84,6 +100,8 @@ class LocalBackend:
             except (subprocess.TimeoutExpired, OSError, ValueError):
                 proc.kill()
                 proc.wait(5)
+        if proc is not None and os.name != "nt":
+            end_group(proc.pid)
         self.close_log()
         self.restarts = 0
 
