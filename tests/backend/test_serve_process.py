@@ -59,10 +59,11 @@ def test_a_sigkilled_server_restarts_and_the_job_completes_with_all_its_events(t
         proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize(("kind", "n_clients", "n_jobs"), [("local", 15, 140), ("ray", 5, 50)])
+@pytest.mark.parametrize(("kind", "n_clients", "n_jobs"), [("local", 15, 140), ("ray", 5, 20)])
 def test_many_jobs_from_many_clients_all_finish_with_no_event_lost_or_repeated(tmp_path, kind, n_clients, n_jobs, request):
     """The load test: 140 jobs from 15 clients on the default local executor. On Ray each tiny job is an
-    actor (about 2 s of a 2-core machine each, 270 s for 140), so Ray takes a third of the load."""
+    actor (about 2 s of a 2-core machine each: 270 s for 140, 98 s for 50 in CI), so Ray takes 20 from 5
+    clients: the same interleaving of clients and jobs, on the executor the load test is not about."""
     from backend.store import JobStore
     from backend.server import Server, ServerConfig
     from backend.workers import ExecutorConfig, LocalExecutor
