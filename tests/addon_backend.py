@@ -103,10 +103,12 @@ class ServeProcess:
         time.sleep(0.3)
 
     def stop(self) -> None:
-        """SIGINT by pid (a clean stop), then SIGKILL after 10 s."""
+        """SIGTERM by pid (a clean stop, as a service manager asks), then SIGKILL after 10 s. Not SIGINT: a
+        shell starts background jobs with SIGINT ignored, and a child inherits that, so a suite run from a
+        background job waited the full 10 s at every stop."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.kill(self.proc.pid, signal.SIGINT)
+        os.kill(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

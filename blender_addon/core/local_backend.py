@@ -90,12 +90,13 @@ class LocalBackend:
         return self.start(self.command, self.log_path or Path(os.devnull))
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop it (SIGINT, then kill after ``timeout_s``) and whatever of its process group is left (its job
-        workers, when it had to be killed); no restart follows."""
+        """Stop it (SIGTERM, serve's clean stop, then kill after ``timeout_s``) and whatever of its process group
+        is left (its job workers, when it had to be killed); no restart follows. Not SIGINT: a Blender started
+        from a shell's background job passes SIGINT on ignored, and the backend would only be killed."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:
-                proc.send_signal(signal.SIGINT if os.name != "nt" else signal.CTRL_BREAK_EVENT)
+                proc.send_signal(signal.SIGTERM if os.name != "nt" else signal.CTRL_BREAK_EVENT)
                 proc.wait(timeout_s)
             except (subprocess.TimeoutExpired, OSError, ValueError):
                 proc.kill()

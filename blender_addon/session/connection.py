@@ -191,7 +191,7 @@ def restart_crashed_local(context) -> bool:
 
 
 def stop_local(timeout_s: float = 5.0) -> None:
-    """Stop the local backend this add-on started (SIGINT, then kill after ``timeout_s``); no restart."""
+    """Stop the local backend this add-on started (SIGTERM, then kill after ``timeout_s``); no restart."""
     current().local.stop(timeout_s)
     try:
         state().local_pid = 0

@@ -263,7 +263,7 @@ def test_stop_leaves_nothing_of_the_backends_process_group(tmp_path):
     (PR_SET_PDEATHSIG) but not at once on a busy machine, and a worker without that would live on."""
     from blender_addon.core.local_backend import LocalBackend
 
-    stubborn = ("import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    stubborn = ("import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); print('up', flush=True); "
                 "time.sleep(120)")
     backend = LocalBackend()

@@ -311,7 +311,7 @@ def curve_server(tmp_path):
         assert match, log.read_text()
         yield match.group(1), keys, data
     finally:
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, signal.SIGTERM)  # a clean stop; SIGINT is ignored under a background job
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
