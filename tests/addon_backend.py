@@ -41,6 +41,19 @@ def enabled_addon(user_dir: Path):
         tempfile.tempdir = saved_tmp
 
 
+def group_alive(pgid: int) -> bool:
+    """A live (not zombie) process in process group ``pgid``, read from /proc: killed grandchildren reparented
+    to a PID 1 that does not reap them stay as zombies, which ``os.killpg(pgid, 0)`` would still find."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

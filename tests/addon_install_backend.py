@@ -19,25 +19,15 @@ from pathlib import Path
 
 import bpy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this script's folder: tests/
+from addon_backend import group_alive  # noqa: E402
+
 zip_path, image_path, port, torch_requirement, out_path = sys.argv[1:6]
 out: dict = {}
 
 
 def save() -> None:
     Path(out_path).write_text(json.dumps(out, indent=1, default=str))
-
-
-def group_alive(pgid: int) -> bool:
-    """A live (not zombie) process in the process group: killed grandchildren reparented to a PID 1 that does not
-    reap them stay as zombies, which os.killpg(pgid, 0) would still find."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
 
 
 try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from blender_addon.core import backend_env as be
+from tests.addon_backend import group_alive
 
 ECHO = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
@@ -244,19 +245,6 @@ def test_a_plan_with_a_missing_python_or_wheel_is_refused_before_anything_starts
     assert not (tmp_path / "b").exists()
 
 
-def _live_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are not zombies (a PID 1 that does not reap keeps those)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process groups from /proc (Linux)")
 def test_stop_leaves_nothing_of_the_backends_process_group(tmp_path):
     """A backend that ignores the polite stop is killed, and so is what it started: its workers die with it
@@ -268,10 +256,11 @@ def test_stop_leaves_nothing_of_the_backends_process_group(tmp_path):
                 "time.sleep(120)")
     backend = LocalBackend()
     pid = backend.start([sys.executable, "-c", stubborn], tmp_path / "backend.log")
+    log = tmp_path / "backend.log"
     deadline = time.monotonic() + 30
-    while len(_live_members(pid)) < 2 and time.monotonic() < deadline:
+    while "up" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(_live_members(pid)) == 2, "the backend and its worker run"
+    assert "up" in log.read_text() and group_alive(pid), "the backend and its worker run"
     backend.stop(timeout_s=0.5)
-    assert _live_members(pid) == [], "a process of the stopped backend's group lives on"
+    assert not group_alive(pid), "a process of the stopped backend's group lives on"
     assert not backend.running()
