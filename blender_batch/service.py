@@ -8,8 +8,10 @@ the interrupted ones and the batch reattaches to them. On Linux the child
 is told to die with the batch (``PR_SET_PDEATHSIG``), so a SIGKILLed batch
 never leaves a backend behind that would race the next one on the same
 database; its worker processes die with it in turn. A normal stop sends
-SIGINT (the server stops its executor and socket cleanly), then SIGKILL after
-a grace period, always by the child's own pid.
+SIGTERM (the server stops its executor and socket cleanly, as for a service
+manager), then SIGKILL after a grace period, always by the child's own pid.
+Not SIGINT: a batch started from a shell's background job (``nohup ... &``)
+passes SIGINT on ignored, and every stop waited out the grace period.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class EmbeddedBackend:
     def stop(self, grace_s: float = 15.0) -> None:
         if self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:

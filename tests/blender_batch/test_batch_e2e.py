@@ -366,3 +366,24 @@ def test_tiny_models_run_the_real_pipeline_behind_the_batch(tmp_path):
     assert info["objects"] == ["red_ellipse"] and info["asset"] and info["faces"] > 0
     assert info["base_color"] and info["base_color"][0]["packed"]
     assert entry["state"] == "done" and entry["attempts"] == 1
+
+
+_STOP_UNDER_IGNORED_SIGINT = """
+import sys, time
+from blender_batch.service import EmbeddedBackend
+backend = EmbeddedBackend.start(sys.argv[1], job="backend.demo:demo_job")
+t0 = time.monotonic()
+backend.stop()
+print(round(time.monotonic() - t0, 2), backend.proc.returncode)
+"""
+
+
+def test_the_embedded_backend_stops_cleanly_when_the_batch_runs_with_sigint_ignored(tmp_path):
+    """A batch started from a shell's background job (``nohup mpod123 batch ... &``) has SIGINT ignored, and
+    so does its embedded backend: a stop by SIGINT waited out the 15 s grace and ended in SIGKILL."""
+    proc = subprocess.run([sys.executable, "-c", _STOP_UNDER_IGNORED_SIGINT, str(tmp_path / "data")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    seconds, code = proc.stdout.split()[-2:]
+    assert float(seconds) < 10 and code != str(-signal.SIGKILL), f"stopped in {seconds} s with exit code {code}"
