@@ -43,6 +43,16 @@ def run_options(context, **extra) -> dict:
     return options
 
 
+def submit_at_cursor(context, data: bytes, name: str, options: dict, label: str, views: tuple | None = None) -> str:
+    """Queue a job placed at the 3D cursor, into the panel's collection, with the import options for a new job;
+    the panel's last error is cleared. Returns the job id."""
+    st = state(context)
+    job_id = session.submit(context, data, name, options, tuple(context.scene.cursor.location), collection=st.collection,
+                            import_options=job_import_options(context), input_label=label, views=views)
+    st.last_error = ""
+    return job_id
+
+
 def max_image_bytes() -> int | None:
     """The connected backend's limit for one image (None: its default, until a backend said hello)."""
     return session.current().max_image_bytes

@@ -16,8 +16,8 @@ from ..blender.preferences import prefs
 from ..blender.properties import ACTIVE_STATES, IMPORT_OPTION_NAMES, PRESETS, active_job, find_job, state
 from ..core.client import is_loopback, read_key_file
 from ..core.errors import AddonError
-from .common import (AddonOperator, JobOperator, address_problem, has_jobs, job_import_options, max_image_bytes, poll_reason,
-                     run_options)
+from .common import (AddonOperator, JobOperator, address_problem, has_jobs, max_image_bytes, poll_reason, run_options,
+                     submit_at_cursor)
 
 GUIDE_URL = ""
 """Where the add-on guide (docs/blender.md) is published; the Help button opens it. Empty until the project has a
@@ -74,10 +74,7 @@ class MPOD123_OT_generate(AddonOperator):
         views = extra_views.collect(context)  # optional photos from other sides, with their angles
         if st.random_seed:
             st.seed = random.randrange(0, 2**31 - 1)
-        job_id = session.submit(context, data, name, run_options(context), tuple(context.scene.cursor.location),
-                               collection=st.collection, import_options=job_import_options(context),
-                               input_label=label, views=views)
-        st.last_error = ""
+        job_id = submit_at_cursor(context, data, name, run_options(context), label, views)
         self.report({"INFO"}, f"sending {name} as job {job_id[:8]}")
 
 

@@ -6,23 +6,13 @@ import os
 
 import bpy
 
-from .. import session
 from ..blender.candidates import candidate_path, picked, text_state
 from ..blender.properties import state
 from ..core.errors import AddonError
 from ..core.prompt import name_for, prompt_problem
-from .common import AddonOperator, address_problem, job_import_options, poll_reason, run_options
+from .common import AddonOperator, address_problem, poll_reason, run_options, submit_at_cursor
 
 # ------------------------------------------------------------------ operators
-def _submit(context, data: bytes, name: str, options: dict, label: str) -> str:
-    """Queue a job at the 3D cursor, into the panel's collection; the panel's last error is cleared."""
-    st = state(context)
-    job_id = session.submit(context, data, name, options, tuple(context.scene.cursor.location),
-                            collection=st.collection, import_options=job_import_options(context), input_label=label[:200])
-    st.last_error = ""
-    return job_id
-
-
 class MPOD123_OT_make_candidates(AddonOperator):
     """Send the prompt: the backend draws candidate images of the object to pick from (no 3D yet)"""
 
@@ -40,7 +30,7 @@ class MPOD123_OT_make_candidates(AddonOperator):
         prompt = ts.prompt.strip()
         options = {"prompt": prompt, "candidates": int(ts.count), "candidates_only": True, "seed": int(state(context).seed),
                    "preset": state(context).preset}
-        job_id = _submit(context, b"", name_for(prompt), options, f"prompt: {prompt}")
+        job_id = submit_at_cursor(context, b"", name_for(prompt), options, f"prompt: {prompt}"[:200])
         ts.candidates.clear()
         ts.job_id, ts.job_prompt, ts.picked = job_id, prompt, 0
         self.report({"INFO"}, f"drawing {ts.count} candidates for {prompt!r} (job {job_id[:8]})")
@@ -72,7 +62,8 @@ class MPOD123_OT_generate_from_candidate(AddonOperator):
         except OSError as exc:
             raise AddonError(f"cannot read candidate {row.index} ({exc}): make the candidates again") from None
         options = run_options(context, prompt_for_inversion=ts.job_prompt)
-        job_id = _submit(context, data, name_for(ts.job_prompt), options, f"candidate {row.index} of {ts.job_prompt}")
+        job_id = submit_at_cursor(context, data, name_for(ts.job_prompt), options,
+                                  f"candidate {row.index} of {ts.job_prompt}"[:200])
         self.report({"INFO"}, f"sending candidate {row.index} as job {job_id[:8]}")
 
 

@@ -8,7 +8,6 @@ import bpy
 
 from .. import session
 from ..blender.inputs import input_image, input_problem
-from ..blender.properties import state
 from ..blender.texture_target import camera_relative, export_object_glb, target_problem
 from ..core.errors import AddonError
 from ..core.image_check import DEFAULT_MAX_IMAGE_BYTES
