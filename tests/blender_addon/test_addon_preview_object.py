@@ -18,6 +18,7 @@ pytest.importorskip("zmq")
 
 from mpod123.export.preview_mesh import density_surface, preview_glb, srgb_to_linear  # noqa: E402
 from tests.addon_backend import JOB_TIMEOUT_S, ServeProcess, enabled_addon, free_port, object_png  # noqa: E402
+from tests.addon_live import wm_state  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,6 @@ def _po():
     return sys.modules["blender_addon.blender.preview_object"]
 
 
-def _state():
-    return bpy.context.window_manager.mpod123
-
-
 def sphere_glb(radius: float, rgb=(0.9, 0.3, 0.1), res: int = 20) -> tuple[bytes, np.ndarray]:
     """A preview GLB of a sphere of ``radius`` (and its glTF positions)."""
     def density(x):
@@ -51,7 +48,7 @@ def sphere_glb(radius: float, rgb=(0.9, 0.3, 0.1), res: int = 20) -> tuple[bytes
 
 
 def _job(name: str, state: str = "running", location=(1.0, 2.0, 3.0)):
-    st = _state()
+    st = wm_state()
     job = st.jobs.add()
     job.job_id, job.name, job.state = name * (32 // len(name)), name, state
     job.location = location
@@ -72,7 +69,7 @@ def _tick(*messages) -> None:
 
 
 def _reset(session) -> None:
-    st = _state()
+    st = wm_state()
     st.jobs.clear()
     session.fresh()
     session.job_file().save({})
@@ -96,7 +93,7 @@ def test_the_preview_object_appears_and_is_updated_in_place_then_goes_with_the_i
         glb, positions = sphere_glb(radius)
         _tick(_event(job, "preview_mesh", [glb], seq=k + 1, stage="outline" if k < 5 else "detail", step=k))
         obj = po.find(job.job_id)
-        assert obj is not None, _state().last_error
+        assert obj is not None, wm_state().last_error
         seen.append((obj.as_pointer(), obj.data.as_pointer()))
         assert len(bpy.data.meshes) == meshes_before + 1, "one mesh datablock per job, however many previews"
         mesh = obj.data
@@ -142,7 +139,7 @@ def test_the_preview_object_appears_and_is_updated_in_place_then_goes_with_the_i
     job.state = "done"
     session.current().imports.append(job.job_id)
     _tick()
-    assert job.state == "imported", _state().last_error
+    assert job.state == "imported", wm_state().last_error
     assert po.find(job.job_id) is None and "Generating" not in bpy.data.collections
     assert len(bpy.data.meshes) == meshes_before + 1, "the preview's mesh was freed; the result's is the new one"
     assert bpy.data.objects.get(job.object_name) is not None
@@ -175,7 +172,7 @@ def test_cancel_failure_removal_and_the_toggle_remove_previews(addon):
     p.show_mesh_previews = False
     try:
         assert po.previews() == [] and "Generating" not in bpy.data.collections
-        toggle = _state().jobs[-1]
+        toggle = wm_state().jobs[-1]
         _tick(_event(toggle, "preview_mesh", [glb], seq=3, stage="detail", step=2))
         assert po.previews() == [], "turned off: no preview object"
     finally:
@@ -255,11 +252,11 @@ def test_a_real_tiny_job_shows_its_preview_while_it_runs_and_not_after_the_impor
             obj = po.find(job_id)
             if obj is not None:
                 seen.add((obj.name, len(obj.data.vertices) > 0, tuple(obj.location), obj.select_get()))
-            job = next(j for j in _state().jobs if j.job_id == job_id)
+            job = next(j for j in wm_state().jobs if j.job_id == job_id)
             return job.state in ("imported", "failed", "cancelled")
 
         assert session.settle(bpy.context, done, JOB_TIMEOUT_S), server.log()[-2000:]
-        job = next(j for j in _state().jobs if j.job_id == job_id)
+        job = next(j for j in wm_state().jobs if j.job_id == job_id)
         assert job.state == "imported", (job.message, server.log()[-2000:])
         assert seen == {("lamp (generating)", True, (4.0, 0.0, 0.0), False)}, seen
         assert po.find(job_id) is None and "Generating" not in bpy.data.collections

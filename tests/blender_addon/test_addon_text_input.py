@@ -18,18 +18,14 @@ pytest.importorskip("zmq")
 pytest.importorskip("PIL")
 
 from tests.addon_backend import JOB_TIMEOUT_S  # noqa: E402
-from tests.addon_live import draw_panels, wm_state  # noqa: E402
+from tests.addon_live import connect_addon, draw_panels, wm_state  # noqa: E402
 
 
 @pytest.fixture
-def connected(addon, server):
-    from blender_addon.blender.preferences import prefs
-
-    p = prefs(bpy.context)
-    p.address, p.use_local_backend, p.timeout_s, p.auto_import = server.endpoint, False, 10.0, True
-    p.server_public_key = p.client_public_key = p.client_secret_key = ""
-    assert bpy.ops.mpod123.connect() == {"FINISHED"}
-    assert addon.settle(bpy.context, lambda: wm_state().connection == "connected", 30), wm_state().last_error
+def connected(addon, prefs):
+    """Connected to the module's server (the shared ``prefs`` point there), results imported on arrival."""
+    prefs.auto_import = True
+    connect_addon()
     return addon
 
 
