@@ -17,12 +17,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import Cameras
 from ..geometry.mesh import Mesh
-from .mesh_renderer import ColorFn, MeshRenderOutput
+from .mesh_renderer import ColorFn, MeshRenderOutput, pixel_normals
 from .rasterizer import Rasterized, antialias, barycentrics, interpolate, project, rasterize
 
 
@@ -48,8 +47,6 @@ class FixedMeshRenderer:
         self.max_views = max_views
         self.normals = normals
         self._cache: OrderedDict[tuple, _ViewRaster] = OrderedDict()
-        self._face_normals = self.mesh.face_normals()
-        self._vertex_normals = self.mesh.vertex_normals()
 
     @property
     def cached_views(self) -> int:
@@ -74,10 +71,7 @@ class FixedMeshRenderer:
         bi, pix, bary = barycentrics(screen, depth, faces, rast)
         points = interpolate(verts, faces, rast, bi, pix, bary)
         depths = interpolate(depth[..., None], faces, rast, bi, pix, bary)
-        if self.normals == "vertex":
-            normals = F.normalize(interpolate(self._vertex_normals, faces, rast, bi, pix, bary), dim=-1, eps=1e-12)
-        else:
-            normals = self._face_normals[rast.tri_id.reshape(1, -1)[bi, pix]]
+        normals = pixel_normals(self.normals, self.mesh, rast, bi, pix, bary)
         view = _ViewRaster(rast, screen, pix, points, depths, normals)
         self._cache[key] = view
         if len(self._cache) > self.max_views:

@@ -24,7 +24,7 @@ from ..geometry.tet_grid import tet_grid
 from ..runtime.accelerators import probe, resolve_backend
 from ..runtime.selftest import register as register_self_test
 from ..runtime.syncs import Compactor, takes_gpu_paths
-from .rasterizer import antialias, barycentrics, interpolate, project, rasterize
+from .rasterizer import Rasterized, antialias, barycentrics, interpolate, project, rasterize
 
 ColorFn = Callable[[Tensor], Tensor]
 
@@ -65,6 +65,14 @@ def clip_space(vertices: Tensor, cameras: Cameras, near: float = 0.01, far: floa
     y_clip = 2.0 * f * cam[..., 1] / cameras.height
     z_clip = (far + near) / (far - near) * depth - 2.0 * far * near / (far - near)
     return torch.stack([x_clip, y_clip, z_clip, depth], dim=-1), depth
+
+
+def pixel_normals(kind: str, mesh: Mesh, rast: Rasterized, bi: Tensor, pix: Tensor, bary: Tensor) -> Tensor:
+    """The shading normal (N, 3) at each covered pixel (``bi``, ``pix``): ``"vertex"`` interpolates the
+    area-weighted vertex normals across the face and renormalises (Magic123), ``"face"`` is flat."""
+    if kind == "vertex":
+        return F.normalize(interpolate(mesh.vertex_normals(), mesh.faces, rast, bi, pix, bary), dim=-1, eps=1e-12)
+    return mesh.face_normals()[rast.tri_id.reshape(rast.tri_id.shape[0], -1)[bi, pix]]
 
 
 class MeshRenderer:
@@ -115,10 +123,7 @@ class MeshRenderer:
         )
         normal_img = None
         if with_normals:
-            if normals == "vertex":
-                fn = F.normalize(interpolate(mesh.vertex_normals(), faces, rast, bi, pix, bary), dim=-1, eps=1e-12)
-            else:
-                fn = mesh.face_normals()[rast.tri_id.reshape(b, -1)[bi, pix]]
+            fn = pixel_normals(normals, mesh, rast, bi, pix, bary)
             normal_img = torch.zeros(b, h * w, 3, device=verts.device, dtype=verts.dtype).index_put((bi, pix), fn)
             normal_img = normal_img.view(b, h, w, 3)
         return MeshRenderOutput(both[..., :3], both[..., 3:], depth_img.view(b, h, w, 1), normal_img, rast.tri_id)
