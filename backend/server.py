@@ -49,7 +49,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
-from pathlib import Path
 
 import zmq
 

@@ -64,13 +64,6 @@ def _python(env, code, *args, timeout=180, user=None):
                           preexec_fn=(lambda: (os.setgid(user), os.setuid(user))) if user is not None else None)
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _as_root():
     return hasattr(os, "getuid") and os.getuid() == 0
 
