@@ -26,6 +26,7 @@ from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntPropert
 from ..core.prompt import CANDIDATE_STAGE, KIND_CANDIDATES, MAX_CANDIDATES
 from .paths import preview_path
 from .previews import preview_image
+from .properties import row_for
 
 MODES = (
     ("IMAGE", "Image", "Generate from an input image (file, datablock, Image Editor or render)"),
@@ -91,12 +92,7 @@ def is_candidates(job) -> bool:
 
 
 def candidate_row(ts, index: int) -> MPOD123_Candidate:
-    for row in ts.candidates:
-        if row.index == index:
-            return row
-    row = ts.candidates.add()
-    row.index = index
-    return row
+    return row_for(ts.candidates, "index", index)
 
 
 def on_preview(context, job, stage: str, png: bytes, apply: bool) -> bool:

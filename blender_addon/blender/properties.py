@@ -168,6 +168,16 @@ def rows(context) -> dict[str, MPOD123_Job]:
     return {job.job_id: job for job in state(context).jobs}
 
 
+def row_for(collection, key: str, value):
+    """The item of a collection property whose ``key`` is ``value``; a new one with it set when there is none."""
+    for row in collection:
+        if getattr(row, key) == value:
+            return row
+    row = collection.add()
+    setattr(row, key, value)
+    return row
+
+
 def active_job(context) -> MPOD123_Job | None:
     st = state(context)
     if not st.jobs:

@@ -11,7 +11,7 @@ from ..blender.context import report
 from ..blender.paths import preview_path
 from ..blender.preferences import prefs
 from ..blender.previews import PREVIEW_STAGES, later_previews, preview_image
-from ..blender.properties import ACTIVE_STATES, find_job, rows, state
+from ..blender.properties import ACTIVE_STATES, find_job, row_for, rows, state
 from ..core.client import Message
 from ..core.errors import AddonError
 from ..core.network import Outcome
@@ -37,12 +37,7 @@ def on_connected(context, info: dict) -> None:
 
 
 def stage_row(job, name: str):
-    for s in job.stages:
-        if s.stage == name:
-            return s
-    s = job.stages.add()
-    s.stage = name
-    return s
+    return row_for(job.stages, "stage", name)
 
 
 def apply_event(context, msg: Message, preview: bool = True, by_id: dict | None = None) -> None:
